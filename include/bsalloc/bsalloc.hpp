@@ -1,0 +1,5 @@
+#pragma once
+// bsalloc: every public header.
+#include <bsalloc/page_resource.hpp>
+#include <bsalloc/stats.hpp>
+#include <bsalloc/version.hpp>

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what bsalloc needs from Debian packages, skipping those already installed.
+# Runs as root, or through sudo when it is there.
+set -euo pipefail
+packages=(
+  cmake make g++ clang                               # toolchains (g++ 12, clang 14)
+  libboost-dev libboost-container-dev libfmt-dev     # Boost.Lockfree / Boost.Container, fmt
+  doctest-dev libbenchmark-dev                       # tests, benchmarks
+  libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4   # the peers in perf/
+  gnuplot-nox valgrind                               # perf charts, callgrind counts
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: all ${#packages[@]} packages present"
+  exit 0
+fi
+echo "setup: installing ${missing[*]}"
+as_root=()
+[ "$(id -u)" -eq 0 ] || as_root=(sudo)
+export DEBIAN_FRONTEND=noninteractive
+"${as_root[@]}" apt-get update -qq
+"${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,70 @@
+// Text and JSON forms of bsalloc's stats structs (printed through fmt, see stats.hpp).
+#include <bsalloc/page_resource.hpp>
+
+#include <iterator>
+#include <string>
+
+#include <fmt/format.h>
+
+namespace bsalloc {
+namespace {
+
+std::string human(std::size_t bytes) {
+  static constexpr const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024.0 && u < 4) {
+    v /= 1024.0;
+    ++u;
+  }
+  return u == 0 ? fmt::format("{} B", bytes) : fmt::format("{:.1f} {}", v, units[u]);
+}
+
+}  // namespace
+
+std::string to_string(const page_resource_stats& s) {
+  std::string out;
+  auto it = std::back_inserter(out);
+  fmt::format_to(it, "page_resource: {} managed, {} allocated (peak {}), {} free\n",
+                 human(s.managed_bytes), human(s.allocated_bytes), human(s.peak_allocated_bytes),
+                 human(s.free_bytes));
+  fmt::format_to(it, "  os: {} mapped, {} maps, {} unmaps; {} free resident, {} purged in all\n",
+                 human(s.os_mapped_bytes), s.os_maps, s.os_unmaps, human(s.dirty_free_bytes),
+                 human(s.purged_bytes));
+  fmt::format_to(it, "  free blocks by order:");
+  for (std::size_t k = 0; k < s.free_blocks.size(); ++k)
+    if (s.free_blocks[k]) fmt::format_to(it, " {}:{}", k, s.free_blocks[k]);
+  fmt::format_to(it, "\n  {:>3} {:>18} {:>12} {:>10} {:>10} {}\n", "#", "start", "size", "free pg",
+                 "total pg", "source");
+  for (std::size_t i = 0; i < s.regions.size(); ++i) {
+    const auto& r = s.regions[i];
+    fmt::format_to(it, "  {:>3} {:>#18x} {:>12} {:>10} {:>10} {}\n", i, r.start, human(r.bytes),
+                   r.free_pages, r.total_pages, r.os_backed ? "os" : "caller");
+  }
+  return out;
+}
+
+std::string to_json(const page_resource_stats& s) {
+  std::string out;
+  auto it = std::back_inserter(out);
+  fmt::format_to(it,
+                 "{{\"page_size\":{},\"managed_bytes\":{},\"allocated_bytes\":{},"
+                 "\"peak_allocated_bytes\":{},\"free_bytes\":{},\"dirty_free_bytes\":{},"
+                 "\"purged_bytes\":{},\"os_mapped_bytes\":{},\"os_maps\":{},\"os_unmaps\":{},"
+                 "\"free_blocks\":[{}],\"regions\":[",
+                 s.page_size, s.managed_bytes, s.allocated_bytes, s.peak_allocated_bytes,
+                 s.free_bytes, s.dirty_free_bytes, s.purged_bytes, s.os_mapped_bytes, s.os_maps,
+                 s.os_unmaps, fmt::join(s.free_blocks, ","));
+  for (std::size_t i = 0; i < s.regions.size(); ++i) {
+    const auto& r = s.regions[i];
+    fmt::format_to(it,
+                   "{}{{\"start\":{},\"bytes\":{},\"free_pages\":{},\"total_pages\":{},"
+                   "\"source\":\"{}\"}}",
+                   i ? "," : "", r.start, r.bytes, r.free_pages, r.total_pages,
+                   r.os_backed ? "os" : "caller");
+  }
+  out += "]}";
+  return out;
+}
+
+}  // namespace bsalloc
