@@ -57,9 +57,10 @@ class BsallocConan(ConanFile):
         cmake_layout(self)
 
     def requirements(self):
-        # Both appear in bsalloc's public headers, hence transitive_headers.
+        # fmt appears in bsalloc's public headers (stats formatting), hence transitive_headers;
+        # Boost (Lockfree, header-only) is used by the sources only.
         self.requires("fmt/9.1.0", transitive_headers=True)
-        self.requires("boost/1.83.0", transitive_headers=True)
+        self.requires("boost/1.83.0")
 
     def validate(self):
         check_min_cppstd(self, 20)
