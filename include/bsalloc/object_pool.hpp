@@ -375,16 +375,19 @@ class object_pool {
   }
 
   /// Runs ~T and gives the slot back to whichever pool of this type it came from, found from
-  /// the address alone (what pool_ptr's destructor calls). Any thread (thread_safe pools). In
-  /// checked mode the slab header and the pool's registry are verified first; unlike
-  /// deallocate / destroy, this must read the header the address masks to.
+  /// the address alone (what pool_ptr's destructor calls). Any thread (thread_safe pools).
+  /// The slab header's magic is verified always; in checked mode also the pool's registry, the
+  /// object boundary and the allocation bit, before ~T runs. Unlike deallocate / destroy, this
+  /// has to read the header p masks to, so p must at least point into mapped memory.
   static void dispose(T* p) noexcept {
     if (!p) return;
     slab* s = slab_of(p);
+    // Checked or not (one compare on the header's first cache line): the header must be a
+    // live slab's before its owner pointer is followed.
+    if (s->magic != (detail::pool_slab_magic ^ reinterpret_cast<std::uintptr_t>(s))) [[unlikely]]
+      detail::pool_bad_pointer(detail::pool_type_name<T>(), "dispose", p,
+                               "not in a live object_pool slab (bad slab header)");
     if (s->owner->checked) [[unlikely]] {
-      if (s->magic != (detail::pool_slab_magic ^ reinterpret_cast<std::uintptr_t>(s)))
-        detail::pool_bad_pointer(detail::pool_type_name<T>(), "dispose", p,
-                                 "not in a live object_pool slab (bad slab header)");
       control& c = *s->owner;
       {
         std::lock_guard<Lock> guard(c.lock);
