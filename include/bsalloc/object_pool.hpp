@@ -220,7 +220,9 @@ class object_pool {
   }
   static constexpr std::size_t capacity_for(std::size_t bytes) noexcept {
     if (bytes <= sizeof(slab)) return 0;
-    std::size_t n = (bytes - sizeof(slab)) / slot_size;
+    // Each slot costs slot_size bytes plus one bitmap bit: an upper bound, then down by the
+    // rounding of the bitmap to words and of the header to slot_align (a few steps at most).
+    std::size_t n = (bytes - sizeof(slab)) * 8 / (slot_size * 8 + 1);
     while (n > 0 && header_bytes_for(n) + n * slot_size > bytes) --n;
     return n;
   }
