@@ -393,10 +393,17 @@ TEST_CASE("over-aligned T") {
 // ---------------------------------------------------------------------------------------------
 
 TEST_CASE("every constructed T is destroyed exactly once") {
+  bool checked = false;  // both modes, whatever the build's default
+  SUBCASE("unchecked") {
+    checked = false;
+  }
+  SUBCASE("checked") {
+    checked = true;
+  }
   counted::reset();
   counting_resource up;
   {
-    object_pool<counted> pool(&up);
+    object_pool<counted> pool(object_pool_options{.upstream = &up, .checked = checked});
     std::vector<pool_ptr<counted>> live;
     std::mt19937 rng(42);
     for (int round = 0; round < 20; ++round) {
@@ -795,7 +802,7 @@ namespace {
 // each makes objects and posts them to the next thread's mailbox, and drops what others posted
 // to it, so every object is freed on a thread other than the one that made it.
 template <class Lock>
-void cross_thread_run(int per_thread) {
+void cross_thread_run(int per_thread, bool checked) {
   constexpr int threads = 16;
   counted::reset();
   counting_resource up;
@@ -808,7 +815,7 @@ void cross_thread_run(int per_thread) {
   std::atomic<long> received{0}, wrong{0};
   std::vector<std::thread> pool_threads;
   {
-    P pool(&up);
+    P pool(object_pool_options{.upstream = &up, .checked = checked});
     for (int t = 0; t < threads; ++t)
       pool_threads.emplace_back([&, t, mine = pool]() mutable {  // a handle per thread
         std::mt19937 rng(static_cast<unsigned>(t));
@@ -858,11 +865,11 @@ void cross_thread_run(int per_thread) {
 }  // namespace
 
 TEST_CASE("16 threads share copies of one pool; objects freed on other threads (yield_lock)") {
-  cross_thread_run<yield_lock>(3000);
+  cross_thread_run<yield_lock>(3000, false);
 }
 
 TEST_CASE("16 threads share copies of one pool; objects freed on other threads (std::mutex)") {
-  cross_thread_run<std::mutex>(1500);
+  cross_thread_run<std::mutex>(1500, true);  // in checked mode, whatever the build's default
 }
 
 TEST_CASE("the last handle and the last object dropped at the same time on two threads") {

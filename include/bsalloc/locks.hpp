@@ -17,7 +17,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <concepts>
 #include <thread>
 
 namespace bsalloc {
