@@ -22,7 +22,9 @@
 #include <vector>
 
 #include <doctest/doctest.h>
+
 #include <fmt/format.h>
+#include "support.hpp"
 
 using bsalloc::page_resource;
 using bsalloc::slab_resource;
@@ -36,25 +38,8 @@ slab_resource_options knobs(bool checked = false) {
   return o;
 }
 
-bool fully_coalesced(const page_resource& r) {
-  const auto s = r.stats();
-  if (s.allocated_bytes != 0) return false;
-  std::size_t blocks = 0;
-  for (auto n : s.free_blocks) blocks += n;
-  std::size_t minimal = 0;
-  for (const auto& reg : s.regions) {
-    const std::uint64_t pfn = reg.start / bsalloc::page_size;
-    for (std::size_t i = 0; i < reg.total_pages;) {
-      unsigned k = 0;
-      while (k < bsalloc::max_order && ((pfn + i) % (std::uint64_t{2} << k)) == 0 &&
-             i + (std::size_t{2} << k) <= reg.total_pages)
-        ++k;
-      i += std::size_t{1} << k;
-      ++minimal;
-    }
-  }
-  return blocks == minimal;
-}
+using bsalloc_test::fully_coalesced;
+using bsalloc_test::run_in_child;
 
 bool pin_to_cpu(int cpu) {
   cpu_set_t set;
@@ -68,33 +53,6 @@ bool two_cpus_usable() {
   CPU_ZERO(&set);
   if (::sched_getaffinity(0, sizeof(set), &set) != 0) return false;
   return CPU_ISSET(0, &set) && CPU_ISSET(1, &set);
-}
-
-// Runs `body` in a forked child; returns (killed by SIGABRT, what it wrote to stderr).
-std::pair<bool, std::string> run_in_child(const std::function<void()>& body) {
-  int fds[2];
-  REQUIRE(::pipe(fds) == 0);
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    std::signal(SIGABRT, SIG_DFL);  // the test framework's crash handler is not for the child
-    const int devnull = ::open("/dev/null", O_WRONLY);
-    ::dup2(devnull, 1);
-    ::dup2(fds[1], 2);
-    ::close(fds[0]);
-    body();
-    ::_exit(0);  // not reached when the bad input is caught
-  }
-  ::close(fds[1]);
-  std::string err;
-  char buf[512];
-  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;)
-    err.append(buf, static_cast<std::size_t>(n));
-  ::close(fds[0]);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return {WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, err};
 }
 
 }  // namespace
@@ -555,8 +513,8 @@ TEST_CASE("checked mode: bad input aborts with a message naming the pointer and 
       slab_resource res(std::pmr::pool_options{}, knobs(true), &pages);
       bad(res, pages);
     });
-    const bool aborted = result.first;
-    const std::string err = result.second;
+    const bool aborted = result.aborted;
+    const std::string err = result.err;
     CHECK_MESSAGE(aborted, problem);
     CHECK_MESSAGE(err.find(problem) != std::string::npos, err);
     CHECK_MESSAGE(err.find("deallocate(0x") != std::string::npos, err);
@@ -620,8 +578,8 @@ TEST_CASE("checked mode: bad input aborts with a message naming the pointer and 
     v.clear();
     res.check_invariants();
   });
-  CHECK(!fine.first);
-  CHECK(fine.second.empty());
+  CHECK(!fine.aborted);
+  CHECK(fine.err.empty());
 }
 
 TEST_CASE("any upstream memory_resource works") {
@@ -687,32 +645,16 @@ TEST_CASE("cache counts below the CPU count: sched_getcpu() ids taken modulo") {
 
 #ifdef TEST_ASAN
 TEST_CASE("AddressSanitizer sees a use after free inside the pool") {
-  int fds[2];
-  REQUIRE(::pipe(fds) == 0);
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    std::signal(SIGABRT, SIG_DFL);
-    ::dup2(fds[1], 2);
+  const auto result = run_in_child([] {
     page_resource pages;
     slab_resource res(&pages);
     auto* p = static_cast<char*>(res.allocate(64));
     res.deallocate(p, 64);
     volatile char* q = p;
     q[32] = 1;  // after free: poisoned
-    ::_exit(0);
-  }
-  ::close(fds[1]);
-  std::string err;
-  char buf[512];
-  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;)
-    err.append(buf, static_cast<std::size_t>(n));
-  ::close(fds[0]);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  CHECK(!(WIFEXITED(status) && WEXITSTATUS(status) == 0));
-  CHECK_MESSAGE(err.find("use-after-poison") != std::string::npos, err);
+  });
+  CHECK(!(WIFEXITED(result.status) && WEXITSTATUS(result.status) == 0));
+  CHECK_MESSAGE(result.err.find("use-after-poison") != std::string::npos, result.err);
 }
 #endif
 
