@@ -418,35 +418,47 @@ struct slab_state {
     return cpu < 0 ? 0 : static_cast<std::size_t>(cpu) % ncores;
   }
 
+  // Takes up to n objects of class c from one core's slabs (after draining its inbox).
+  std::uint32_t take_from(std::size_t ci, int c, std::uint32_t n, void*& chain, slab* fresh) {
+    core_cache& core = cores[ci];
+    slab_list returns;
+    std::uint32_t got;
+    {
+      std::lock_guard lock(core.lock);
+      drain(core, returns);
+      if (fresh) {
+        auto& l = core.cls[static_cast<std::size_t>(c)];
+        link(l.partial, fresh);
+        ++l.slabs;
+        ++core.counters.slab_refills;
+      }
+      got = take(core, c, n, chain);
+    }
+    return_slabs(returns);
+    if (got) {
+      const auto now = out[static_cast<std::size_t>(c)].fetch_add(got) + got;
+      auto& pk = peak[static_cast<std::size_t>(c)];
+      for (auto seen = pk.load(std::memory_order_relaxed);
+           now > seen && !pk.compare_exchange_weak(seen, now);) {
+      }
+    }
+    return got;
+  }
+
   std::uint32_t refill(int c, std::uint32_t n, void*& chain) {
     const std::size_t ci = current_core();
-    core_cache& core = cores[ci];
-    slab* fresh = nullptr;
-    for (;;) {
-      slab_list returns;
-      std::uint32_t got;
-      {
-        std::lock_guard lock(core.lock);
-        drain(core, returns);
-        if (fresh) {
-          auto& l = core.cls[static_cast<std::size_t>(c)];
-          link(l.partial, fresh);
-          ++l.slabs;
-          ++core.counters.slab_refills;
-        }
-        got = take(core, c, n, chain);
-      }
-      return_slabs(returns);
-      if (got) {
-        const auto now = out[static_cast<std::size_t>(c)].fetch_add(got) + got;
-        auto& pk = peak[static_cast<std::size_t>(c)];
-        for (auto seen = pk.load(std::memory_order_relaxed);
-             now > seen && !pk.compare_exchange_weak(seen, now);) {
-        }
-        return got;
-      }
-      fresh = new_slab(ci, c);  // no lock held; std::bad_alloc propagates, nothing changed
+    if (std::uint32_t got = take_from(ci, c, n, chain, nullptr)) return got;
+    slab* fresh;
+    try {
+      fresh = new_slab(ci, c);  // no lock held
+    } catch (const std::bad_alloc&) {
+      // The upstream is out: objects free in other cores' slabs still serve (a thread that
+      // migrated left them there). They stay those cores' objects.
+      for (std::size_t k = 1; k < ncores; ++k)
+        if (std::uint32_t got = take_from((ci + k) % ncores, c, n, chain, nullptr)) return got;
+      throw;  // nothing changed
     }
+    return take_from(ci, c, n, chain, fresh);
   }
 
   // Gives a chain of n objects of class c back: local ones into this core's slabs under its

@@ -427,6 +427,55 @@ TEST_CASE("16 threads, cross-thread frees, threads exiting while others hold the
   pages.check_invariants();
 }
 
+TEST_CASE("an exhausted upstream: objects free on another core still serve") {
+  if (!two_cpus_usable()) {
+    MESSAGE("fewer than two CPUs usable: cross-core refill not forced");
+    return;
+  }
+  const std::size_t bytes = std::size_t{1} << 20;
+  void* mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(mem != MAP_FAILED);
+  {
+    page_resource budget(std::span<std::byte>(static_cast<std::byte*>(mem), bytes));
+    auto k = knobs();
+    k.caches = 2;
+    slab_resource res(std::pmr::pool_options{}, k, &budget);
+    // On CPU 0: fill the budget, then free all but every 100th object, so that core 0's slabs
+    // are mostly free but none is empty (none goes back upstream). The thread's exit flushes
+    // its cache into core 0.
+    std::vector<void*> kept;
+    std::size_t made = 0;
+    std::thread([&] {
+      REQUIRE(pin_to_cpu(0));
+      std::vector<void*> held;
+      try {
+        for (;;) held.push_back(res.allocate(256));
+      } catch (const std::bad_alloc&) {
+      }
+      made = held.size();
+      for (std::size_t i = 0; i < held.size(); ++i) {
+        if (i % 100 == 0)
+          kept.push_back(held[i]);
+        else
+          res.deallocate(held[i], 256);
+      }
+    }).join();
+    REQUIRE(made > 1000);
+    // On CPU 1: core 1 has no slab and the upstream is full; core 0's free objects serve.
+    std::thread([&] {
+      REQUIRE(pin_to_cpu(1));
+      std::vector<void*> again;
+      for (std::size_t i = 0; i < made / 2; ++i) again.push_back(res.allocate(256));
+      for (void* p : again) res.deallocate(p, 256);
+    }).join();
+    for (void* p : kept) res.deallocate(p, 256);
+    res.trim();
+    res.check_invariants();
+    CHECK(res.stats().objects_in_use == 0);
+  }
+  ::munmap(mem, bytes);
+}
+
 TEST_CASE("upstream failure propagates as bad_alloc; the resource stays usable") {
   const std::size_t bytes = std::size_t{2} << 20;
   void* mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
