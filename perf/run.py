@@ -8,6 +8,7 @@ separate processes, chosen by LD_PRELOAD. Writes, into --out:
   summary.csv   per workload and peer: medians, spread, ratios against slab_resource
   goals.csv     the issue's goals, measured (never asserted)
   machine.txt   where and how it ran
+  report.md     the tables in Markdown (time, peak RSS, goals) for docs/perf.md
   *.png         one chart per workload group (gnuplot), unless --no-charts or no gnuplot
 Ratios are peer ÷ slab for time and for peak RSS: above 1 means bsalloc's slab_resource wins.
 Python 3 standard library only. perf/run.sh builds the program and calls this.
@@ -162,6 +163,9 @@ def main():
     goals = evaluate_goals(summary, matrix)
     write_csv(os.path.join(out, "goals.csv"), goals)
     print_table(summary, goals, reps)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(markdown_report(summary, goals, matrix, peer_order, reps,
+                                open(os.path.join(out, "machine.txt")).read()))
     if not args.no_charts:
         draw_charts(out, summary, matrix, peer_order)
     if failures:
@@ -271,6 +275,51 @@ def print_table(summary, goals, reps):
         print(f"\ngoals (measured, not asserted): {met} of {len(goals)} met")
         for g in goals:
             print(f"  {g['met']:<4} {g['workload']:<13} {g['goal']:<52} {g['measured']}")
+
+
+def markdown_report(summary, goals, matrix, peer_order, reps, machine):
+    med = {(m["workload"], m["peer"]): m for m in summary}
+    peers = [p for p in peer_order if any(k[1] == p for k in med)]
+    lines = ["```", machine.strip(), "```", ""]
+
+    def pivot(title, value, ratio, spec):
+        lines.extend([f"{title}", "", "| workload | " + " | ".join(peers) + " |",
+                      "|---|" + "---:|" * len(peers)])
+        for w, *_ in matrix:
+            cells = []
+            for p in peers:
+                m = med.get((w, p))
+                if not m:
+                    cells.append("")
+                    continue
+                r = m[ratio]
+                cells.append(format(m[value], spec) + ("" if r is None or p == REFERENCE
+                                                       else f" ({r:.2f}×)"))
+            lines.append(f"| {w} | " + " | ".join(cells) + " |")
+        lines.append("")
+
+    pivot(f"Median ns per op over {reps} runs (peer ÷ slab in brackets: above 1, slab is "
+          "faster)", "ns_per_op", "time_vs_slab", ".1f")
+    pivot("Median peak RSS in MiB (peer ÷ slab in brackets: above 1, slab uses less)",
+          "peak_rss_mib", "rss_vs_slab", ".1f")
+    fp = [m for m in summary if m["workload"] == "footprint"]
+    if fp:
+        lines.extend(["Footprint workload, MiB (requested at peak, peak RSS, after freeing "
+                      "everything, after trim; fp = (peak − RSS before) ÷ requested)", "",
+                      "| peer | requested | peak RSS | after free | after trim | fp |",
+                      "|---|---:|---:|---:|---:|---:|"])
+        for m in fp:
+            lines.append(f"| {m['peer']} | {m['requested_mib']:.1f} | {m['peak_rss_mib']:.1f} | "
+                         f"{m['rss_freed_mib']:.1f} | {m['rss_trimmed_mib']:.1f} | "
+                         f"{fmt(m['footprint'], '.2f')} |")
+        lines.append("")
+    if goals:
+        lines.extend(["Goals (measured, not asserted)", "", "| workload | goal | measured | met |",
+                      "|---|---|---|---|"])
+        lines.extend(f"| {g['workload']} | {g['goal']} | {g['measured']} | {g['met']} |"
+                     for g in goals)
+        lines.append("")
+    return "\n".join(lines)
 
 
 def gnuplot_terminal():

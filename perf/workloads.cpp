@@ -480,18 +480,18 @@ workload_result fastpath(peer& pe, const params& pa) {
 
 // name, group, small, multi-threaded, page-sized, default ops, function
 constexpr workload table[] = {
-    {"lifo", "small", true, false, false, 20'000'000, lifo},
-    {"fifo", "small", true, false, false, 20'000'000, fifo},
-    {"objects", "small", true, false, false, 20'000'000, objects},
+    {"lifo", "small", true, false, false, 40'000'000, lifo},
+    {"fifo", "small", true, false, false, 40'000'000, fifo},
+    {"objects", "small", true, false, false, 40'000'000, objects},
     {"mixed", "mixed_large", false, false, false, 5'000'000, mixed},
     {"large", "mixed_large", false, false, true, 200'000, large},
-    {"vec_grow", "mixed_large", false, false, true, 50'000'000, vec_grow},
-    {"vec_strings", "containers", true, false, false, 5'000'000, vec_strings},
+    {"vec_grow", "mixed_large", false, false, true, 100'000'000, vec_grow},
+    {"vec_strings", "containers", true, false, false, 10'000'000, vec_strings},
     {"map", "containers", true, false, false, 5'000'000, map},
     {"umap", "containers", true, false, false, 5'000'000, umap},
-    {"threads2", "threads", true, true, false, 20'000'000, threads2},
+    {"threads2", "threads", true, true, false, 40'000'000, threads2},
     {"prodcons", "threads", true, true, false, 10'000'000, prodcons},
-    {"threads_many", "threads", true, true, false, 20'000'000, threads_many},
+    {"threads_many", "threads", true, true, false, 40'000'000, threads_many},
     {"footprint", "footprint", false, false, false, 0, footprint},
     {"fastpath", "callgrind", true, false, false, 100'000, fastpath},
 };
