@@ -23,8 +23,12 @@ constexpr std::uint8_t flag_dirty = 1;      // head of a free block: may hold re
 constexpr std::uint8_t flag_continued = 2;  // head of an allocated block: the run goes on
 constexpr std::uint8_t flag_resident = 4;   // any page of an OS region: touched since purged
 
-constexpr std::uintptr_t align_up(std::uintptr_t v, std::uintptr_t a) { return (v + a - 1) & ~(a - 1); }
-constexpr std::uintptr_t align_down(std::uintptr_t v, std::uintptr_t a) { return v & ~(a - 1); }
+constexpr std::uintptr_t align_up(std::uintptr_t v, std::uintptr_t a) {
+  return (v + a - 1) & ~(a - 1);
+}
+constexpr std::uintptr_t align_down(std::uintptr_t v, std::uintptr_t a) {
+  return v & ~(a - 1);
+}
 
 // Largest k such that a block of 2^k pages starting at relative position p (absolute pfn
 // `abs`) is aligned and fits in `room` pages.
@@ -50,8 +54,8 @@ page_resource::page_resource(const page_resource_options& options) : options_(op
 }
 
 page_resource::page_resource(std::span<std::byte> buffer)
-    : page_resource(page_resource_options{.os_region_bytes = 0, .retain_bytes = 0,
-                                          .grow_from_os = false}) {
+    : page_resource(
+          page_resource_options{.os_region_bytes = 0, .retain_bytes = 0, .grow_from_os = false}) {
   add_region(buffer);
 }
 
@@ -68,9 +72,9 @@ std::size_t page_resource::add_region(std::span<std::byte> memory) {
   const auto begin = reinterpret_cast<std::uintptr_t>(memory.data());
   const auto end = begin + memory.size();
   if (memory.data() == nullptr || end < begin)
-    throw std::invalid_argument(fmt::format(
-        "bsalloc::page_resource::add_region({}, {} bytes): not a valid memory range",
-        static_cast<const void*>(memory.data()), memory.size()));
+    throw std::invalid_argument(
+        fmt::format("bsalloc::page_resource::add_region({}, {} bytes): not a valid memory range",
+                    static_cast<const void*>(memory.data()), memory.size()));
   const std::uintptr_t lo = align_up(begin, page_size);
   const std::uintptr_t hi = align_down(end, page_size);
   const std::size_t total = hi > lo ? (hi - lo) >> page_shift : 0;
@@ -142,9 +146,8 @@ void page_resource::init_region(region& r) {
 std::size_t page_resource::region_of(std::uintptr_t addr) const {
   const auto* first = by_address_.begin();
   const auto* last = first + region_count_;
-  const auto* pos = std::upper_bound(first, last, addr, [&](std::uintptr_t a, std::uint16_t i) {
-    return a < regions_[i].base;
-  });
+  const auto* pos = std::upper_bound(
+      first, last, addr, [&](std::uintptr_t a, std::uint16_t i) { return a < regions_[i].base; });
   if (pos == first) return any_region;
   const region& r = regions_[*(pos - 1)];
   if (addr >= r.base + (std::uintptr_t{r.pages} << page_shift)) return any_region;
@@ -217,9 +220,12 @@ void page_resource::push_free(region& r, std::uint32_t index, unsigned order, bo
   dirty = dirty && r.os_backed;  // only OS memory is ever purged
   page_meta& m = r.meta[index];
   const std::uint32_t head = r.free_head[order];
-  m = page_meta{meta_free, static_cast<std::uint8_t>(order),
-                static_cast<std::uint8_t>((m.flags & flag_resident) | (dirty ? flag_dirty : 0)), 0,
-                no_page, head};
+  m = page_meta{meta_free,
+                static_cast<std::uint8_t>(order),
+                static_cast<std::uint8_t>((m.flags & flag_resident) | (dirty ? flag_dirty : 0)),
+                0,
+                no_page,
+                head};
   if (head != no_page) r.meta[head].prev = index;
   r.free_head[order] = index;
   r.nonempty |= 1u << order;
@@ -235,8 +241,8 @@ void page_resource::remove_free(region& r, std::uint32_t index, unsigned order) 
   if (m.next != no_page) r.meta[m.next].prev = m.prev;
   if (r.free_head[order] == no_page) r.nonempty &= ~(1u << order);
   r.free_pages -= 1u << order;
-  m = page_meta{meta_none, 0, static_cast<std::uint8_t>(m.flags & flag_resident), 0, no_page,
-                no_page};
+  m = page_meta{meta_none, 0,       static_cast<std::uint8_t>(m.flags & flag_resident),
+                0,         no_page, no_page};
 }
 
 void page_resource::free_block(region& r, std::uint32_t index, unsigned order, bool dirty) {
@@ -251,9 +257,9 @@ void page_resource::free_block(region& r, std::uint32_t index, unsigned order, b
     dirty = dirty || (bm.flags & flag_dirty);
     remove_free(r, static_cast<std::uint32_t>(buddy), order);
     const auto upper = std::max<std::uint32_t>(index, static_cast<std::uint32_t>(buddy));
-    r.meta[upper] = page_meta{meta_none, 0,
-                              static_cast<std::uint8_t>(r.meta[upper].flags & flag_resident), 0,
-                              no_page, no_page};
+    r.meta[upper] = page_meta{
+        meta_none, 0,       static_cast<std::uint8_t>(r.meta[upper].flags & flag_resident),
+        0,         no_page, no_page};
     index = std::min<std::uint32_t>(index, static_cast<std::uint32_t>(buddy));
     ++order;
   }
@@ -305,10 +311,13 @@ void page_resource::carve_run(region& r, std::uint32_t head, std::uint32_t count
     const unsigned k = greedy_order(p, count - p);
     const std::uint32_t next = p + (std::uint32_t{1} << k);
     page_meta& m = r.meta[head + p];
-    m = page_meta{meta_allocated, static_cast<std::uint8_t>(k),
-                  static_cast<std::uint8_t>((m.flags & flag_resident) |
-                                            (next < count ? flag_continued : 0)),
-                  0, no_page, no_page};
+    m = page_meta{
+        meta_allocated,
+        static_cast<std::uint8_t>(k),
+        static_cast<std::uint8_t>((m.flags & flag_resident) | (next < count ? flag_continued : 0)),
+        0,
+        no_page,
+        no_page};
     p = next;
   }
   if (r.os_backed) {  // resident free pages become allocated pages
@@ -345,15 +354,15 @@ void* page_resource::try_allocate_locked(std::size_t count, unsigned order, page
 void* page_resource::allocate_pages(std::size_t count, std::size_t alignment,
                                     page_constraint where) {
   if (!std::has_single_bit(alignment))
-    throw std::invalid_argument(fmt::format(
-        "bsalloc::page_resource: alignment {} is not a power of two", alignment));
+    throw std::invalid_argument(
+        fmt::format("bsalloc::page_resource: alignment {} is not a power of two", alignment));
   if (count == 0) count = 1;
   alignment = std::max(alignment, page_size);
   if (count > (std::size_t{1} << max_order) || alignment > (page_size << max_order))
     throw std::bad_alloc();
-  const unsigned order = std::max<unsigned>(static_cast<unsigned>(std::bit_width(count - 1)),
-                                            static_cast<unsigned>(std::countr_zero(alignment)) -
-                                                page_shift);
+  const unsigned order =
+      std::max<unsigned>(static_cast<unsigned>(std::bit_width(count - 1)),
+                         static_cast<unsigned>(std::countr_zero(alignment)) - page_shift);
   if (where.region != any_region) {
     std::lock_guard lock(mutex_);
     if (where.region >= max_regions || !regions_[where.region].in_use)
@@ -384,7 +393,8 @@ void page_resource::deallocate_pages(void* p, std::size_t count) {
   {
     std::lock_guard lock(mutex_);
     const std::size_t ri = region_of(addr);
-    if (ri == any_region) throw_bad_pointer(p, count, "pointer is not in any region of this resource");
+    if (ri == any_region)
+      throw_bad_pointer(p, count, "pointer is not in any region of this resource");
     region& r = regions_[ri];
     if (addr % page_size != 0) throw_bad_pointer(p, count, "pointer is not page aligned");
     const std::size_t index = (addr - r.base) >> page_shift;
@@ -454,7 +464,7 @@ std::optional<block_info> page_resource::find_block_locked(const void* p) const 
     if (head_abs < base_pfn) break;
     const page_meta& m = r.meta[head_abs - base_pfn];
     if (m.state == meta_none) continue;
-    const auto state = m.state == meta_free        ? block_state::free
+    const auto state = m.state == meta_free      ? block_state::free
                        : m.state == meta_purging ? block_state::purging
                                                  : block_state::allocated;
     return block_info{reinterpret_cast<void*>(head_abs << page_shift), m.order, state,
@@ -498,8 +508,8 @@ std::size_t page_resource::purge(std::size_t keep_bytes) {
               r.meta[i].flags &= static_cast<std::uint8_t>(~flag_dirty);
               if (hi > lo) {
                 remove_free(r, i, static_cast<unsigned>(order));
-                r.meta[i] = page_meta{meta_purging, static_cast<std::uint8_t>(order), 0, 0,
-                                      no_page, no_page};
+                r.meta[i] = page_meta{meta_purging, static_cast<std::uint8_t>(order), 0, 0, no_page,
+                                      no_page};
                 purging_pages_ += size;
                 spans[n] = {lo, hi};
                 victims[n++] = {ri, i, static_cast<unsigned>(order)};
@@ -583,8 +593,9 @@ void page_resource::release() {
       managed_pages_ += r.pages;
       by_address_[region_count_++] = static_cast<std::uint16_t>(ri);
     }
-    std::sort(by_address_.begin(), by_address_.begin() + region_count_,
-              [&](std::uint16_t a, std::uint16_t b) { return regions_[a].base < regions_[b].base; });
+    std::sort(
+        by_address_.begin(), by_address_.begin() + region_count_,
+        [&](std::uint16_t a, std::uint16_t b) { return regions_[a].base < regions_[b].base; });
     allocated_pages_ = 0;
     dirty_free_pages_ = 0;
     purging_pages_ = 0;
@@ -614,8 +625,8 @@ page_resource_stats page_resource::stats() const {
     s.free_bytes += std::size_t{r.free_pages} << page_shift;
     for (unsigned k = 0; k <= max_order; ++k)
       for (std::uint32_t i = r.free_head[k]; i != no_page; i = r.meta[i].next) ++s.free_blocks[k];
-    s.regions.push_back({r.base, std::size_t{r.pages} << page_shift, r.free_pages, r.pages,
-                         r.os_backed});
+    s.regions.push_back(
+        {r.base, std::size_t{r.pages} << page_shift, r.free_pages, r.pages, r.os_backed});
   }
   return s;
 }
@@ -623,9 +634,8 @@ page_resource_stats page_resource::stats() const {
 void page_resource::check_invariants() const {
   std::lock_guard lock(mutex_);
   auto fail = [](std::size_t ri, std::size_t page, const char* what) {
-    throw std::logic_error(
-        fmt::format("bsalloc::page_resource invariant broken (region {}, page {}): {}", ri, page,
-                    what));
+    throw std::logic_error(fmt::format(
+        "bsalloc::page_resource invariant broken (region {}, page {}): {}", ri, page, what));
   };
   std::size_t free_total = 0, allocated_total = 0, purging_total = 0, dirty_total = 0, pages = 0;
   for (std::size_t ri = 0; ri < max_regions; ++ri) {

@@ -1,5 +1,6 @@
 // Text and JSON forms of bsalloc's stats structs (printed through fmt, see stats.hpp).
 #include <bsalloc/page_resource.hpp>
+#include <bsalloc/slab_resource.hpp>
 
 #include <iterator>
 #include <string>
@@ -62,6 +63,62 @@ std::string to_json(const page_resource_stats& s) {
                    "\"source\":\"{}\"}}",
                    i ? "," : "", r.start, r.bytes, r.free_pages, r.total_pages,
                    r.os_backed ? "os" : "caller");
+  }
+  out += "]}";
+  return out;
+}
+
+std::string to_string(const slab_resource_stats& s) {
+  std::string out;
+  auto it = std::back_inserter(out);
+  fmt::format_to(it,
+                 "slab_resource: {} objects in use ({}), {} reserved from upstream; "
+                 "{} large ({}); {} thread caches holding {} objects\n",
+                 s.objects_in_use, human(s.bytes_in_use), human(s.bytes_reserved), s.large_objects,
+                 human(s.large_bytes), s.thread_caches, s.cached_objects);
+  fmt::format_to(it, "  {:>8} {:>9} {:>6} {:>10} {:>11} {:>10}\n", "class", "slab", "slabs",
+                 "in use", "bytes", "peak");
+  for (const auto& c : s.classes)
+    fmt::format_to(it, "  {:>8} {:>9} {:>6} {:>10} {:>11} {:>10}\n", c.object_size,
+                   human(c.slab_bytes), c.slabs, c.objects_in_use, human(c.bytes_in_use),
+                   c.peak_objects);
+  fmt::format_to(it, "  {:>4} {:>11} {:>11} {:>11} {:>11} {:>9} {:>8} {:>8}\n", "core", "allocs",
+                 "frees", "remote out", "remote in", "overflow", "refills", "returns");
+  for (std::size_t i = 0; i < s.cores.size(); ++i) {
+    const auto& c = s.cores[i];
+    fmt::format_to(it, "  {:>4} {:>11} {:>11} {:>11} {:>11} {:>9} {:>8} {:>8}\n", i, c.allocations,
+                   c.deallocations, c.remote_frees_sent, c.remote_frees_received,
+                   c.remote_overflows, c.slab_refills, c.slab_returns);
+  }
+  return out;
+}
+
+std::string to_json(const slab_resource_stats& s) {
+  std::string out;
+  auto it = std::back_inserter(out);
+  fmt::format_to(it,
+                 "{{\"objects_in_use\":{},\"bytes_in_use\":{},\"bytes_reserved\":{},"
+                 "\"large_objects\":{},\"large_bytes\":{},\"thread_caches\":{},"
+                 "\"cached_objects\":{},\"classes\":[",
+                 s.objects_in_use, s.bytes_in_use, s.bytes_reserved, s.large_objects, s.large_bytes,
+                 s.thread_caches, s.cached_objects);
+  for (std::size_t i = 0; i < s.classes.size(); ++i) {
+    const auto& c = s.classes[i];
+    fmt::format_to(it,
+                   "{}{{\"object_size\":{},\"slab_bytes\":{},\"slabs\":{},"
+                   "\"objects_in_use\":{},\"bytes_in_use\":{},\"peak_objects\":{}}}",
+                   i ? "," : "", c.object_size, c.slab_bytes, c.slabs, c.objects_in_use,
+                   c.bytes_in_use, c.peak_objects);
+  }
+  out += "],\"cores\":[";
+  for (std::size_t i = 0; i < s.cores.size(); ++i) {
+    const auto& c = s.cores[i];
+    fmt::format_to(it,
+                   "{}{{\"allocations\":{},\"deallocations\":{},\"remote_frees_sent\":{},"
+                   "\"remote_frees_received\":{},\"remote_overflows\":{},"
+                   "\"slab_refills\":{},\"slab_returns\":{}}}",
+                   i ? "," : "", c.allocations, c.deallocations, c.remote_frees_sent,
+                   c.remote_frees_received, c.remote_overflows, c.slab_refills, c.slab_returns);
   }
   out += "]}";
   return out;

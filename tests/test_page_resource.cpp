@@ -25,8 +25,8 @@ struct buffer {
   std::size_t bytes;
   std::byte* data;
   explicit buffer(std::size_t n, std::size_t align = page_size) : bytes(n) {
-    void* raw = ::mmap(nullptr, n + align, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                       -1, 0);
+    void* raw =
+        ::mmap(nullptr, n + align, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     REQUIRE(raw != MAP_FAILED);
     map = raw;
     map_bytes = n + align;
@@ -39,7 +39,9 @@ struct buffer {
   std::size_t map_bytes;
 };
 
-std::size_t free_pages(const page_resource& r) { return r.stats().free_bytes / page_size; }
+std::size_t free_pages(const page_resource& r) {
+  return r.stats().free_bytes / page_size;
+}
 
 // Fully coalesced: every region is tiled by the fewest possible free blocks.
 bool fully_coalesced(const page_resource& r) {
@@ -65,7 +67,8 @@ bool fully_coalesced(const page_resource& r) {
 std::size_t resident_pages(void* p, std::size_t bytes) {
   std::vector<unsigned char> vec(bytes / page_size);
   REQUIRE(::mincore(p, bytes, vec.data()) == 0);
-  return static_cast<std::size_t>(std::count_if(vec.begin(), vec.end(), [](unsigned char c) { return c & 1; }));
+  return static_cast<std::size_t>(
+      std::count_if(vec.begin(), vec.end(), [](unsigned char c) { return c & 1; }));
 }
 
 std::size_t rss_bytes() {
@@ -182,7 +185,8 @@ TEST_CASE("exhaustion then recovery; a fixed buffer is never exceeded") {
     CHECK(s.managed_bytes < bytes);
     CHECK(s.regions.size() == 1);
     CHECK(s.regions[0].start >= reinterpret_cast<std::uintptr_t>(start));
-    CHECK(s.regions[0].start + s.regions[0].bytes <= reinterpret_cast<std::uintptr_t>(start + bytes));
+    CHECK(s.regions[0].start + s.regions[0].bytes <=
+          reinterpret_cast<std::uintptr_t>(start + bytes));
     std::vector<void*> pages;
     for (;;) {
       try {
@@ -217,7 +221,8 @@ TEST_CASE("add_region: unaligned edges trimmed, overlapping and too small refuse
   REQUIRE(s0.regions.size() == 1);
   CHECK(s0.regions[0].start % page_size == 0);
   CHECK(s0.regions[0].start >= reinterpret_cast<std::uintptr_t>(a.data + 100));
-  CHECK(s0.regions[0].start + s0.regions[0].bytes <= reinterpret_cast<std::uintptr_t>(a.data + a.bytes - 200));
+  CHECK(s0.regions[0].start + s0.regions[0].bytes <=
+        reinterpret_cast<std::uintptr_t>(a.data + a.bytes - 200));
   CHECK_THROWS_AS(res.add_region(std::span<std::byte>(a.data + 4 * page_size, 8 * page_size)),
                   std::invalid_argument);
   CHECK_THROWS_AS(res.add_region(std::span<std::byte>(b.data, page_size)), std::invalid_argument);
@@ -277,7 +282,8 @@ TEST_CASE("address-constrained allocation") {
 TEST_CASE("pointer to block lookup") {
   page_resource res;
   void* p = res.allocate_pages(16);
-  for (std::size_t off : {std::size_t{0}, std::size_t{1}, page_size * 7 + 123, page_size * 16 - 1}) {
+  for (std::size_t off :
+       {std::size_t{0}, std::size_t{1}, page_size * 7 + 123, page_size * 16 - 1}) {
     auto info = res.find_block(static_cast<std::byte*>(p) + off);
     REQUIRE(info);
     CHECK(info->head == p);
@@ -297,7 +303,8 @@ TEST_CASE("pointer to block lookup") {
   const auto before = res.stats().allocated_bytes;
   CHECK_THROWS_AS(res.deallocate_pages(&on_stack, 1), std::invalid_argument);
   CHECK_THROWS_AS(res.deallocate_pages(static_cast<std::byte*>(q) + 8, 2), std::invalid_argument);
-  CHECK_THROWS_AS(res.deallocate_pages(static_cast<std::byte*>(q) + page_size, 1), std::invalid_argument);
+  CHECK_THROWS_AS(res.deallocate_pages(static_cast<std::byte*>(q) + page_size, 1),
+                  std::invalid_argument);
   res.deallocate_pages(q, 2);
   try {
     res.deallocate_pages(q, 2);

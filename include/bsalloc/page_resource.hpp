@@ -64,11 +64,11 @@ enum class block_state : std::uint8_t { free, allocated, purging };
 
 /// The block that owns an address, found in O(max_order) steps (bounded, no list walks).
 struct block_info {
-  void* head;             ///< first byte of the block
-  unsigned order;         ///< the block spans 2^order pages
+  void* head;      ///< first byte of the block
+  unsigned order;  ///< the block spans 2^order pages
   block_state state;
-  bool continued;         ///< allocated and followed by another block of the same allocation
-  std::size_t region;     ///< region index
+  bool continued;      ///< allocated and followed by another block of the same allocation
+  std::size_t region;  ///< region index
 };
 
 struct page_resource_options {
@@ -200,12 +200,11 @@ class page_resource : public std::pmr::memory_resource {
   };
 
   void init_region(region& r);
-  std::size_t insert_region(const region& r);  // lock held
+  std::size_t insert_region(const region& r);        // lock held
   std::size_t region_of(std::uintptr_t addr) const;  // lock held; any_region if none
   std::optional<block_info> find_block_locked(const void* p) const;
   void* try_allocate_locked(std::size_t count, unsigned order, page_constraint where);
-  bool take_from_region(std::size_t ri, unsigned order, std::uintptr_t below,
-                        std::uint32_t& index);
+  bool take_from_region(std::size_t ri, unsigned order, std::uintptr_t below, std::uint32_t& index);
   void carve_run(region& r, std::uint32_t head, std::uint32_t count, unsigned order);
   void free_block(region& r, std::uint32_t index, unsigned order, bool dirty);
   void push_free(region& r, std::uint32_t index, unsigned order, bool dirty);
@@ -225,7 +224,7 @@ class page_resource : public std::pmr::memory_resource {
   // Everything below is guarded by mutex_.
   std::array<region, max_regions> regions_{};
   std::array<std::uint16_t, max_regions> by_address_{};  // in-use region indices, by base
-  std::size_t region_count_ = 0;                          // entries in by_address_
+  std::size_t region_count_ = 0;                         // entries in by_address_
   std::size_t os_regions_made_ = 0;
   std::size_t managed_pages_ = 0;
   std::size_t allocated_pages_ = 0;

@@ -1,0 +1,162 @@
+#pragma once
+// bsalloc::slab_resource — per-core slab pools behind a small per-thread cache; a one-line swap
+// for std::pmr::synchronized_pool_resource.
+//
+//   bsalloc::slab_resource pool;                 // upstream: bsalloc::global_page_resource()
+//   std::pmr::vector<int> v{&pool};
+//   fmt::print("{}", pool.stats());
+//
+// Glossary
+//   class          one object size (8 B … 64 KiB, at most 12.5 % apart above 64 B).
+//   slab           slab_bytes(class) from the upstream, aligned to its own size; a 64-byte header
+//                  at its start, then objects. An object's slab is found by masking its address.
+//   core cache     per CPU (sched_getcpu() modulo the number of caches): per class the partial,
+//                  full and empty slab lists, guarded by the core's mutex. Each slab has one
+//                  owner core; only code holding that core's lock touches the slab.
+//   thread cache   per thread and resource: per class a LIFO list of free objects, touched by its
+//                  thread only, no lock, no atomic read-modify-write. Refilled from and flushed to
+//                  the core caches in batches.
+//   remote free    a flush of objects whose slab belongs to another core: chained through the
+//                  objects themselves, one message per (owner, class) posted to the owner's
+//                  fixed-capacity Boost.Lockfree queue — or, when that is full, pushed onto the
+//                  owner's per-class lock-free overflow stack. The owner drains both whenever its
+//                  lock is taken. The owner's lock is never taken for a remote free.
+//
+// Invariants (check_invariants() verifies them; it needs no concurrent use)
+//   S1  for every slab: used + |free list| + unused tail == capacity.
+//   S2  a slab is on exactly one list of its owner core and class: full iff no free object and no
+//       unused tail, empty iff used == 0, partial otherwise.
+//   S3  per class: sum of used over all slabs == objects held by users + objects in thread caches
+//       + objects in remote messages not drained yet.
+//   S4  per core and class, empty slabs <= options().max_empty_slabs_per_class.
+//
+// Thread safety: allocate/deallocate from any thread. release(), the destructor and
+// check_invariants() need that no other thread uses the resource at the same time.
+
+#include <cstddef>
+#include <cstdint>
+#include <memory_resource>
+#include <string>
+#include <vector>
+
+#include <bsalloc/page_resource.hpp>
+#include <bsalloc/stats.hpp>
+
+#ifndef BSALLOC_CHECKED_DEFAULT
+#define BSALLOC_CHECKED_DEFAULT 0
+#endif
+
+namespace bsalloc {
+
+/// bsalloc's own knobs; the defaults need no tuning.
+struct slab_resource_options {
+  /// Empty slabs each core cache keeps per class; further empty slabs go back upstream.
+  std::size_t max_empty_slabs_per_class = 1;
+  /// Messages each core's remote-free queue holds (1 … 65534); a full queue spills to a
+  /// lock-free overflow stack, so nothing is dropped.
+  std::size_t remote_queue_capacity = 1024;
+  /// Core caches; 0 = one per configured CPU. sched_getcpu() is taken modulo this number.
+  std::size_t caches = 0;
+  /// Per-thread front cache. Off: every call goes to the core cache under its lock.
+  bool thread_cache = true;
+  /// Detect double free, foreign pointers and size/alignment mismatches; abort with a message
+  /// naming the pointer and the problem. Costs an atomic bit flip and a lookup per call.
+  bool checked = BSALLOC_CHECKED_DEFAULT;
+};
+
+struct slab_class_stats {
+  std::size_t object_size = 0;
+  std::size_t slab_bytes = 0;
+  std::size_t slabs = 0;           ///< slabs held from the upstream
+  std::size_t objects_in_use = 0;  ///< held by users now
+  std::size_t bytes_in_use = 0;    ///< objects_in_use * object_size
+  std::size_t peak_objects = 0;    ///< most objects out of slabs at once (users + thread caches)
+};
+
+struct slab_core_stats {
+  std::size_t allocations = 0;            ///< objects handed out by this core's slabs
+  std::size_t deallocations = 0;          ///< objects given back to this core's slabs locally
+  std::size_t remote_frees_sent = 0;      ///< objects this core's threads posted to other cores
+  std::size_t remote_frees_received = 0;  ///< objects drained from this core's queue
+  std::size_t remote_overflows = 0;       ///< messages that found the queue full
+  std::size_t slab_refills = 0;           ///< slabs taken from the upstream
+  std::size_t slab_returns = 0;           ///< slabs given back to the upstream
+};
+
+struct slab_resource_stats {
+  std::size_t objects_in_use = 0;  ///< small objects held by users
+  std::size_t bytes_in_use = 0;    ///< their class bytes, plus large bytes
+  std::size_t bytes_reserved = 0;  ///< slab bytes and large blocks held from the upstream
+  std::size_t large_objects = 0;   ///< requests passed to the upstream, live
+  std::size_t large_bytes = 0;
+  std::size_t thread_caches = 0;
+  std::size_t cached_objects = 0;         ///< free objects sitting in thread caches
+  std::vector<slab_class_stats> classes;  ///< classes with any slab or any peak
+  std::vector<slab_core_stats> cores;
+};
+
+std::string to_string(const slab_resource_stats& s);
+std::string to_json(const slab_resource_stats& s);
+
+namespace detail {
+struct slab_state;
+}
+
+class slab_resource : public std::pmr::memory_resource {
+ public:
+  static constexpr std::size_t max_pool_block = std::size_t{64} << 10;
+
+  slab_resource();
+  explicit slab_resource(std::pmr::memory_resource* upstream);
+  slab_resource(const std::pmr::pool_options& options, std::pmr::memory_resource* upstream);
+  explicit slab_resource(const std::pmr::pool_options& options);
+  slab_resource(const std::pmr::pool_options& options, const slab_resource_options& knobs,
+                std::pmr::memory_resource* upstream = &global_page_resource());
+  ~slab_resource() override;
+  slab_resource(const slab_resource&) = delete;
+  slab_resource& operator=(const slab_resource&) = delete;
+
+  std::pmr::memory_resource* upstream_resource() const noexcept;
+  /// The options in effect: largest_required_pool_block is the largest class (requests above
+  /// it go to the upstream); max_blocks_per_chunk the most objects one slab holds.
+  std::pmr::pool_options options() const noexcept;
+  const slab_resource_options& knobs() const noexcept;
+
+  /// Frees everything: every slab and large block goes back to the upstream, every thread
+  /// cache is emptied. No other thread may use the resource meanwhile.
+  void release();
+  /// Flushes the calling thread's cache, drains every core's remote frees and returns every
+  /// empty slab upstream. Returns the bytes given back.
+  std::size_t trim();
+
+  slab_resource_stats stats() const;
+  /// Verifies S1–S4; throws std::logic_error naming the broken invariant.
+  void check_invariants() const;
+
+  /// The class that serves (bytes, alignment), or -1 when the upstream does.
+  static int size_class(std::size_t bytes, std::size_t alignment) noexcept;
+  static std::size_t class_size(int cls) noexcept;
+
+ protected:
+  void* do_allocate(std::size_t bytes, std::size_t alignment) override;
+  void do_deallocate(void* p, std::size_t bytes, std::size_t alignment) override;
+  bool do_is_equal(const std::pmr::memory_resource& other) const noexcept override {
+    return this == &other;
+  }
+
+ private:
+  [[gnu::noinline]] void* allocate_slow(std::size_t bytes, std::size_t alignment);
+  [[gnu::noinline]] void deallocate_slow(void* p, std::size_t bytes, std::size_t alignment);
+
+  detail::slab_state* state_;
+  std::uint64_t id_;           // never reused: names this resource in thread caches
+  std::uint32_t slot_;         // its slot in every thread's cache table
+  std::uint32_t small_limit_;  // requests up to this size take the inline class table
+  bool checked_;
+};
+
+}  // namespace bsalloc
+
+template <>
+struct fmt::formatter<bsalloc::slab_resource_stats>
+    : bsalloc::detail::stats_formatter<bsalloc::slab_resource_stats> {};
