@@ -64,6 +64,9 @@ struct params {
   bool quick = false;   ///< small working sets (smoke test)
   std::uint64_t seed = 1;
   std::size_t size = 64;  ///< fastpath: request size
+  /// Alignment of the untyped workloads' requests: memory_resource::allocate's default, as
+  /// malloc guarantees. Typed ones (containers, objects) use alignof(T).
+  std::size_t align = alignof(std::max_align_t);
 };
 
 struct workload_result {

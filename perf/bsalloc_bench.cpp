@@ -1,8 +1,8 @@
 // bsalloc_bench: runs one workload through one peer and prints one CSV line.
 //
 //   bsalloc_bench --peer NAME --workload NAME [--ops N] [--quick] [--seed S] [--size BYTES]
-//   bsalloc_bench --list      # the matrix: "workload group small|other peer..." per line
-//   bsalloc_bench --header    # the CSV header
+//   [--align A] bsalloc_bench --list      # the matrix: "workload group small|other peer..." per
+//   line bsalloc_bench --header    # the CSV header
 //
 // The malloc family (glibc, jemalloc, mimalloc, tcmalloc) is chosen by LD_PRELOAD; the program
 // refuses a peer name that does not match the malloc it runs with. perf/run.py drives it.
@@ -46,7 +46,7 @@ void reset_peak_rss() {
 int usage(const char* why) {
   std::fprintf(stderr,
                "bsalloc_bench: %s\nusage: bsalloc_bench --peer NAME --workload NAME [--ops N] "
-               "[--quick] [--seed S] [--size BYTES] | --list | --header\n",
+               "[--quick] [--seed S] [--size BYTES] [--align A] | --list | --header\n",
                why);
   return 2;
 }
@@ -83,6 +83,8 @@ int main(int argc, char** argv) {
       pa.ops = std::strtoull(v, nullptr, 10);
     } else if (a == "--seed" && (v = value())) {
       pa.seed = std::strtoull(v, nullptr, 10);
+    } else if (a == "--align" && (v = value())) {
+      pa.align = std::strtoull(v, nullptr, 10);
     } else if (a == "--size" && (v = value())) {
       pa.size = std::strtoull(v, nullptr, 10);
     } else {

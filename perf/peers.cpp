@@ -1,4 +1,6 @@
 // The peers: every allocator measured, each behind one std::pmr::memory_resource*.
+#include "bench.hpp"  // first: it decides which optional bsalloc headers exist
+
 #include <dlfcn.h>
 #include <malloc.h>
 
@@ -13,8 +15,6 @@
 #if BSALLOC_BENCH_HAVE_SLAB
 #include <bsalloc/slab_resource.hpp>
 #endif
-
-#include "bench.hpp"
 
 namespace bench {
 namespace {

@@ -100,6 +100,8 @@ def main():
                     "perf/results/raw/quick)")
     ap.add_argument("--peers", help="comma-separated subset of peers")
     ap.add_argument("--workloads", help="comma-separated subset of workloads")
+    ap.add_argument("--align", type=int, help="alignment of the untyped workloads' requests "
+                    "(default: memory_resource's default, 16)")
     ap.add_argument("--no-charts", action="store_true")
     ap.add_argument("--seed", type=int, default=1, help="seed of the run order")
     args = ap.parse_args()
@@ -139,6 +141,8 @@ def main():
                     cmd = [args.bench, "--peer", peer, "--workload", workload]
                     if args.quick:
                         cmd.append("--quick")
+                    if args.align:
+                        cmd += ["--align", str(args.align)]
                     try:
                         p = subprocess.run(cmd, env=run_env(peer), capture_output=True, text=True,
                                            timeout=60 if args.quick else 600)
