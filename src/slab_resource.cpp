@@ -58,20 +58,37 @@ static_assert(class_size_of(class_count - 1) == slab_resource::max_pool_block);
 static_assert(class_of(65) == 8 && class_size_of(8) == 72 && class_of(128) == 15);
 static_assert(class_of(129) == 16 && class_of(std::size_t{64} << 10) == class_count - 1);
 
-constexpr auto make_small_table() {
-  std::array<std::uint8_t, small_max / 8 + 1> t{};
-  for (std::size_t i = 0; i < t.size(); ++i)
-    t[i] = static_cast<std::uint8_t>(class_of(std::max<std::size_t>(8, i * 8)));
-  return t;
-}
-constexpr auto small_class_table = make_small_table();
-
 constexpr std::size_t lowest_bit(std::size_t v) {
   return v & (~v + 1);
 }
 constexpr std::size_t round_up(std::size_t v, std::size_t a) {
   return (v + a - 1) / a * a;
 }
+constexpr bool power_of_two(std::size_t v) {
+  return v != 0 && (v & (v - 1)) == 0;
+}
+
+// The inline class table, indexed by size / 8 rounded up. Every size up to 128 that is a
+// multiple of 8 is a class, and every class above is a multiple of 16.
+constexpr auto make_small_table() {
+  std::array<std::uint8_t, small_max / 8 + 1> t{};
+  for (std::size_t i = 0; i < t.size(); ++i)
+    t[i] = static_cast<std::uint8_t>(class_of(std::max<std::size_t>(8, i * 8)));
+  t[0] = static_cast<std::uint8_t>(class_of(16));  // 0 bytes: 16 serves every alignment <= 16
+  return t;
+}
+constexpr auto small_class_table = make_small_table();
+
+// Alignment 1..16, without a branch: for 16 the index is rounded up to even, so the class size
+// is a multiple of 16 and its objects are 16-aligned.
+constexpr std::size_t small_index(std::size_t bytes, std::size_t alignment) {
+  const std::size_t i = (bytes + 7) >> 3;
+  return i + (i & (alignment >> 4));
+}
+static_assert(class_size_of(small_class_table[small_index(24, 16)]) == 32);
+static_assert(class_size_of(small_class_table[small_index(0, 16)]) == 16);
+static_assert(class_size_of(small_class_table[small_index(24, 8)]) == 24);
+static_assert(class_size_of(small_class_table[small_index(1024, 16)]) == 1024);
 
 // ---------------------------------------------------------------------------------------------
 // Structures
@@ -667,7 +684,7 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
     : state_(nullptr),
       id_(detail::next_resource_id.fetch_add(1)),
       slot_(static_cast<std::uint32_t>(id_ % detail::tls_slot_count)),
-      small_limit_(0),
+      small_bound_(0),
       checked_(knobs.checked) {
   if (!upstream) throw std::invalid_argument("bsalloc::slab_resource: null upstream");
   if (knobs.remote_queue_capacity == 0 || knobs.remote_queue_capacity > 65534)
@@ -701,8 +718,9 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
   }
   st->pool.largest_required_pool_block = detail::class_size_of(st->classes - 1);
   st->pool.max_blocks_per_chunk = most_objects;
-  small_limit_ =
-      static_cast<std::uint32_t>(std::min(detail::small_max, st->pool.largest_required_pool_block));
+  if (!knobs.checked)
+    small_bound_ = static_cast<std::uint32_t>(
+        std::min(detail::small_max, st->pool.largest_required_pool_block) + 1);
   std::size_t n = knobs.caches;
   if (n == 0) n = static_cast<std::size_t>(std::max(1L, ::sysconf(_SC_NPROCESSORS_CONF)));
   n = std::min<std::size_t>(n, 4096);
@@ -792,11 +810,12 @@ const slab_resource_options& slab_resource::knobs() const noexcept {
 }
 
 int slab_resource::size_class(std::size_t bytes, std::size_t alignment) noexcept {
+  if (alignment <= 16 && bytes <= detail::small_max && detail::power_of_two(alignment))
+    return detail::small_class_table[detail::small_index(bytes, alignment)];
   if (alignment <= 8) {
-    if (bytes <= detail::small_max) return detail::small_class_table[(bytes + 7) >> 3];
     return bytes <= max_pool_block ? detail::class_of(bytes) : -1;
   }
-  if (alignment > detail::max_slab_align || !std::has_single_bit(alignment)) return -1;
+  if (alignment > detail::max_slab_align || !detail::power_of_two(alignment)) return -1;
   const std::size_t size = detail::round_up(std::max(bytes, alignment), alignment);
   if (size > max_pool_block) return -1;
   int c = detail::class_of(size);
@@ -813,10 +832,11 @@ std::size_t slab_resource::class_size(int cls) noexcept {
 // ---------------------------------------------------------------------------------------------
 
 void* slab_resource::do_allocate(std::size_t bytes, std::size_t alignment) {
-  if (bytes <= small_limit_ && alignment <= 8 && !checked_) [[likely]] {
+  if (bytes < small_bound_ && alignment <= 16) [[likely]] {
     const detail::tls_slot& s = detail::t_slots[slot_];
     if (s.id == id_) [[likely]] {
-      detail::bin& b = s.cache->bins[detail::small_class_table[(bytes + 7) >> 3]];
+      detail::bin& b =
+          s.cache->bins[detail::small_class_table[detail::small_index(bytes, alignment)]];
       if (void* p = b.head) [[likely]] {
         b.head = *static_cast<void**>(p);
         b.count.store(b.count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
@@ -828,10 +848,11 @@ void* slab_resource::do_allocate(std::size_t bytes, std::size_t alignment) {
 }
 
 void slab_resource::do_deallocate(void* p, std::size_t bytes, std::size_t alignment) {
-  if (bytes <= small_limit_ && alignment <= 8 && !checked_) [[likely]] {
+  if (bytes < small_bound_ && alignment <= 16) [[likely]] {
     const detail::tls_slot& s = detail::t_slots[slot_];
     if (s.id == id_) [[likely]] {
-      detail::bin& b = s.cache->bins[detail::small_class_table[(bytes + 7) >> 3]];
+      detail::bin& b =
+          s.cache->bins[detail::small_class_table[detail::small_index(bytes, alignment)]];
       const std::uint32_t n = b.count.load(std::memory_order_relaxed);
       if (n < b.limit) [[likely]] {
         *static_cast<void**>(p) = b.head;
@@ -865,7 +886,7 @@ detail::thread_cache* cache_for(slab_state& st, std::uint64_t id, std::uint32_t 
 
 void* slab_resource::allocate_slow(std::size_t bytes, std::size_t alignment) {
   slab_state& st = *state_;
-  if (!std::has_single_bit(alignment))
+  if (!detail::power_of_two(alignment))
     throw std::invalid_argument(
         fmt::format("bsalloc::slab_resource: alignment {} is not a power of two", alignment));
   int c = size_class(bytes, alignment);
@@ -903,7 +924,7 @@ void* slab_resource::allocate_slow(std::size_t bytes, std::size_t alignment) {
 
 void slab_resource::deallocate_slow(void* p, std::size_t bytes, std::size_t alignment) {
   slab_state& st = *state_;
-  int c = std::has_single_bit(alignment) ? size_class(bytes, alignment) : -2;
+  int c = detail::power_of_two(alignment) ? size_class(bytes, alignment) : -2;
   if (c >= st.classes) c = -1;
   if (checked_) {
     if (c == -2) st.bad(p, bytes, alignment, "alignment is not a power of two");

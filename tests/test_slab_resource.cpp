@@ -112,7 +112,8 @@ TEST_CASE("size classes: 8 B to 64 KiB, waste at most 12.5 % above 64 B") {
   }
   CHECK(slab_resource::size_class(slab_resource::max_pool_block + 1, 8) == -1);
   CHECK(slab_resource::size_class(64, 8192) == -1);  // beyond a slab's alignment: upstream
-  CHECK(slab_resource::class_size(slab_resource::size_class(0, 1)) == 8);
+  CHECK(slab_resource::class_size(slab_resource::size_class(0, 1)) == 16);  // any alignment <= 16
+  CHECK(slab_resource::class_size(slab_resource::size_class(24, 16)) == 32);
 }
 
 TEST_CASE("every class and alignment: aligned, writable, distinct") {

@@ -149,9 +149,11 @@ class slab_resource : public std::pmr::memory_resource {
   [[gnu::noinline]] void deallocate_slow(void* p, std::size_t bytes, std::size_t alignment);
 
   detail::slab_state* state_;
-  std::uint64_t id_;           // never reused: names this resource in thread caches
-  std::uint32_t slot_;         // its slot in every thread's cache table
-  std::uint32_t small_limit_;  // requests up to this size take the inline class table
+  std::uint64_t id_;    // never reused: names this resource in thread caches
+  std::uint32_t slot_;  // its slot in every thread's cache table
+  // Requests below this size with alignment <= 16 try the inline fast path; 0 in checked mode,
+  // so that every call takes the checked slow path.
+  std::uint32_t small_bound_;
   bool checked_;
 };
 
