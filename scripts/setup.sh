@@ -4,6 +4,7 @@
 set -euo pipefail
 packages=(
   cmake make g++ clang                               # toolchains (g++ 12, clang 14)
+  pkg-config                                         # the consumer step checks bsalloc.pc
   libboost-dev libboost-container-dev libfmt-dev     # Boost.Lockfree / Boost.Container, fmt
   doctest-dev libbenchmark-dev                       # tests, benchmarks
   libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4   # the peers in perf/

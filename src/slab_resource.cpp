@@ -26,6 +26,25 @@
 #include <fmt/format.h>
 #include <boost/lockfree/queue.hpp>
 
+// Under AddressSanitizer free objects are poisoned (all but the word that links them), so a
+// use after free inside the pool is reported like one outside it.
+#if defined(__SANITIZE_ADDRESS__)
+#define BSALLOC_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define BSALLOC_ASAN 1
+#endif
+#endif
+#ifdef BSALLOC_ASAN
+#include <sanitizer/asan_interface.h>
+#define BSALLOC_POISON_FREE(p, size) \
+  ASAN_POISON_MEMORY_REGION(static_cast<char*>(p) + sizeof(void*), (size) - sizeof(void*))
+#define BSALLOC_UNPOISON(p, size) ASAN_UNPOISON_MEMORY_REGION((p), (size))
+#else
+#define BSALLOC_POISON_FREE(p, size) ((void)0)
+#define BSALLOC_UNPOISON(p, size) ((void)0)
+#endif
+
 namespace bsalloc {
 namespace detail {
 namespace {
@@ -301,6 +320,7 @@ struct slab_state {
         std::lock_guard lock(checked_lock);
         checked_slabs.erase(reinterpret_cast<std::uintptr_t>(s));
       }
+      BSALLOC_UNPOISON(s, bytes);
       s->magic = 0;
       slab_bytes_reserved.fetch_sub(bytes, std::memory_order_relaxed);
       upstream->deallocate(s, bytes, bytes);
@@ -313,6 +333,7 @@ struct slab_state {
     slab* s = slab_of(p, c);
     *static_cast<void**>(p) = s->free;
     s->free = p;
+    BSALLOC_POISON_FREE(p, geom[static_cast<std::size_t>(c)].size);
     --s->used;
     auto& l = core.cls[static_cast<std::size_t>(c)];
     if (s->list == list_full) move(l, s, list_partial);
@@ -835,11 +856,12 @@ void* slab_resource::do_allocate(std::size_t bytes, std::size_t alignment) {
   if (bytes < small_bound_ && alignment <= 16) [[likely]] {
     const detail::tls_slot& s = detail::t_slots[slot_];
     if (s.id == id_) [[likely]] {
-      detail::bin& b =
-          s.cache->bins[detail::small_class_table[detail::small_index(bytes, alignment)]];
+      const auto cls = detail::small_class_table[detail::small_index(bytes, alignment)];
+      detail::bin& b = s.cache->bins[cls];
       if (void* p = b.head) [[likely]] {
         b.head = *static_cast<void**>(p);
         b.count.store(b.count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+        BSALLOC_UNPOISON(p, detail::class_size_of(cls));
         return p;
       }
     }
@@ -851,13 +873,14 @@ void slab_resource::do_deallocate(void* p, std::size_t bytes, std::size_t alignm
   if (bytes < small_bound_ && alignment <= 16) [[likely]] {
     const detail::tls_slot& s = detail::t_slots[slot_];
     if (s.id == id_) [[likely]] {
-      detail::bin& b =
-          s.cache->bins[detail::small_class_table[detail::small_index(bytes, alignment)]];
+      const auto cls = detail::small_class_table[detail::small_index(bytes, alignment)];
+      detail::bin& b = s.cache->bins[cls];
       const std::uint32_t n = b.count.load(std::memory_order_relaxed);
       if (n < b.limit) [[likely]] {
         *static_cast<void**>(p) = b.head;
         b.head = p;
         b.count.store(n + 1, std::memory_order_relaxed);
+        BSALLOC_POISON_FREE(p, detail::class_size_of(cls));
         return;
       }
     }
@@ -919,6 +942,7 @@ void* slab_resource::allocate_slow(std::size_t bytes, std::size_t alignment) {
     p = chain;
   }
   if (checked_) st.mark_allocated(p, c);
+  BSALLOC_UNPOISON(p, st.geom[static_cast<std::size_t>(c)].size);
   return p;
 }
 
@@ -934,6 +958,7 @@ void slab_resource::deallocate_slow(void* p, std::size_t bytes, std::size_t alig
     st.deallocate_large(p, bytes, alignment);
     return;
   }
+  BSALLOC_POISON_FREE(p, st.geom[static_cast<std::size_t>(c)].size);
   if (detail::thread_cache* tc = cache_for(st, id_, slot_)) {
     detail::bin& b = tc->bins[static_cast<std::size_t>(c)];
     *static_cast<void**>(p) = b.head;

@@ -589,3 +589,95 @@ TEST_CASE("checked mode: bad input aborts with a message naming the pointer and 
   CHECK(!fine.first);
   CHECK(fine.second.empty());
 }
+
+TEST_CASE("any upstream memory_resource works") {
+  // new_delete_resource honours alignment; a monotonic buffer does too and never frees.
+  {
+    slab_resource res(std::pmr::new_delete_resource());
+    std::pmr::vector<std::pmr::string> v(&res);
+    for (int i = 0; i < 2000; ++i) v.emplace_back(fmt::format("upstream new/delete {:>24}", i));
+    CHECK(v[1999].find("1999") != std::string::npos);
+    res.check_invariants();
+  }
+  {
+    std::pmr::monotonic_buffer_resource mono(std::size_t{8} << 20);
+    slab_resource res(&mono);
+    std::vector<void*> held;
+    for (int i = 0; i < 5000; ++i)
+      held.push_back(res.allocate(static_cast<std::size_t>(16 + i % 2000)));
+    for (int i = 0; i < 5000; ++i)
+      res.deallocate(held[static_cast<std::size_t>(i)], static_cast<std::size_t>(16 + i % 2000));
+    res.trim();
+    res.check_invariants();
+    CHECK(res.stats().objects_in_use == 0);
+  }
+}
+
+TEST_CASE("cache counts below the CPU count: sched_getcpu() ids taken modulo") {
+  for (std::size_t caches : {std::size_t{1}, std::size_t{3}}) {
+    page_resource pages;
+    {
+      auto k = knobs();
+      k.caches = caches;
+      slab_resource res(std::pmr::pool_options{}, k, &pages);
+      CHECK(res.stats().cores.size() == caches);
+      std::vector<std::thread> pool;
+      std::vector<std::vector<void*>> made(8);
+      for (std::size_t t = 0; t < made.size(); ++t)
+        pool.emplace_back([&, t] {
+          for (int i = 0; i < 3000; ++i) made[t].push_back(res.allocate(24 + t * 8));
+        });
+      for (auto& th : pool) th.join();
+      pool.clear();
+      for (std::size_t t = 0; t < made.size(); ++t)  // each batch freed by another thread
+        pool.emplace_back([&, t] {
+          const std::size_t from = (t + 1) % made.size();
+          for (void* p : made[from]) res.deallocate(p, 24 + from * 8);
+        });
+      for (auto& th : pool) th.join();
+      res.trim();
+      res.check_invariants();
+      CHECK(res.stats().objects_in_use == 0);
+    }
+    CHECK(fully_coalesced(pages));
+  }
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TEST_ASAN 1
+#endif
+#endif
+
+#ifdef TEST_ASAN
+TEST_CASE("AddressSanitizer sees a use after free inside the pool") {
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    std::signal(SIGABRT, SIG_DFL);
+    ::dup2(fds[1], 2);
+    page_resource pages;
+    slab_resource res(&pages);
+    auto* p = static_cast<char*>(res.allocate(64));
+    res.deallocate(p, 64);
+    volatile char* q = p;
+    q[32] = 1;  // after free: poisoned
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  std::string err;
+  char buf[512];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;)
+    err.append(buf, static_cast<std::size_t>(n));
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  CHECK(!(WIFEXITED(status) && WEXITSTATUS(status) == 0));
+  CHECK_MESSAGE(err.find("use-after-poison") != std::string::npos, err);
+}
+#endif
