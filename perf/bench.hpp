@@ -38,6 +38,8 @@ class peer {
   virtual peer_kind kind() const = 0;
   /// Gives free memory back as far as the allocator can (run after everything was freed).
   virtual void trim() = 0;
+  /// The allocator's own statistics, readable (bsalloc peers), or empty.
+  virtual std::string stats() { return {}; }
 };
 
 /// A peer by name, or an error message in `error` (unknown name, or the malloc family member

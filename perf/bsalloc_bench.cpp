@@ -46,7 +46,7 @@ void reset_peak_rss() {
 int usage(const char* why) {
   std::fprintf(stderr,
                "bsalloc_bench: %s\nusage: bsalloc_bench --peer NAME --workload NAME [--ops N] "
-               "[--quick] [--seed S] [--size BYTES] [--align A] | --list | --header\n",
+               "[--quick] [--seed S] [--size BYTES] [--align A] [--stats] | --list | --header\n",
                why);
   return 2;
 }
@@ -56,6 +56,7 @@ int usage(const char* why) {
 int main(int argc, char** argv) {
   std::string peer_name, workload_name;
   bench::params pa;
+  bool stats = false;
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
     auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
@@ -73,6 +74,8 @@ int main(int argc, char** argv) {
     } else if (a == "--header") {
       std::printf("%s\n", header);
       return 0;
+    } else if (a == "--stats") {
+      stats = true;
     } else if (a == "--quick") {
       pa.quick = true;
     } else if (a == "--peer" && (v = value())) {
@@ -111,7 +114,9 @@ int main(int argc, char** argv) {
   const bench::workload_result r = w->run(*pe, pa);
   const std::size_t peak = status_kib("VmHWM");
   const std::size_t freed = status_kib("VmRSS");
+  if (stats) std::fprintf(stderr, "after the workload:\n%s\n", pe->stats().c_str());
   pe->trim();
+  if (stats) std::fprintf(stderr, "after trim:\n%s\n", pe->stats().c_str());
   const std::size_t trimmed = status_kib("VmRSS");
 
   const std::size_t requested_kib = r.peak_requested_bytes / 1024;

@@ -118,6 +118,7 @@ class page_peer final : public peer {
   std::pmr::memory_resource* resource() override { return &pages_; }
   peer_kind kind() const override { return peer_kind::pmr; }
   void trim() override { pages_.trim(); }
+  std::string stats() override { return bsalloc::to_string(pages_.stats()); }
 
  private:
   bsalloc::page_resource pages_;
@@ -131,6 +132,10 @@ class slab_peer final : public peer {
   void trim() override {
     slab_.trim();
     bsalloc::global_page_resource().trim();
+  }
+  std::string stats() override {
+    return bsalloc::to_string(slab_.stats()) + "\nupstream:\n" +
+           bsalloc::to_string(bsalloc::global_page_resource().stats());
   }
 
  private:
