@@ -16,14 +16,6 @@ endif()
 
 include(CMakePackageConfigHelpers)
 
-# The root names $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}> before GNUInstallDirs is
-# included, so on a first configure that entry is empty and the exported target would have no
-# include directory. Add it here unless it is already there (a re-configure).
-get_target_property(_bsalloc_includes bsalloc INTERFACE_INCLUDE_DIRECTORIES)
-if(NOT "$<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>" IN_LIST _bsalloc_includes)
-  target_include_directories(bsalloc PUBLIC $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
-endif()
-
 set(BSALLOC_INSTALL_CMAKEDIR "${CMAKE_INSTALL_LIBDIR}/cmake/bsalloc"
     CACHE STRING "Where bsallocConfig.cmake is installed (relative to the prefix)")
 set(BSALLOC_INSTALL_PKGCONFIGDIR "${CMAKE_INSTALL_LIBDIR}/pkgconfig"

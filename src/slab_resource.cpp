@@ -56,7 +56,6 @@ namespace {
 constexpr int class_count = 88;
 constexpr std::size_t small_max = 1024;       // sizes served by the inline table
 constexpr std::size_t max_slab_align = 4096;  // alignment a class can give at most
-constexpr std::size_t min_slab_bytes = std::size_t{64} << 10;
 constexpr std::uint32_t slab_magic = 0xb5a1ab5au;
 
 constexpr std::size_t class_size_of(int c) {
@@ -239,7 +238,7 @@ struct slab_state {
   std::mutex checked_lock;
   std::unordered_set<std::uintptr_t> checked_slabs;               // checked_lock
   std::unordered_map<std::uintptr_t, std::size_t> checked_large;  // checked_lock
-  std::array<std::size_t, 8> slab_sizes{};  // distinct slab sizes, for checked lookups
+  std::array<std::size_t, 16> slab_sizes{};  // distinct slab sizes, for checked lookups
   std::size_t slab_size_count = 0;
   const slab_resource* self = nullptr;
 
@@ -708,6 +707,11 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
       small_bound_(0),
       checked_(knobs.checked) {
   if (!upstream) throw std::invalid_argument("bsalloc::slab_resource: null upstream");
+  if (knobs.min_slab_bytes < page_size || knobs.min_slab_bytes > (std::size_t{1} << 20) ||
+      !detail::power_of_two(knobs.min_slab_bytes))
+    throw std::invalid_argument(fmt::format(
+        "bsalloc::slab_resource: min_slab_bytes {} is not a power of two from 4 KiB to 1 MiB",
+        knobs.min_slab_bytes));
   if (knobs.remote_queue_capacity == 0 || knobs.remote_queue_capacity > 65534)
     throw std::invalid_argument(
         fmt::format("bsalloc::slab_resource: remote_queue_capacity {} is not in 1..65534",
@@ -724,7 +728,7 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
   for (int c = 0; c < st->classes; ++c) {
     auto& g = st->geom[static_cast<std::size_t>(c)];
     g.size = detail::class_size_of(c);
-    g.slab_bytes = std::max(detail::min_slab_bytes, std::bit_ceil(g.size * 16));
+    g.slab_bytes = std::max(knobs.min_slab_bytes, std::bit_ceil(g.size * 16));
     const std::size_t bits = g.slab_bytes / g.size;
     g.bitmap_words = knobs.checked ? static_cast<std::uint32_t>((bits + 63) / 64) : 0;
     const std::size_t obj_align = std::min(detail::lowest_bit(g.size), detail::max_slab_align);

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <bit>
 #include <csignal>
 #include <cstring>
 #include <functional>
@@ -14,6 +15,7 @@
 #include <map>
 #include <memory_resource>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -162,6 +164,38 @@ TEST_CASE("every class and alignment: aligned, writable, distinct") {
     CHECK(res.stats().bytes_in_use == 0);
   }
   CHECK(pages.stats().allocated_bytes == 0);
+}
+
+TEST_CASE("min_slab_bytes: small slabs for small arenas") {
+  const std::size_t bytes = std::size_t{1} << 20;
+  void* mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(mem != MAP_FAILED);
+  {
+    page_resource budget(std::span<std::byte>(static_cast<std::byte*>(mem), bytes));
+    auto k = knobs(true);
+    k.min_slab_bytes = 4096;
+    slab_resource res(std::pmr::pool_options{}, k, &budget);
+    // Many classes touched in a 1 MiB budget: only small slabs fit.
+    std::vector<std::pair<void*, std::size_t>> held;
+    std::set<int> classes;
+    for (std::size_t n = 8; n <= 2048; n += 13) {
+      held.emplace_back(res.allocate(n), n);
+      classes.insert(slab_resource::size_class(n, alignof(std::max_align_t)));
+    }
+    const auto s = res.stats();
+    CHECK(s.classes.size() == classes.size());
+    CHECK(classes.size() >= 40);  // with 64 KiB slabs: >= 2.5 MiB, more than the budget
+    CHECK(s.bytes_reserved <= classes.size() * 32768);  // one slab each, 16 objects at most 2 KiB
+    for (const auto& c : s.classes)
+      CHECK(c.slab_bytes == std::max<std::size_t>(4096, std::bit_ceil(c.object_size * 16)));
+    res.check_invariants();
+    for (auto [p, n] : held) res.deallocate(p, n);
+  }
+  ::munmap(mem, bytes);
+  auto bad = knobs();
+  bad.min_slab_bytes = 3000;
+  CHECK_THROWS_AS(slab_resource(std::pmr::pool_options{}, bad, &bsalloc::global_page_resource()),
+                  std::invalid_argument);
 }
 
 TEST_CASE("allocate(0) gives distinct valid pointers; bad alignment is refused") {

@@ -57,6 +57,10 @@ struct slab_resource_options {
   std::size_t remote_queue_capacity = 1024;
   /// Core caches; 0 = one per configured CPU. sched_getcpu() is taken modulo this number.
   std::size_t caches = 0;
+  /// Smallest slab (a power of two, 4 KiB … 1 MiB). A class's slab holds at least 16 objects
+  /// and is at least this big. Smaller slabs suit small fixed arenas (less memory parked in
+  /// partly used slabs); larger ones mean fewer trips to the upstream.
+  std::size_t min_slab_bytes = std::size_t{64} << 10;
   /// Per-thread front cache. Off: every call goes to the core cache under its lock.
   bool thread_cache = true;
   /// Detect double free, foreign pointers and size/alignment mismatches; abort with a message
