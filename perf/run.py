@@ -43,7 +43,7 @@ GROUP_TITLES = {
     "small": "Small objects: ns per allocate+free (lower is better)",
     "mixed_large": "Mixed 8 B-8 KiB, large 4 KiB-1 MiB, vector growth: ns per op",
     "containers": "pmr containers: ns per operation",
-    "threads": "Threads: wall-clock ns per op, all threads (2 cores)",
+    "threads": f"Threads: wall-clock ns per op over all threads ({os.cpu_count()} cores)",
     "footprint": "Footprint: bytes requested at peak and RSS (MiB)",
 }
 
@@ -326,8 +326,8 @@ def markdown_report(summary, goals, matrix, peer_order, reps, machine):
     return "\n".join(lines)
 
 
-def gnuplot_terminal():
-    for term in ("pngcairo size 1100,520 font ',10'", "png size 1100,520"):
+def gnuplot_terminal(width):
+    for term in (f"pngcairo size {width},520 font ',10'", f"png size {width},520"):
         if subprocess.run(["gnuplot", "-e", f"set terminal {term}"], capture_output=True,
                           input="").returncode == 0:
             return term
@@ -338,8 +338,7 @@ def draw_charts(out, summary, matrix, peer_order):
     if not shutil.which("gnuplot"):
         print("gnuplot not found: no charts", file=sys.stderr)
         return
-    term = gnuplot_terminal()
-    if not term:
+    if not gnuplot_terminal(1100):
         print("gnuplot has no png terminal: no charts", file=sys.stderr)
         return
     med = {(m["workload"], m["peer"]): m for m in summary}
@@ -372,6 +371,7 @@ def draw_charts(out, summary, matrix, peer_order):
     charts.append(("peak_rss", "Peak RSS per workload (MiB, median, log scale)", "MiB", True,
                    peers, rows))
     for name, title, ylabel, logy, cols, rows in charts:
+        term = gnuplot_terminal(min(1600, max(1100, 120 + 14 * len(cols) * len(rows))))
         dat = os.path.join(out, f"{name}.dat")
         with open(dat, "w") as f:
             for r in rows:
@@ -392,6 +392,7 @@ def draw_charts(out, summary, matrix, peer_order):
             "set yrange [*:*]",
             "set logscale y" if logy else "set yrange [0:*]",
             "set termoption noenhanced",
+            "set xtics rotate by -25 nomirror" if len(rows) > 6 else "set xtics nomirror",
             "plot " + ", ".join(
                 f"'{dat}' using {i + 2}{':xtic(1)' if i == 0 else ''} title \"{c}\" "
                 f"lc rgb '{COLORS.get(c, '#444444')}'" for i, c in enumerate(cols)),
