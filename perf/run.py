@@ -122,6 +122,7 @@ def main():
     for *_, ps in matrix:
         peer_order += [p for p in ps if p not in peer_order]
 
+    started = datetime.datetime.now()
     with open(os.path.join(out, "machine.txt"), "w") as f:
         f.write(machine_info(sys.argv))
     header = subprocess.run([args.bench, "--header"], check=True, capture_output=True,
@@ -162,6 +163,11 @@ def main():
                         print(f"[{done}/{total}] rep {rep} {workload:<13} {peer:<11} "
                               f"{float(rows[-1]['ns_per_op']):10.1f} ns/op", flush=True)
 
+    load = sh("cut -d' ' -f1-3 /proc/loadavg")
+    with open(os.path.join(out, "machine.txt"), "a") as f:
+        f.write(f"runs: {len(rows)} ({reps} repetitions), "
+                f"{(datetime.datetime.now() - started).total_seconds():.0f} s, "
+                f"load average at the end: {load}\n")
     summary = summarize(rows, matrix, peer_order)
     write_csv(os.path.join(out, "summary.csv"), summary)
     goals = evaluate_goals(summary, matrix)
