@@ -134,6 +134,7 @@ std::size_t page_resource::insert_region(const region& r) {
 
 void page_resource::init_region(region& r) {
   r.free_head.fill(no_page);
+  r.free_tail.fill(no_page);
   r.nonempty = 0;
   r.free_pages = 0;
   for (std::uint32_t i = 0; i < r.pages;) {
@@ -220,14 +221,24 @@ void page_resource::push_free(region& r, std::uint32_t index, unsigned order, bo
   dirty = dirty && r.os_backed;  // only OS memory is ever purged
   page_meta& m = r.meta[index];
   const std::uint32_t head = r.free_head[order];
+  const std::uint32_t tail = r.free_tail[order];
+  const bool at_front = dirty || head == no_page;  // clean blocks go to the back (I3)
   m = page_meta{meta_free,
                 static_cast<std::uint8_t>(order),
                 static_cast<std::uint8_t>((m.flags & flag_resident) | (dirty ? flag_dirty : 0)),
                 0,
-                no_page,
-                head};
-  if (head != no_page) r.meta[head].prev = index;
-  r.free_head[order] = index;
+                at_front ? no_page : tail,
+                at_front ? head : no_page};
+  if (at_front) {
+    if (head != no_page)
+      r.meta[head].prev = index;
+    else
+      r.free_tail[order] = index;
+    r.free_head[order] = index;
+  } else {
+    r.meta[tail].next = index;
+    r.free_tail[order] = index;
+  }
   r.nonempty |= 1u << order;
   r.free_pages += 1u << order;
 }
@@ -238,7 +249,10 @@ void page_resource::remove_free(region& r, std::uint32_t index, unsigned order) 
     r.meta[m.prev].next = m.next;
   else
     r.free_head[order] = m.next;
-  if (m.next != no_page) r.meta[m.next].prev = m.prev;
+  if (m.next != no_page)
+    r.meta[m.next].prev = m.prev;
+  else
+    r.free_tail[order] = m.prev;
   if (r.free_head[order] == no_page) r.nonempty &= ~(1u << order);
   r.free_pages -= 1u << order;
   m = page_meta{meta_none, 0,       static_cast<std::uint8_t>(m.flags & flag_resident),
@@ -271,7 +285,7 @@ void page_resource::free_block(region& r, std::uint32_t index, unsigned order, b
 // ---------------------------------------------------------------------------------------------
 
 bool page_resource::take_from_region(std::size_t ri, unsigned order, std::uintptr_t below,
-                                     std::uint32_t& index) {
+                                     std::uint32_t& index, bool& dirty) {
   region& r = regions_[ri];
   const std::uint32_t mask = r.nonempty & ~((1u << order) - 1);
   if (mask == 0) return false;
@@ -293,7 +307,7 @@ bool page_resource::take_from_region(std::size_t ri, unsigned order, std::uintpt
     if (i == no_page) return false;
     --j;
   }
-  const bool dirty = r.meta[i].flags & flag_dirty;
+  dirty = r.meta[i].flags & flag_dirty;
   remove_free(r, i, j);
   while (j > order) {  // split, keeping the lower half
     --j;
@@ -303,7 +317,8 @@ bool page_resource::take_from_region(std::size_t ri, unsigned order, std::uintpt
   return true;
 }
 
-void page_resource::carve_run(region& r, std::uint32_t head, std::uint32_t count, unsigned order) {
+void page_resource::carve_run(region& r, std::uint32_t head, std::uint32_t count, unsigned order,
+                              bool dirty) {
   // [0, count): allocated blocks; [count, 2^order): back to the free lists. The block at `head`
   // is aligned to 2^order, so relative alignment is absolute alignment.
   const std::uint32_t size = std::uint32_t{1} << order;
@@ -330,7 +345,7 @@ void page_resource::carve_run(region& r, std::uint32_t head, std::uint32_t count
   }
   for (std::uint32_t p = count; p < size;) {
     const unsigned k = greedy_order(p, size - p);
-    push_free(r, head + p, k, true);
+    push_free(r, head + p, k, dirty);  // the taken block's hint: clean stays clean
     p += std::uint32_t{1} << k;
   }
   allocated_pages_ += count;
@@ -339,12 +354,13 @@ void page_resource::carve_run(region& r, std::uint32_t head, std::uint32_t count
 
 void* page_resource::try_allocate_locked(std::size_t count, unsigned order, page_constraint where) {
   std::uint32_t index = 0;
+  bool dirty = false;
   for (std::size_t ri = 0; ri < max_regions; ++ri) {
     if (!regions_[ri].in_use) continue;
     if (where.region != any_region && where.region != ri) continue;
-    if (take_from_region(ri, order, where.below, index)) {
+    if (take_from_region(ri, order, where.below, index, dirty)) {
       region& r = regions_[ri];
-      carve_run(r, index, static_cast<std::uint32_t>(count), order);
+      carve_run(r, index, static_cast<std::uint32_t>(count), order, dirty);
       return reinterpret_cast<void*>(page_addr(r, index));
     }
   }
@@ -505,8 +521,10 @@ std::size_t page_resource::purge(std::size_t keep_bytes) {
                 lo = std::min(lo, q);
                 hi = q + 1;
               }
-              r.meta[i].flags &= static_cast<std::uint8_t>(~flag_dirty);
-              if (hi > lo) {
+              if (hi <= lo) {  // nothing resident after all: clean, so it moves to the back
+                remove_free(r, i, static_cast<unsigned>(order));
+                push_free(r, i, static_cast<unsigned>(order), false);
+              } else {
                 remove_free(r, i, static_cast<unsigned>(order));
                 r.meta[i] = page_meta{meta_purging, static_cast<std::uint8_t>(order), 0, 0, no_page,
                                       no_page};
@@ -688,6 +706,13 @@ void page_resource::check_invariants() const {
         if (++len > free_heads[k]) fail(ri, i, "I3: free list longer than its free blocks");
       }
       if (len != free_heads[k]) fail(ri, 0, "I3: free block missing from its list");
+      if (r.free_tail[k] != prev) fail(ri, 0, "I3: free list tail is not its last block");
+      bool seen_clean = false;
+      for (std::uint32_t i = r.free_head[k]; i != no_page; i = r.meta[i].next) {
+        const bool hinted = r.meta[i].flags & flag_dirty;
+        if (hinted && seen_clean) fail(ri, i, "I3: a dirty block behind a clean one");
+        seen_clean = seen_clean || !hinted;
+      }
       if (bool(r.nonempty & (1u << k)) != (len != 0)) fail(ri, 0, "I3: nonempty mask wrong");
     }
     if (region_free != r.free_pages) fail(ri, 0, "I5: region free page count wrong");

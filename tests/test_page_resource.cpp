@@ -356,6 +356,26 @@ TEST_CASE("purged memory leaves RSS; trim and release give memory back") {
   res.check_invariants();
 }
 
+TEST_CASE("allocation reuses resident pages before clean ones") {
+  page_resource res;  // default retain: nothing is purged below 16 MiB of free resident pages
+  void* guard_lo = res.allocate_pages(16);
+  void* b = res.allocate_pages(16);
+  void* guard_hi = res.allocate_pages(16);
+  std::memset(b, 2, 16 * page_size);
+  res.deallocate_pages(b, 16);  // b: a dirty order-4 block (its neighbours are allocated)
+  CHECK(res.stats().dirty_free_bytes == 16 * page_size);
+  // One page aligned to 32 pages: the rest of its 32-page block goes back as clean pieces of
+  // orders 0..4, inserted after b. The next 16-page request still gets b, which is resident.
+  void* c = res.allocate_pages(1, 32 * page_size);
+  res.check_invariants();
+  void* again = res.allocate_pages(16);
+  CHECK(again == b);
+  CHECK(res.stats().dirty_free_bytes == 0);
+  for (void* p : {again, guard_lo, guard_hi}) res.deallocate_pages(p, 16);
+  res.deallocate_pages(c, 1);
+  res.check_invariants();
+}
+
 TEST_CASE("release() resets caller regions to wholly free") {
   buffer buf(std::size_t{1} << 20);
   page_resource res(buf.span());

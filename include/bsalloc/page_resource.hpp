@@ -18,8 +18,10 @@
 //       a block's head page carries a head state (free / allocated / purging); the others none.
 //   I2  a block of order k at pfn p has p % 2^k == 0 and lies wholly inside its region.
 //   I3  free block of order k  <=>  it is on free list k of its region; the list is doubly
-//       linked by page index and bit k of the region's nonempty mask is set iff the list is not
-//       empty.
+//       linked by page index, free_tail is its last block, and bit k of the region's nonempty
+//       mask is set iff the list is not empty. Blocks with the dirty hint are pushed at the
+//       front, clean ones appended at the back: allocation takes the front, so it reuses
+//       resident pages before it faults in purged ones.
 //   I4  no free block has a free buddy of the same order (they would have been merged), unless
 //       one of the two is being purged (out of the lists, lock not held for the madvise).
 //   I5  sum over regions of free pages + allocated pages + purging pages == managed pages.
@@ -75,7 +77,7 @@ struct page_resource_options {
   /// Size of the first region reserved from the OS; later ones grow geometrically.
   std::size_t os_region_bytes = std::size_t{64} << 20;
   /// Free memory kept resident; beyond it free blocks are purged with MADV_DONTNEED.
-  std::size_t retain_bytes = std::size_t{32} << 20;
+  std::size_t retain_bytes = std::size_t{16} << 20;
   /// Grow from the OS when no region can serve a request.
   bool grow_from_os = true;
 };
@@ -183,6 +185,7 @@ class page_resource : public std::pmr::memory_resource {
     std::uint32_t free_pages = 0;
     std::uint32_t nonempty = 0;  // bit k: free list k not empty
     std::array<std::uint32_t, max_order + 1> free_head{};
+    std::array<std::uint32_t, max_order + 1> free_tail{};
     page_meta* meta = nullptr;
     std::uintptr_t span_begin = 0, span_end = 0;  // everything the region occupies (overlap)
     bool os_backed = false;
@@ -204,8 +207,9 @@ class page_resource : public std::pmr::memory_resource {
   std::size_t region_of(std::uintptr_t addr) const;  // lock held; any_region if none
   std::optional<block_info> find_block_locked(const void* p) const;
   void* try_allocate_locked(std::size_t count, unsigned order, page_constraint where);
-  bool take_from_region(std::size_t ri, unsigned order, std::uintptr_t below, std::uint32_t& index);
-  void carve_run(region& r, std::uint32_t head, std::uint32_t count, unsigned order);
+  bool take_from_region(std::size_t ri, unsigned order, std::uintptr_t below, std::uint32_t& index,
+                        bool& dirty);
+  void carve_run(region& r, std::uint32_t head, std::uint32_t count, unsigned order, bool dirty);
   void free_block(region& r, std::uint32_t index, unsigned order, bool dirty);
   void push_free(region& r, std::uint32_t index, unsigned order, bool dirty);
   void remove_free(region& r, std::uint32_t index, unsigned order);
