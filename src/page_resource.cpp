@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <chrono>
 #include <cstring>
 #include <new>
 #include <stdexcept>
@@ -290,6 +291,17 @@ bool page_resource::take_from_region(std::size_t ri, unsigned order, std::uintpt
   const std::uint32_t mask = r.nonempty & ~((1u << order) - 1);
   if (mask == 0) return false;
   unsigned j = static_cast<unsigned>(std::countr_zero(mask));
+  if (r.os_backed && dirty_free_pages_ != 0) {
+    // Resident pages first, across orders too: the smallest order whose front block is dirty
+    // (lists keep dirty blocks in front, I3) beats a smaller clean block that would fault.
+    for (std::uint32_t m = mask; m != 0; m &= m - 1) {
+      const auto t = static_cast<unsigned>(std::countr_zero(m));
+      if (r.meta[r.free_head[t]].flags & flag_dirty) {
+        j = t;
+        break;
+      }
+    }
+  }
   std::uint32_t i = r.free_head[j];
   if (below != std::numeric_limits<std::uintptr_t>::max()) {
     // Constrained: the first block whose lowest 2^order pages end at or below `below`.
@@ -442,7 +454,14 @@ void page_resource::deallocate_pages(void* p, std::size_t count) {
       q += std::size_t{1} << k;
     }
     allocated_pages_ -= count;
-    purge_now = !purge_running_ && (dirty_free_pages_ << page_shift) > options_.retain_bytes;
+    const std::size_t dirty = dirty_free_pages_ << page_shift;
+    if (!purge_running_ && dirty > options_.retain_bytes) {
+      // Rate-limited: memory freed and reused within purge_interval is not purged and faulted
+      // in again; beyond 4 x retain_bytes it is purged at once, which bounds RSS.
+      const auto now = std::chrono::steady_clock::now();
+      purge_now = dirty > 4 * options_.retain_bytes || now - last_purge_ >= options_.purge_interval;
+      if (purge_now) last_purge_ = now;
+    }
   }
   if (purge_now) purge(options_.retain_bytes / 2);
 }
@@ -506,8 +525,10 @@ std::size_t page_resource::purge(std::size_t keep_bytes) {
         for (std::size_t ri = 0; ri < max_regions && n < victims.size(); ++ri) {
           region& r = regions_[ri];
           if (!r.in_use || !r.os_backed) continue;
-          for (std::uint32_t i = r.free_head[order]; i != no_page && n < victims.size();) {
-            const std::uint32_t next = r.meta[i].next;
+          // Oldest first: walk from the back, past the clean blocks, to the dirty blocks freed
+          // longest ago; the front holds the ones freed last, likely to be reused soon.
+          for (std::uint32_t i = r.free_tail[order]; i != no_page && n < victims.size();) {
+            const std::uint32_t next = r.meta[i].prev;
             if ((dirty_free_pages_ << page_shift) <= keep_bytes) break;
             if (r.meta[i].flags & flag_dirty) {
               // Find and clear the resident pages; the madvise covers their span only.

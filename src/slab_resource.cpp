@@ -138,13 +138,15 @@ struct class_geom {
   std::size_t offset = 0;  // first object, from the slab start
   std::uint32_t capacity = 0;
   std::uint32_t bitmap_words = 0;  // checked mode: one bit per object, after the header
-  std::uint32_t cache_limit = 0;   // thread cache: most objects kept
+  std::uint32_t cache_limit = 0;   // thread cache: most objects kept at first
+  std::uint32_t cache_max = 0;     // ... and after growing (a bin that overflows doubles)
 };
 
 struct bin {
   void* head = nullptr;
   std::atomic<std::uint32_t> count{0};  // written by the owner thread only; relaxed
-  std::uint32_t limit = 0;
+  std::uint16_t limit = 0;              // <= cache_max <= 2048
+  std::uint16_t refilled = 0;           // refilled since the limit last grew
 };
 
 struct thread_cache {
@@ -736,6 +738,9 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
     g.capacity = static_cast<std::uint32_t>((g.slab_bytes - g.offset) / g.size);
     g.cache_limit = static_cast<std::uint32_t>(
         std::clamp<std::size_t>((std::size_t{32} << 10) / g.size, 2, 256));
+    g.cache_max = std::max<std::uint32_t>(
+        g.cache_limit,
+        static_cast<std::uint32_t>(std::min<std::size_t>(2048, (std::size_t{128} << 10) / g.size)));
     most_objects = std::max<std::size_t>(most_objects, g.capacity);
     if (std::find(st->slab_sizes.begin(), st->slab_sizes.begin() + st->slab_size_count,
                   g.slab_bytes) == st->slab_sizes.begin() + st->slab_size_count)
@@ -903,7 +908,8 @@ detail::thread_cache* cache_for(slab_state& st, std::uint64_t id, std::uint32_t 
   if (!tc) return nullptr;  // no cache: served by the core caches directly
   tc->res = &st;
   for (int c = 0; c < st.classes; ++c)
-    tc->bins[static_cast<std::size_t>(c)].limit = st.geom[static_cast<std::size_t>(c)].cache_limit;
+    tc->bins[static_cast<std::size_t>(c)].limit =
+        static_cast<std::uint16_t>(st.geom[static_cast<std::size_t>(c)].cache_limit);
   st.link_cache(tc);
   s = detail::tls_slot{id, tc};
   detail::t_exit_hook.armed = true;  // registers the thread-exit flush
@@ -935,7 +941,8 @@ void* slab_resource::allocate_slow(std::size_t bytes, std::size_t alignment) {
       b.count.store(b.count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
     } else {
       void* chain = nullptr;
-      const std::uint32_t got = st.refill(c, std::max<std::uint32_t>(1, b.limit / 2), chain);
+      const std::uint32_t got = st.refill(c, std::max<std::uint32_t>(1, b.limit / 2u), chain);
+      b.refilled = 1;
       p = chain;
       b.head = *static_cast<void**>(chain);
       b.count.store(got - 1, std::memory_order_relaxed);
@@ -969,6 +976,16 @@ void slab_resource::deallocate_slow(void* p, std::size_t bytes, std::size_t alig
     b.head = p;
     const std::uint32_t n = b.count.load(std::memory_order_relaxed) + 1;
     if (n <= b.limit) {
+      b.count.store(n, std::memory_order_relaxed);
+      return;
+    }
+    const std::uint32_t most = st.geom[static_cast<std::size_t>(c)].cache_max;
+    if (b.limit < most && b.refilled) {
+      // A bin that overflows and that its thread also refills (it allocates this class too)
+      // grows first, so bursts of the same objects stay in the thread cache. A thread that only
+      // frees keeps the small limit and hands objects back promptly.
+      b.limit = static_cast<std::uint16_t>(std::min<std::uint32_t>(most, b.limit * 2u));
+      b.refilled = 0;
       b.count.store(n, std::memory_order_relaxed);
       return;
     }

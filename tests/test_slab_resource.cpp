@@ -715,3 +715,32 @@ TEST_CASE("AddressSanitizer sees a use after free inside the pool") {
   CHECK_MESSAGE(err.find("use-after-poison") != std::string::npos, err);
 }
 #endif
+
+TEST_CASE("thread-cache bins grow for a thread that allocates and frees, not for a freer") {
+  page_resource pages;
+  slab_resource res(&pages);
+  // A thread that only frees: its bin keeps the base limit (256 objects of 64 B).
+  std::vector<void*> made;
+  std::thread maker([&] {
+    for (int i = 0; i < 3000; ++i) made.push_back(res.allocate(64));
+  });
+  maker.join();
+  std::thread freer([&] {
+    for (void* p : made) res.deallocate(p, 64);
+    CHECK(res.stats().cached_objects <= 256);
+  });
+  freer.join();
+  // This thread builds and drops bursts of 1500: after a few rounds the burst stays cached.
+  for (int round = 0; round < 4; ++round) {
+    std::vector<void*> burst;
+    for (int i = 0; i < 1500; ++i) burst.push_back(res.allocate(64));
+    for (void* p : burst) res.deallocate(p, 64);
+  }
+  const auto s = res.stats();
+  CHECK(s.cached_objects >= 1500);
+  CHECK(s.cached_objects <= 2048);
+  CHECK(s.objects_in_use == 0);
+  res.trim();
+  CHECK(res.stats().cached_objects == 0);
+  res.check_invariants();
+}

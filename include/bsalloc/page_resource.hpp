@@ -34,6 +34,7 @@
 // run carries the `continued` flag, so deallocate_pages can check the count it is given.
 
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -76,8 +77,12 @@ struct block_info {
 struct page_resource_options {
   /// Size of the first region reserved from the OS; later ones grow geometrically.
   std::size_t os_region_bytes = std::size_t{64} << 20;
-  /// Free memory kept resident; beyond it free blocks are purged with MADV_DONTNEED.
+  /// Free memory kept resident; beyond it free blocks are purged with MADV_DONTNEED (down to
+  /// half of it), at most once per purge_interval — or at once beyond 4 x retain_bytes.
   std::size_t retain_bytes = std::size_t{16} << 20;
+  /// Shortest time between two purges below 4 x retain_bytes. Memory freed and reused within it
+  /// is not purged and faulted in again; zero purges whenever retain_bytes is exceeded.
+  std::chrono::milliseconds purge_interval{1000};
   /// Grow from the OS when no region can serve a request.
   bool grow_from_os = true;
 };
@@ -240,6 +245,7 @@ class page_resource : public std::pmr::memory_resource {
   std::size_t os_maps_ = 0;
   std::size_t os_unmaps_ = 0;
   bool purge_running_ = false;
+  std::chrono::steady_clock::time_point last_purge_{};
 };
 
 /// The process-wide page_resource (grows from the OS), never destroyed: the default upstream of

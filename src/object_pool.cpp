@@ -1,0 +1,116 @@
+// The non-template parts of bsalloc::object_pool: stats text and JSON, checked mode's verdicts.
+#include <bsalloc/object_pool.hpp>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iterator>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+namespace bsalloc {
+namespace {
+
+std::string human_bytes(std::size_t bytes) {
+  static constexpr const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024.0 && u < 4) {
+    v /= 1024.0;
+    ++u;
+  }
+  return u == 0 ? fmt::format("{} B", bytes) : fmt::format("{:.1f} {}", v, units[u]);
+}
+
+// JSON string contents: type names may hold quotes only in odd cases, but never emit bad JSON.
+std::string json_escape(std::string_view s) {
+  std::string out;
+  for (char ch : s) {
+    if (ch == '"' || ch == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (static_cast<unsigned char>(ch) < 0x20) {
+      out += fmt::format("\\u{:04x}", static_cast<unsigned>(static_cast<unsigned char>(ch)));
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string to_string(const object_pool_stats& s) {
+  std::string out;
+  auto it = std::back_inserter(out);
+  fmt::format_to(
+      it, "object_pool<{}>: {} objects in use (peak {}), {} slab{} ({} empty), {} reserved\n",
+      s.type, s.objects_in_use, s.peak_objects, s.slabs, s.slabs == 1 ? "" : "s", s.empty_slabs,
+      human_bytes(s.bytes_reserved));
+  fmt::format_to(it, "  object {} B (align {}), slot {} B, slab {} holds {}; {} handle{}{}{}\n",
+                 s.object_size, s.object_align, s.slot_size, human_bytes(s.slab_bytes),
+                 s.objects_per_slab, s.handles, s.handles == 1 ? "" : "s",
+                 s.checked ? ", checked" : "", s.thread_safe ? "" : ", single-threaded");
+  return out;
+}
+
+std::string to_json(const object_pool_stats& s) {
+  return fmt::format(
+      "{{\"type\":\"{}\",\"object_size\":{},\"object_align\":{},\"slot_size\":{},"
+      "\"slab_bytes\":{},\"objects_per_slab\":{},\"objects_in_use\":{},\"peak_objects\":{},"
+      "\"slabs\":{},\"empty_slabs\":{},\"bytes_reserved\":{},\"handles\":{},\"checked\":{},"
+      "\"thread_safe\":{}}}",
+      json_escape(s.type), s.object_size, s.object_align, s.slot_size, s.slab_bytes,
+      s.objects_per_slab, s.objects_in_use, s.peak_objects, s.slabs, s.empty_slabs,
+      s.bytes_reserved, s.handles, s.checked, s.thread_safe);
+}
+
+namespace detail {
+
+std::string_view pool_type_name_from(std::string_view pretty) noexcept {
+  // GCC: "... pool_type_name() [with T = foo<int>; std::string_view = ...]"
+  // Clang: "... pool_type_name() [T = foo<int>]"
+  const auto start = pretty.find("T = ");
+  if (start == std::string_view::npos) return "T";
+  std::size_t depth = 0;
+  std::size_t i = start + 4;
+  for (; i < pretty.size(); ++i) {
+    const char ch = pretty[i];
+    if (ch == '<' || ch == '(' || ch == '[') {
+      ++depth;
+    } else if (ch == '>' || ch == ')') {
+      if (depth) --depth;
+    } else if (ch == ']') {
+      if (depth == 0) break;
+      --depth;
+    } else if (ch == ';' && depth == 0) {
+      break;
+    }
+  }
+  return pretty.substr(start + 4, i - start - 4);
+}
+
+void pool_bad_pointer(std::string_view type, const char* op, const void* p,
+                      std::string_view problem) noexcept {
+  // fmt::print may throw only on a formatting error, which these fixed formats cannot have.
+  try {
+    fmt::print(stderr, "bsalloc: object_pool<{}>: {}({}): {}\n", type, op, p, problem);
+  } catch (...) {
+  }
+  std::fflush(stderr);
+  std::abort();
+}
+
+void pool_misaligned_slab(std::string_view type, const void* slab, std::size_t slab_bytes) {
+  throw std::runtime_error(fmt::format(
+      "bsalloc: object_pool<{}>: the upstream resource returned {} for a slab of {} bytes, not "
+      "aligned to its size (slabs must be: an object's slab is found by masking its address)",
+      type, slab, slab_bytes));
+}
+
+void pool_invariant_broken(std::string_view type, const std::string& what) {
+  throw std::logic_error(fmt::format("bsalloc: object_pool<{}>: invariant {}", type, what));
+}
+
+}  // namespace detail
+}  // namespace bsalloc
