@@ -12,17 +12,6 @@
 #include <string_view>
 #include <vector>
 
-#if __has_include(<bsalloc/slab_resource.hpp>)
-#define BSALLOC_BENCH_HAVE_SLAB 1
-#else
-#define BSALLOC_BENCH_HAVE_SLAB 0
-#endif
-#if __has_include(<bsalloc/object_pool.hpp>)
-#define BSALLOC_BENCH_HAVE_OBJECT_POOL 1
-#else
-#define BSALLOC_BENCH_HAVE_OBJECT_POOL 0
-#endif
-
 namespace bench {
 
 /// How a peer is reached. Every workload goes through resource(), except `objects`, which

@@ -1,6 +1,4 @@
 // The peers: every allocator measured, each behind one std::pmr::memory_resource*.
-#include "bench.hpp"  // first: it decides which optional bsalloc headers exist
-
 #include <dlfcn.h>
 #include <malloc.h>
 
@@ -12,9 +10,9 @@
 #include <boost/container/pmr/synchronized_pool_resource.hpp>
 
 #include <bsalloc/page_resource.hpp>
-#if BSALLOC_BENCH_HAVE_SLAB
 #include <bsalloc/slab_resource.hpp>
-#endif
+
+#include "bench.hpp"
 
 namespace bench {
 namespace {
@@ -124,7 +122,6 @@ class page_peer final : public peer {
   bsalloc::page_resource pages_;
 };
 
-#if BSALLOC_BENCH_HAVE_SLAB
 class slab_peer final : public peer {
  public:
   std::pmr::memory_resource* resource() override { return &slab_; }
@@ -141,7 +138,6 @@ class slab_peer final : public peer {
  private:
   bsalloc::slab_resource slab_;
 };
-#endif
 
 /// object_pool<T> is typed: the `objects` workload makes its own pool; this peer only marks it.
 class object_pool_peer final : public peer {
@@ -175,14 +171,8 @@ class null_peer final : public peer {
 
 std::vector<std::string> peer_names() {
   std::vector<std::string> names;
-#if BSALLOC_BENCH_HAVE_SLAB
-  names.emplace_back("slab");
-#endif
-#if BSALLOC_BENCH_HAVE_OBJECT_POOL
-  names.emplace_back("object_pool");
-#endif
-  for (const char* n : {"page", "std_sync", "std_unsync", "boost_sync", "glibc", "jemalloc",
-                        "mimalloc", "tcmalloc"}) {
+  for (const char* n : {"slab", "object_pool", "page", "std_sync", "std_unsync", "boost_sync",
+                        "glibc", "jemalloc", "mimalloc", "tcmalloc"}) {
     names.emplace_back(n);
   }
   return names;
@@ -204,12 +194,8 @@ std::unique_ptr<peer> make_peer(std::string_view name, std::string& error) {
   }
   if (name == "boost_sync") return std::make_unique<pool_peer<boost_sync_resource>>();
   if (name == "page") return std::make_unique<page_peer>();
-#if BSALLOC_BENCH_HAVE_SLAB
   if (name == "slab") return std::make_unique<slab_peer>();
-#endif
-#if BSALLOC_BENCH_HAVE_OBJECT_POOL
   if (name == "object_pool") return std::make_unique<object_pool_peer>();
-#endif
   if (name == "null") return std::make_unique<null_peer>();
   error = "unknown peer " + std::string(name);
   return nullptr;
