@@ -8,7 +8,7 @@ packages=(
   libboost-dev libboost-container-dev libfmt-dev     # Boost.Lockfree / Boost.Container, fmt
   doctest-dev libbenchmark-dev                       # tests, benchmarks
   libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4   # the peers in perf/
-  gnuplot-nox valgrind                               # perf charts, callgrind counts
+  gnuplot-nox valgrind python3                       # perf charts, callgrind counts, driver
 )
 missing=()
 for p in "${packages[@]}"; do
