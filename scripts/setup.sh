@@ -3,7 +3,7 @@
 # Runs as root, or through sudo when it is there.
 set -euo pipefail
 packages=(
-  cmake make g++ clang                               # toolchains (g++ 12, clang 14)
+  cmake make g++ clang libclang-rt-14-dev            # toolchains (g++ 12, clang 14 + sanitizer runtimes)
   pkg-config                                         # the consumer step checks bsalloc.pc
   libboost-dev libboost-container-dev libfmt-dev     # Boost.Lockfree / Boost.Container, fmt
   doctest-dev libbenchmark-dev                       # tests, benchmarks
