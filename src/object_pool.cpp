@@ -1,6 +1,8 @@
 // The non-template parts of bsalloc::object_pool: stats text and JSON, checked mode's verdicts.
 #include <bsalloc/object_pool.hpp>
 
+#include "format.hpp"
+
 #include <cstdio>
 #include <cstdlib>
 #include <iterator>
@@ -11,16 +13,7 @@
 namespace bsalloc {
 namespace {
 
-std::string human_bytes(std::size_t bytes) {
-  static constexpr const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(bytes);
-  int u = 0;
-  while (v >= 1024.0 && u < 4) {
-    v /= 1024.0;
-    ++u;
-  }
-  return u == 0 ? fmt::format("{} B", bytes) : fmt::format("{:.1f} {}", v, units[u]);
-}
+using detail::human_bytes;
 
 // JSON string contents: type names may hold quotes only in odd cases, but never emit bad JSON.
 std::string json_escape(std::string_view s) {

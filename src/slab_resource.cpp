@@ -108,6 +108,18 @@ static_assert(class_size_of(small_class_table[small_index(0, 16)]) == 16);
 static_assert(class_size_of(small_class_table[small_index(24, 8)]) == 24);
 static_assert(class_size_of(small_class_table[small_index(1024, 16)]) == 1024);
 
+// Above 1 KiB every class size is a multiple of 128 (and so 16-aligned): size / 128 rounded up
+// indexes the class exactly.
+constexpr auto make_medium_table() {
+  std::array<std::uint8_t, slab_resource::max_pool_block / 128 + 1> t{};
+  for (std::size_t i = 0; i < t.size(); ++i)
+    t[i] = static_cast<std::uint8_t>(class_of(std::max<std::size_t>(8, i * 128)));
+  return t;
+}
+constexpr auto medium_class_table = make_medium_table();
+static_assert(class_size_of(medium_class_table[(1025 + 127) >> 7]) == 1152);
+static_assert(class_size_of(medium_class_table[(4096 + 127) >> 7]) == 4096);
+
 // ---------------------------------------------------------------------------------------------
 // Structures
 // ---------------------------------------------------------------------------------------------
@@ -418,35 +430,47 @@ struct slab_state {
     return cpu < 0 ? 0 : static_cast<std::size_t>(cpu) % ncores;
   }
 
+  // Takes up to n objects of class c from one core's slabs (after draining its inbox).
+  std::uint32_t take_from(std::size_t ci, int c, std::uint32_t n, void*& chain, slab* fresh) {
+    core_cache& core = cores[ci];
+    slab_list returns;
+    std::uint32_t got;
+    {
+      std::lock_guard lock(core.lock);
+      drain(core, returns);
+      if (fresh) {
+        auto& l = core.cls[static_cast<std::size_t>(c)];
+        link(l.partial, fresh);
+        ++l.slabs;
+        ++core.counters.slab_refills;
+      }
+      got = take(core, c, n, chain);
+    }
+    return_slabs(returns);
+    if (got) {
+      const auto now = out[static_cast<std::size_t>(c)].fetch_add(got) + got;
+      auto& pk = peak[static_cast<std::size_t>(c)];
+      for (auto seen = pk.load(std::memory_order_relaxed);
+           now > seen && !pk.compare_exchange_weak(seen, now);) {
+      }
+    }
+    return got;
+  }
+
   std::uint32_t refill(int c, std::uint32_t n, void*& chain) {
     const std::size_t ci = current_core();
-    core_cache& core = cores[ci];
-    slab* fresh = nullptr;
-    for (;;) {
-      slab_list returns;
-      std::uint32_t got;
-      {
-        std::lock_guard lock(core.lock);
-        drain(core, returns);
-        if (fresh) {
-          auto& l = core.cls[static_cast<std::size_t>(c)];
-          link(l.partial, fresh);
-          ++l.slabs;
-          ++core.counters.slab_refills;
-        }
-        got = take(core, c, n, chain);
-      }
-      return_slabs(returns);
-      if (got) {
-        const auto now = out[static_cast<std::size_t>(c)].fetch_add(got) + got;
-        auto& pk = peak[static_cast<std::size_t>(c)];
-        for (auto seen = pk.load(std::memory_order_relaxed);
-             now > seen && !pk.compare_exchange_weak(seen, now);) {
-        }
-        return got;
-      }
-      fresh = new_slab(ci, c);  // no lock held; std::bad_alloc propagates, nothing changed
+    if (std::uint32_t got = take_from(ci, c, n, chain, nullptr)) return got;
+    slab* fresh;
+    try {
+      fresh = new_slab(ci, c);  // no lock held
+    } catch (const std::bad_alloc&) {
+      // The upstream is out: objects free in other cores' slabs still serve (a thread that
+      // migrated left them there). They stay those cores' objects.
+      for (std::size_t k = 1; k < ncores; ++k)
+        if (std::uint32_t got = take_from((ci + k) % ncores, c, n, chain, nullptr)) return got;
+      throw;  // nothing changed
     }
+    return take_from(ci, c, n, chain, fresh);
   }
 
   // Gives a chain of n objects of class c back: local ones into this core's slabs under its
@@ -707,6 +731,7 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
       id_(detail::next_resource_id.fetch_add(1)),
       slot_(static_cast<std::uint32_t>(id_ % detail::tls_slot_count)),
       small_bound_(0),
+      inline_bound_(0),
       checked_(knobs.checked) {
   if (!upstream) throw std::invalid_argument("bsalloc::slab_resource: null upstream");
   if (knobs.min_slab_bytes < page_size || knobs.min_slab_bytes > (std::size_t{1} << 20) ||
@@ -748,9 +773,11 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
   }
   st->pool.largest_required_pool_block = detail::class_size_of(st->classes - 1);
   st->pool.max_blocks_per_chunk = most_objects;
-  if (!knobs.checked)
+  if (!knobs.checked) {
     small_bound_ = static_cast<std::uint32_t>(
         std::min(detail::small_max, st->pool.largest_required_pool_block) + 1);
+    inline_bound_ = static_cast<std::uint32_t>(st->pool.largest_required_pool_block + 1);
+  }
   std::size_t n = knobs.caches;
   if (n == 0) n = static_cast<std::size_t>(std::max(1L, ::sysconf(_SC_NPROCESSORS_CONF)));
   n = std::min<std::size_t>(n, 4096);
@@ -861,12 +888,23 @@ std::size_t slab_resource::class_size(int cls) noexcept {
 // The fast path: thread cache hit. Everything else is in allocate_slow / deallocate_slow.
 // ---------------------------------------------------------------------------------------------
 
+// The class the inline path serves, or -1: small sizes by the first table, the rest of the
+// classes by the second, so that the common small case stays one compare and one load.
+#define BSALLOC_INLINE_CLASS(bytes, alignment, cls)                         \
+  if ((bytes) < small_bound_) [[likely]]                                    \
+    cls = detail::small_class_table[detail::small_index(bytes, alignment)]; \
+  else if ((bytes) < inline_bound_)                                         \
+    cls = detail::medium_class_table[((bytes) + 127) >> 7];                 \
+  else                                                                      \
+    cls = -1
+
 void* slab_resource::do_allocate(std::size_t bytes, std::size_t alignment) {
-  if (bytes < small_bound_ && alignment <= 16) [[likely]] {
+  if (alignment <= 16) [[likely]] {
+    int cls;
+    BSALLOC_INLINE_CLASS(bytes, alignment, cls);
     const detail::tls_slot& s = detail::t_slots[slot_];
-    if (s.id == id_) [[likely]] {
-      const auto cls = detail::small_class_table[detail::small_index(bytes, alignment)];
-      detail::bin& b = s.cache->bins[cls];
+    if (cls >= 0 && s.id == id_) [[likely]] {
+      detail::bin& b = s.cache->bins[static_cast<std::size_t>(cls)];
       if (void* p = b.head) [[likely]] {
         b.head = *static_cast<void**>(p);
         b.count.store(b.count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
@@ -879,11 +917,12 @@ void* slab_resource::do_allocate(std::size_t bytes, std::size_t alignment) {
 }
 
 void slab_resource::do_deallocate(void* p, std::size_t bytes, std::size_t alignment) {
-  if (bytes < small_bound_ && alignment <= 16) [[likely]] {
+  if (alignment <= 16) [[likely]] {
+    int cls;
+    BSALLOC_INLINE_CLASS(bytes, alignment, cls);
     const detail::tls_slot& s = detail::t_slots[slot_];
-    if (s.id == id_) [[likely]] {
-      const auto cls = detail::small_class_table[detail::small_index(bytes, alignment)];
-      detail::bin& b = s.cache->bins[cls];
+    if (cls >= 0 && s.id == id_) [[likely]] {
+      detail::bin& b = s.cache->bins[static_cast<std::size_t>(cls)];
       const std::uint32_t n = b.count.load(std::memory_order_relaxed);
       if (n < b.limit) [[likely]] {
         *static_cast<void**>(p) = b.head;
@@ -896,6 +935,7 @@ void slab_resource::do_deallocate(void* p, std::size_t bytes, std::size_t alignm
   }
   deallocate_slow(p, bytes, alignment);
 }
+#undef BSALLOC_INLINE_CLASS
 
 namespace {
 detail::thread_cache* cache_for(slab_state& st, std::uint64_t id, std::uint32_t slot) {

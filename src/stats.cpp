@@ -2,15 +2,16 @@
 #include <bsalloc/page_resource.hpp>
 #include <bsalloc/slab_resource.hpp>
 
+#include "format.hpp"
+
 #include <iterator>
 #include <string>
 
 #include <fmt/format.h>
 
 namespace bsalloc {
-namespace {
 
-std::string human(std::size_t bytes) {
+std::string detail::human_bytes(std::size_t bytes) {
   static constexpr const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   double v = static_cast<double>(bytes);
   int u = 0;
@@ -21,17 +22,21 @@ std::string human(std::size_t bytes) {
   return u == 0 ? fmt::format("{} B", bytes) : fmt::format("{:.1f} {}", v, units[u]);
 }
 
+namespace {
+
+using detail::human_bytes;
+
 }  // namespace
 
 std::string to_string(const page_resource_stats& s) {
   std::string out;
   auto it = std::back_inserter(out);
   fmt::format_to(it, "page_resource: {} managed, {} allocated (peak {}), {} free\n",
-                 human(s.managed_bytes), human(s.allocated_bytes), human(s.peak_allocated_bytes),
-                 human(s.free_bytes));
+                 human_bytes(s.managed_bytes), human_bytes(s.allocated_bytes),
+                 human_bytes(s.peak_allocated_bytes), human_bytes(s.free_bytes));
   fmt::format_to(it, "  os: {} mapped, {} maps, {} unmaps; {} free resident, {} purged in all\n",
-                 human(s.os_mapped_bytes), s.os_maps, s.os_unmaps, human(s.dirty_free_bytes),
-                 human(s.purged_bytes));
+                 human_bytes(s.os_mapped_bytes), s.os_maps, s.os_unmaps,
+                 human_bytes(s.dirty_free_bytes), human_bytes(s.purged_bytes));
   fmt::format_to(it, "  free blocks by order:");
   for (std::size_t k = 0; k < s.free_blocks.size(); ++k)
     if (s.free_blocks[k]) fmt::format_to(it, " {}:{}", k, s.free_blocks[k]);
@@ -39,8 +44,9 @@ std::string to_string(const page_resource_stats& s) {
                  "total pg", "source");
   for (std::size_t i = 0; i < s.regions.size(); ++i) {
     const auto& r = s.regions[i];
-    fmt::format_to(it, "  {:>3} {:>#18x} {:>12} {:>10} {:>10} {}\n", i, r.start, human(r.bytes),
-                   r.free_pages, r.total_pages, r.os_backed ? "os" : "caller");
+    fmt::format_to(it, "  {:>3} {:>#18x} {:>12} {:>10} {:>10} {}\n", i, r.start,
+                   human_bytes(r.bytes), r.free_pages, r.total_pages,
+                   r.os_backed ? "os" : "caller");
   }
   return out;
 }
@@ -74,14 +80,14 @@ std::string to_string(const slab_resource_stats& s) {
   fmt::format_to(it,
                  "slab_resource: {} objects in use ({}), {} reserved from upstream; "
                  "{} large ({}); {} thread caches holding {} objects\n",
-                 s.objects_in_use, human(s.bytes_in_use), human(s.bytes_reserved), s.large_objects,
-                 human(s.large_bytes), s.thread_caches, s.cached_objects);
+                 s.objects_in_use, human_bytes(s.bytes_in_use), human_bytes(s.bytes_reserved),
+                 s.large_objects, human_bytes(s.large_bytes), s.thread_caches, s.cached_objects);
   fmt::format_to(it, "  {:>8} {:>9} {:>6} {:>10} {:>11} {:>10}\n", "class", "slab", "slabs",
                  "in use", "bytes", "peak");
   for (const auto& c : s.classes)
     fmt::format_to(it, "  {:>8} {:>9} {:>6} {:>10} {:>11} {:>10}\n", c.object_size,
-                   human(c.slab_bytes), c.slabs, c.objects_in_use, human(c.bytes_in_use),
-                   c.peak_objects);
+                   human_bytes(c.slab_bytes), c.slabs, c.objects_in_use,
+                   human_bytes(c.bytes_in_use), c.peak_objects);
   fmt::format_to(it, "  {:>4} {:>11} {:>11} {:>11} {:>11} {:>9} {:>8} {:>8}\n", "core", "allocs",
                  "frees", "remote out", "remote in", "overflow", "refills", "returns");
   for (std::size_t i = 0; i < s.cores.size(); ++i) {

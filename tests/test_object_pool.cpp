@@ -24,7 +24,9 @@
 #include <vector>
 
 #include <doctest/doctest.h>
+
 #include <fmt/format.h>
+#include "support.hpp"
 
 using bsalloc::null_lock;
 using bsalloc::object_pool;
@@ -33,6 +35,7 @@ using bsalloc::pool_ptr;
 using bsalloc::yield_lock;
 
 namespace {
+using bsalloc_test::run_in_child;
 
 // Counts constructions and destructions; a destructor that finds its object not alive (already
 // destroyed, or never constructed) counts an error.
@@ -105,44 +108,6 @@ class counting_resource : public std::pmr::memory_resource {
   }
   std::pmr::memory_resource* inner_;
 };
-
-// Runs f in a forked child whose stderr goes to a pipe. Single-threaded callers only.
-struct child_result {
-  bool aborted = false;  // killed by SIGABRT
-  int status = 0;
-  std::string err;
-};
-
-template <class F>
-child_result run_in_child(F f) {
-  int fds[2];
-  REQUIRE(::pipe(fds) == 0);
-  std::fflush(stdout);
-  std::fflush(stderr);
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    // The test framework's crash handlers must not report the expected abort.
-    for (int sig : {SIGABRT, SIGSEGV, SIGBUS, SIGILL, SIGFPE}) ::signal(sig, SIG_DFL);
-    ::dup2(fds[1], 2);
-    ::close(fds[0]);
-    ::close(fds[1]);
-    f();
-    ::_exit(0);  // not reached if f aborts as it should
-  }
-  ::close(fds[1]);
-  child_result r;
-  char buf[4096];
-  for (;;) {
-    const ssize_t n = ::read(fds[0], buf, sizeof buf);
-    if (n <= 0) break;
-    r.err.append(buf, static_cast<std::size_t>(n));
-  }
-  ::close(fds[0]);
-  REQUIRE(::waitpid(pid, &r.status, 0) == pid);
-  r.aborted = WIFSIGNALED(r.status) && WTERMSIG(r.status) == SIGABRT;
-  return r;
-}
 
 std::string ptr_text(const void* p) {
   return fmt::format("{}", p);

@@ -13,7 +13,9 @@
 #include <vector>
 
 #include <doctest/doctest.h>
+
 #include <fmt/format.h>
+#include "support.hpp"
 
 using bsalloc::page_resource;
 using bsalloc::page_size;
@@ -43,26 +45,7 @@ std::size_t free_pages(const page_resource& r) {
   return r.stats().free_bytes / page_size;
 }
 
-// Fully coalesced: every region is tiled by the fewest possible free blocks.
-bool fully_coalesced(const page_resource& r) {
-  const auto s = r.stats();
-  if (s.allocated_bytes != 0) return false;
-  std::size_t blocks = 0;
-  for (auto n : s.free_blocks) blocks += n;
-  std::size_t minimal = 0;
-  for (const auto& reg : s.regions) {
-    std::uint64_t pfn = reg.start / page_size;
-    for (std::size_t i = 0; i < reg.total_pages;) {
-      unsigned k = 0;
-      while (k < bsalloc::max_order && ((pfn + i) % (std::uint64_t{2} << k)) == 0 &&
-             i + (std::size_t{2} << k) <= reg.total_pages)
-        ++k;
-      i += std::size_t{1} << k;
-      ++minimal;
-    }
-  }
-  return blocks == minimal;
-}
+using bsalloc_test::fully_coalesced;
 
 std::size_t resident_pages(void* p, std::size_t bytes) {
   std::vector<unsigned char> vec(bytes / page_size);

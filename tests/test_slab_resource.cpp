@@ -22,7 +22,9 @@
 #include <vector>
 
 #include <doctest/doctest.h>
+
 #include <fmt/format.h>
+#include "support.hpp"
 
 using bsalloc::page_resource;
 using bsalloc::slab_resource;
@@ -36,25 +38,8 @@ slab_resource_options knobs(bool checked = false) {
   return o;
 }
 
-bool fully_coalesced(const page_resource& r) {
-  const auto s = r.stats();
-  if (s.allocated_bytes != 0) return false;
-  std::size_t blocks = 0;
-  for (auto n : s.free_blocks) blocks += n;
-  std::size_t minimal = 0;
-  for (const auto& reg : s.regions) {
-    const std::uint64_t pfn = reg.start / bsalloc::page_size;
-    for (std::size_t i = 0; i < reg.total_pages;) {
-      unsigned k = 0;
-      while (k < bsalloc::max_order && ((pfn + i) % (std::uint64_t{2} << k)) == 0 &&
-             i + (std::size_t{2} << k) <= reg.total_pages)
-        ++k;
-      i += std::size_t{1} << k;
-      ++minimal;
-    }
-  }
-  return blocks == minimal;
-}
+using bsalloc_test::fully_coalesced;
+using bsalloc_test::run_in_child;
 
 bool pin_to_cpu(int cpu) {
   cpu_set_t set;
@@ -68,33 +53,6 @@ bool two_cpus_usable() {
   CPU_ZERO(&set);
   if (::sched_getaffinity(0, sizeof(set), &set) != 0) return false;
   return CPU_ISSET(0, &set) && CPU_ISSET(1, &set);
-}
-
-// Runs `body` in a forked child; returns (killed by SIGABRT, what it wrote to stderr).
-std::pair<bool, std::string> run_in_child(const std::function<void()>& body) {
-  int fds[2];
-  REQUIRE(::pipe(fds) == 0);
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    std::signal(SIGABRT, SIG_DFL);  // the test framework's crash handler is not for the child
-    const int devnull = ::open("/dev/null", O_WRONLY);
-    ::dup2(devnull, 1);
-    ::dup2(fds[1], 2);
-    ::close(fds[0]);
-    body();
-    ::_exit(0);  // not reached when the bad input is caught
-  }
-  ::close(fds[1]);
-  std::string err;
-  char buf[512];
-  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;)
-    err.append(buf, static_cast<std::size_t>(n));
-  ::close(fds[0]);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return {WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, err};
 }
 
 }  // namespace
@@ -469,6 +427,55 @@ TEST_CASE("16 threads, cross-thread frees, threads exiting while others hold the
   pages.check_invariants();
 }
 
+TEST_CASE("an exhausted upstream: objects free on another core still serve") {
+  if (!two_cpus_usable()) {
+    MESSAGE("fewer than two CPUs usable: cross-core refill not forced");
+    return;
+  }
+  const std::size_t bytes = std::size_t{1} << 20;
+  void* mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(mem != MAP_FAILED);
+  {
+    page_resource budget(std::span<std::byte>(static_cast<std::byte*>(mem), bytes));
+    auto k = knobs();
+    k.caches = 2;
+    slab_resource res(std::pmr::pool_options{}, k, &budget);
+    // On CPU 0: fill the budget, then free all but every 100th object, so that core 0's slabs
+    // are mostly free but none is empty (none goes back upstream). The thread's exit flushes
+    // its cache into core 0.
+    std::vector<void*> kept;
+    std::size_t made = 0;
+    std::thread([&] {
+      REQUIRE(pin_to_cpu(0));
+      std::vector<void*> held;
+      try {
+        for (;;) held.push_back(res.allocate(256));
+      } catch (const std::bad_alloc&) {
+      }
+      made = held.size();
+      for (std::size_t i = 0; i < held.size(); ++i) {
+        if (i % 100 == 0)
+          kept.push_back(held[i]);
+        else
+          res.deallocate(held[i], 256);
+      }
+    }).join();
+    REQUIRE(made > 1000);
+    // On CPU 1: core 1 has no slab and the upstream is full; core 0's free objects serve.
+    std::thread([&] {
+      REQUIRE(pin_to_cpu(1));
+      std::vector<void*> again;
+      for (std::size_t i = 0; i < made / 2; ++i) again.push_back(res.allocate(256));
+      for (void* p : again) res.deallocate(p, 256);
+    }).join();
+    for (void* p : kept) res.deallocate(p, 256);
+    res.trim();
+    res.check_invariants();
+    CHECK(res.stats().objects_in_use == 0);
+  }
+  ::munmap(mem, bytes);
+}
+
 TEST_CASE("upstream failure propagates as bad_alloc; the resource stays usable") {
   const std::size_t bytes = std::size_t{2} << 20;
   void* mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -555,8 +562,8 @@ TEST_CASE("checked mode: bad input aborts with a message naming the pointer and 
       slab_resource res(std::pmr::pool_options{}, knobs(true), &pages);
       bad(res, pages);
     });
-    const bool aborted = result.first;
-    const std::string err = result.second;
+    const bool aborted = result.aborted;
+    const std::string err = result.err;
     CHECK_MESSAGE(aborted, problem);
     CHECK_MESSAGE(err.find(problem) != std::string::npos, err);
     CHECK_MESSAGE(err.find("deallocate(0x") != std::string::npos, err);
@@ -620,8 +627,8 @@ TEST_CASE("checked mode: bad input aborts with a message naming the pointer and 
     v.clear();
     res.check_invariants();
   });
-  CHECK(!fine.first);
-  CHECK(fine.second.empty());
+  CHECK(!fine.aborted);
+  CHECK(fine.err.empty());
 }
 
 TEST_CASE("any upstream memory_resource works") {
@@ -687,32 +694,16 @@ TEST_CASE("cache counts below the CPU count: sched_getcpu() ids taken modulo") {
 
 #ifdef TEST_ASAN
 TEST_CASE("AddressSanitizer sees a use after free inside the pool") {
-  int fds[2];
-  REQUIRE(::pipe(fds) == 0);
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    std::signal(SIGABRT, SIG_DFL);
-    ::dup2(fds[1], 2);
+  const auto result = run_in_child([] {
     page_resource pages;
     slab_resource res(&pages);
     auto* p = static_cast<char*>(res.allocate(64));
     res.deallocate(p, 64);
     volatile char* q = p;
     q[32] = 1;  // after free: poisoned
-    ::_exit(0);
-  }
-  ::close(fds[1]);
-  std::string err;
-  char buf[512];
-  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;)
-    err.append(buf, static_cast<std::size_t>(n));
-  ::close(fds[0]);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  CHECK(!(WIFEXITED(status) && WEXITSTATUS(status) == 0));
-  CHECK_MESSAGE(err.find("use-after-poison") != std::string::npos, err);
+  });
+  CHECK(!(WIFEXITED(result.status) && WEXITSTATUS(result.status) == 0));
+  CHECK_MESSAGE(result.err.find("use-after-poison") != std::string::npos, result.err);
 }
 #endif
 

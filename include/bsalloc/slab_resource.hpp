@@ -155,9 +155,11 @@ class slab_resource : public std::pmr::memory_resource {
   detail::slab_state* state_;
   std::uint64_t id_;    // never reused: names this resource in thread caches
   std::uint32_t slot_;  // its slot in every thread's cache table
-  // Requests below this size with alignment <= 16 try the inline fast path; 0 in checked mode,
-  // so that every call takes the checked slow path.
+  // Requests with alignment <= 16 below small_bound_ (1 KiB) take the inline path through the
+  // small table, the rest below inline_bound_ (every class) through the medium table. Both are 0
+  // in checked mode, so that every call takes the checked slow path.
   std::uint32_t small_bound_;
+  std::uint32_t inline_bound_;
   bool checked_;
 };
 

@@ -1,0 +1,76 @@
+#pragma once
+// Helpers shared by the test suites.
+#include <bsalloc/page_resource.hpp>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <string>
+
+#include <doctest/doctest.h>
+
+namespace bsalloc_test {
+
+/// Nothing allocated, and every region tiled by the fewest possible free blocks: what a buddy
+/// allocator looks like when everything has merged back.
+inline bool fully_coalesced(const bsalloc::page_resource& r) {
+  const auto s = r.stats();
+  if (s.allocated_bytes != 0) return false;
+  std::size_t blocks = 0;
+  for (auto n : s.free_blocks) blocks += n;
+  std::size_t minimal = 0;
+  for (const auto& reg : s.regions) {
+    const std::uint64_t pfn = reg.start / bsalloc::page_size;
+    for (std::size_t i = 0; i < reg.total_pages;) {
+      unsigned k = 0;
+      while (k < bsalloc::max_order && ((pfn + i) % (std::uint64_t{2} << k)) == 0 &&
+             i + (std::size_t{2} << k) <= reg.total_pages)
+        ++k;
+      i += std::size_t{1} << k;
+      ++minimal;
+    }
+  }
+  return blocks == minimal;
+}
+
+struct child_result {
+  bool aborted = false;  // killed by SIGABRT
+  int status = 0;
+  std::string err;  // what the child wrote to stderr
+};
+
+/// Runs f in a forked child whose stderr goes to a pipe (death tests). Single-threaded callers.
+template <class F>
+child_result run_in_child(F f) {
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // The test framework's crash handlers must not report the expected abort.
+    for (int sig : {SIGABRT, SIGSEGV, SIGBUS, SIGILL, SIGFPE}) ::signal(sig, SIG_DFL);
+    ::dup2(fds[1], 2);
+    ::close(fds[0]);
+    ::close(fds[1]);
+    f();
+    ::_exit(0);  // not reached if f aborts as it should
+  }
+  ::close(fds[1]);
+  child_result r;
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::read(fds[0], buf, sizeof buf);
+    if (n <= 0) break;
+    r.err.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fds[0]);
+  REQUIRE(::waitpid(pid, &r.status, 0) == pid);
+  r.aborted = WIFSIGNALED(r.status) && WTERMSIG(r.status) == SIGABRT;
+  return r;
+}
+
+}  // namespace bsalloc_test
