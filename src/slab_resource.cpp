@@ -1175,7 +1175,7 @@ void slab_resource::check_invariants() const {
           if (s->used + free_len + s->untouched != s->capacity)
             fail(ci, c, "S1: used + free + untouched != capacity");
           const bool full = free_len == 0 && s->untouched == 0;
-          if ((which == detail::list_full) != full && s->used != 0)
+          if ((which == detail::list_full) != full)
             fail(ci, c, "S2: full list iff no free object");
           if ((which == detail::list_empty) != (s->used == 0))
             fail(ci, c, "S2: empty list iff nothing used");
