@@ -1,6 +1,9 @@
+# SPDX-License-Identifier: Apache-2.0
+#
 # Install rules: headers (with the generated version.hpp), the library, a CMake package
 # (bsallocConfig.cmake + bsallocConfigVersion.cmake + the exported bsalloc::bsalloc target) and a
-# pkg-config file. Included from the root CMakeLists.txt after the bsalloc target is defined.
+# pkg-config file, and the licence (share/doc/bsalloc/LICENSE). Included from the root
+# CMakeLists.txt after the bsalloc target is defined.
 #
 #   cmake --install build --prefix /some/prefix
 #   find_package(bsalloc 0.1 REQUIRED)              # with /some/prefix in CMAKE_PREFIX_PATH
@@ -9,7 +12,7 @@
 # Both the CMake package and bsalloc.pc are relocatable: they find the prefix from where they
 # lie, so an installed tree can be moved or packaged as it is.
 
-option(BSALLOC_INSTALL "Generate bsalloc's install rules" ${PROJECT_IS_TOP_LEVEL})
+option(BSALLOC_INSTALL "Generate bsalloc's install rules" ${_bsalloc_top_level})
 if(NOT BSALLOC_INSTALL)
   return()
 endif()
@@ -33,6 +36,9 @@ install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/bsalloc
   FILES_MATCHING PATTERN "*.hpp")
 install(FILES ${PROJECT_BINARY_DIR}/include/bsalloc/version.hpp
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/bsalloc COMPONENT bsalloc_development)
+
+install(FILES ${PROJECT_SOURCE_DIR}/LICENSE
+  DESTINATION ${CMAKE_INSTALL_DOCDIR} COMPONENT bsalloc_runtime)
 
 install(EXPORT bsallocTargets
   NAMESPACE bsalloc::
@@ -81,14 +87,6 @@ else()
   set(BSALLOC_PC_LIBDIR "\${prefix}/${CMAKE_INSTALL_LIBDIR}")
   set(BSALLOC_PC_INCLUDEDIR "\${prefix}/${CMAKE_INSTALL_INCLUDEDIR}")
 endif()
-# Boost is header-only here and has no .pc file: pass its include directory unless it is a
-# system one the compiler searches anyway.
-set(BSALLOC_PC_BOOST_CFLAGS "")
-foreach(_dir IN LISTS Boost_INCLUDE_DIRS)
-  if(NOT _dir IN_LIST CMAKE_CXX_IMPLICIT_INCLUDE_DIRECTORIES AND NOT _dir STREQUAL "/usr/include")
-    string(APPEND BSALLOC_PC_BOOST_CFLAGS " -I${_dir}")
-  endif()
-endforeach()
 configure_file(${PROJECT_SOURCE_DIR}/cmake/bsalloc.pc.in ${PROJECT_BINARY_DIR}/bsalloc.pc @ONLY)
 install(FILES ${PROJECT_BINARY_DIR}/bsalloc.pc
   DESTINATION ${BSALLOC_INSTALL_PKGCONFIGDIR} COMPONENT bsalloc_development)

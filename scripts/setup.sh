@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Installs what bsalloc needs from Debian packages, skipping those already installed.
 # Runs as root, or through sudo when it is there.
 set -euo pipefail

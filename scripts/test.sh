@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Builds and runs every test: a normal build (g++), AddressSanitizer + UBSan (clang), and
 # ThreadSanitizer (g++), warnings as errors; then every scripts/ci.d/*.sh step (examples built as
 # an outside consumer, the perf smoke run, ...). Prints one summary line at the end.
+# CTest runs each doctest test case as its own test, so the counts are test cases (plus one per
+# step). Tests and -Werror are off in a plain configure (that is for installing); they are
+# turned on here.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out="${BSALLOC_CI_DIR:-$root/build-ci}"
@@ -14,12 +18,27 @@ run_suite() {  # name, then cmake arguments
   local name=$1
   shift
   echo "=== [$name] configure and build"
-  cmake -S "$root" -B "$out/$name" -DBSALLOC_WERROR=ON "$@" >"$out/$name.configure.log"
+  cmake -S "$root" -B "$out/$name" -DBSALLOC_BUILD_TESTS=ON -DBSALLOC_WERROR=ON "$@" \
+    >"$out/$name.configure.log"
   cmake --build "$out/$name" -j "$jobs"
   echo "=== [$name] ctest"
   local log="$out/$name.ctest.log"
+  # Every test case must have reached CTest, under "<executable>: <case>": compare each
+  # executable's own list with what CTest registered for it.
+  local exe listed registered
+  for exe in "$out/$name"/tests/test_*; do
+    [ -f "$exe" ] && [ -x "$exe" ] || continue
+    listed=$("$exe" --list-test-cases --no-intro=true 2>/dev/null |
+      grep -c -v -e '^=\+$' -e '^\[doctest\] ' || true)
+    registered=$(cd "$out/$name" && ctest -N -R "^$(basename "$exe"): " |
+      sed -nE 's/^Total Tests: ([0-9]+)$/\1/p')
+    if [ "$listed" -eq 0 ] || [ "$registered" != "$listed" ]; then
+      echo "[$name] $(basename "$exe"): CTest has ${registered:-no} tests, it lists $listed cases"
+      failed=$((failed + 1))
+    fi
+  done
   set +e
-  ctest --test-dir "$out/$name" --output-on-failure -j "$jobs" 2>&1 | tee "$log"
+  (cd "$out/$name" && ctest --output-on-failure -j "$jobs") 2>&1 | tee "$log"
   local rc=${PIPESTATUS[0]}
   set -e
   local line total bad
@@ -40,7 +59,8 @@ export ASAN_OPTIONS="abort_on_error=1:detect_leaks=1:strict_string_checks=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$root/tests/tsan.supp"
 
-run_suite normal -DCMAKE_CXX_COMPILER=g++ -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBSALLOC_BUILD_PERF=ON
+run_suite normal -DCMAKE_CXX_COMPILER=g++ -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBSALLOC_BUILD_EXAMPLES=ON \
+  -DBSALLOC_BUILD_PERF=ON
 run_suite asan-ubsan -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS=-O1 \
   -DBSALLOC_SANITIZE=address,undefined -DBSALLOC_BUILD_EXAMPLES=OFF
 run_suite tsan -DCMAKE_CXX_COMPILER=g++ -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS=-O1 \

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 // Internal: helpers shared by the stats printers (src/stats.cpp, src/object_pool.cpp).
 #include <cstddef>

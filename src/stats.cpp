@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Text and JSON forms of bsalloc's stats structs (printed through fmt, see stats.hpp).
 #include <bsalloc/page_resource.hpp>
 #include <bsalloc/slab_resource.hpp>
@@ -8,6 +9,7 @@
 #include <string>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join: in <fmt/format.h> up to fmt 10, in <fmt/ranges.h> from 11
 
 namespace bsalloc {
 

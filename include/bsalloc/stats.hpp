@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 // Printing bsalloc's stats through fmt.
 //
@@ -7,9 +8,15 @@
 // Every stats struct S has `std::string bsalloc::to_string(const S&)` and
 // `std::string bsalloc::to_json(const S&)`; the formatter below dispatches to them.
 
+#include <bsalloc/detail/requires_cxx20.hpp>
+
 #include <string>
 #include <string_view>
 
+// fmt 9, 10 and 11: formatter<> with a constexpr parse() and a const format(), format_to() into
+// the context's iterator and format_error are the same in all three. <fmt/format.h> is kept
+// (not fmt 11's smaller <fmt/base.h>, which 9 and 10 lack) so that fmt::format works for
+// whoever includes this header.
 #include <fmt/format.h>
 
 namespace bsalloc::detail {

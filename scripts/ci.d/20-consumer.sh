@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # CI step: bsalloc consumed the way an outside project consumes it.
 #  1. build bsalloc static and shared, `cmake --install` each into its own prefix under
 #     $BSALLOC_OUT (the static prefix is moved after installing: the package must be relocatable);
