@@ -1,3 +1,7 @@
+# SPDX-License-Identifier: Apache-2.0
+#
+# Conan 2 test_package: `conan create` builds test_package/CMakeLists.txt against the package
+# just created (find_package(bsalloc 0.1), bsalloc::bsalloc) and runs it.
 import os
 
 from conan import ConanFile
@@ -7,8 +11,7 @@ from conan.tools.cmake import CMake, cmake_layout
 
 class BsallocTestPackageConan(ConanFile):
     settings = "os", "arch", "compiler", "build_type"
-    generators = "CMakeDeps", "CMakeToolchain", "VirtualRunEnv"
-    test_type = "explicit"
+    generators = "CMakeDeps", "CMakeToolchain"
 
     def requirements(self):
         self.requires(self.tested_reference_str)
@@ -23,4 +26,5 @@ class BsallocTestPackageConan(ConanFile):
 
     def test(self):
         if can_run(self):
-            self.run(os.path.join(self.cpp.build.bindir, "test_package"), env="conanrun")
+            bin_path = os.path.join(self.cpp.build.bindir, "test_package")
+            self.run(bin_path, env="conanrun")

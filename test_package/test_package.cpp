@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Smallest outside consumer of the installed bsalloc: pmr containers on a slab_resource over a
 // page_resource over a caller's buffer, the version macros, and the stats printed through fmt.
 // Exits non-zero if anything looks wrong.

@@ -4,10 +4,15 @@
 #  1. build bsalloc static and shared, `cmake --install` each into its own prefix under
 #     $BSALLOC_OUT (the static prefix is moved after installing: the package must be relocatable);
 #  2. check what was installed (headers with version.hpp, library, CMake config + version file,
-#     bsalloc.pc) and that find_package honours the version (0.1 yes, 0.2 and 1.0 no);
+#     bsalloc.pc, the licence) and that find_package honours the version (0.1 yes, 0.2 and 1.0
+#     no), needs no Boost (configured with CMAKE_DISABLE_FIND_PACKAGE_Boost) and gives the
+#     optional boost_pmr component only when asked for;
 #  3. build test_package/ against each prefix with find_package(bsalloc 0.1) — the flow Conan's
-#     test_package runs, without the Conan client — and run it;
-#  4. compile and run test_package/test_package.cpp through `pkg-config --cflags --libs bsalloc`;
+#     test_package runs, without the Conan client — with Boost hidden and the consumer's own
+#     warnings as errors ($warn), and run it;
+#  4. compile and run test_package/test_package.cpp through `pkg-config --cflags --libs bsalloc`
+#     (no -std given: bsalloc.pc's Cflags carry -std=c++20), same warnings; and check that a C++17
+#     compile stops at bsalloc's "requires C++20" error first;
 #  5. build examples/ standalone against the static prefix, warnings as errors, and run each.
 # Env: BSALLOC_ROOT (source tree), BSALLOC_OUT (scratch dir). Exits non-zero on any failure.
 set -euo pipefail
@@ -15,6 +20,8 @@ root=${BSALLOC_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 out="${BSALLOC_OUT:-$root/build-ci}/consumer"
 jobs=$(nproc)
 checks=0
+# What a careful consumer compiles with: bsalloc's headers must not warn under it.
+warn="-Wall -Wextra -Wpedantic -Wconversion -Wshadow -Werror"
 rm -rf "$out"
 mkdir -p "$out"
 
@@ -61,9 +68,13 @@ build_and_install shared ON "$out/prefix-shared"
 # --- 2. what was installed -------------------------------------------------------------------
 check_tree() {  # kind, prefix
   local kind=$1 prefix=$2 h f
-  for h in "$root"/include/bsalloc/*.hpp; do
-    [ -f "$prefix/include/bsalloc/$(basename "$h")" ] || fail "$kind: $(basename "$h") not installed"
+  for h in "$root"/include/bsalloc/*.hpp "$root"/include/bsalloc/*/*.hpp; do
+    [ -e "$h" ] || continue
+    f=${h#"$root/include/"}
+    [ -f "$prefix/include/$f" ] || fail "$kind: $f not installed"
   done
+  cmp -s "$root/LICENSE" "$prefix/share/doc/bsalloc/LICENSE" ||
+    fail "$kind: the licence is not installed as share/doc/bsalloc/LICENSE"
   f="$prefix/include/bsalloc/version.hpp"
   [ -f "$f" ] || fail "$kind: version.hpp not installed"
   grep -q "BSALLOC_VERSION_STRING \"$version\"" "$f" || fail "$kind: version.hpp is not $version"
@@ -87,7 +98,11 @@ check_tree() {  # kind, prefix
     "$prefix/include"; then
     fail "$kind: installed files hard-code build paths (listed above)"
   fi
-  ok "$kind: headers, version.hpp ($version), library, CMake package, bsalloc.pc; no build paths"
+  grep -q -- "-std=c++20" "$prefix/lib/pkgconfig/bsalloc.pc" || fail "$kind: bsalloc.pc lacks -std=c++20"
+  if grep -qi boost "$prefix/lib/pkgconfig/bsalloc.pc" "$prefix"/lib/cmake/bsalloc/bsallocTargets*.cmake; then
+    fail "$kind: the installed package still names Boost for bsalloc::bsalloc"
+  fi
+  ok "$kind: headers, version.hpp ($version), library, CMake package, bsalloc.pc, licence; no build paths, no Boost"
 }
 check_tree static "$out/prefix-static"
 check_tree shared "$out/prefix-shared"
@@ -96,25 +111,41 @@ check_tree shared "$out/prefix-shared"
 probe="$out/probe-src"
 mkdir -p "$probe"
 cat >"$probe/CMakeLists.txt" <<'CMAKE'
-cmake_minimum_required(VERSION 3.20)
+cmake_minimum_required(VERSION 3.15)
 project(bsalloc_probe LANGUAGES CXX)
-find_package(bsalloc ${WANT} REQUIRED)
-if(NOT TARGET bsalloc::bsalloc OR NOT TARGET fmt::fmt OR NOT TARGET Boost::headers
-   OR NOT TARGET Threads::Threads)
+find_package(bsalloc ${WANT} REQUIRED ${COMPONENTS})
+if(NOT TARGET bsalloc::bsalloc OR NOT TARGET fmt::fmt OR NOT TARGET Threads::Threads)
   message(FATAL_ERROR "bsalloc::bsalloc or a transitive dependency target is missing")
 endif()
+get_target_property(_libs bsalloc::bsalloc INTERFACE_LINK_LIBRARIES)
+if(_libs MATCHES "Boost")
+  message(FATAL_ERROR "bsalloc::bsalloc links Boost: ${_libs}")
+endif()
+set(_pmr "none")
+if(TARGET bsalloc::boost_pmr)
+  get_target_property(_pmr bsalloc::boost_pmr INTERFACE_LINK_LIBRARIES)
+endif()
 message(STATUS "probe: bsalloc ${bsalloc_VERSION} from ${bsalloc_DIR} shared=${bsalloc_SHARED}")
+message(STATUS "probe: boost_pmr found=${bsalloc_boost_pmr_FOUND} links=${_pmr}")
 CMAKE
-probe() {  # prefix, wanted version; returns cmake's status
-  cmake -S "$probe" -B "$out/probe-build" -DWANT="$2" -DCMAKE_PREFIX_PATH="$1" \
+probe() {  # prefix, wanted version, then more cmake arguments; returns cmake's status
+  local prefix=$1 want=$2
+  shift 2
+  cmake -S "$probe" -B "$out/probe-build" -DWANT="$want" -DCMAKE_PREFIX_PATH="$prefix" "$@" \
     >"$out/probe.log" 2>&1
   local rc=$?
   rm -rf "$out/probe-build"
   return $rc
 }
+probe_says() {  # what the last probe must have printed
+  grep -qF -- "$1" "$out/probe.log" || { cat "$out/probe.log" >&2; fail "probe: expected \"$1\""; }
+}
 for kind in static shared; do
   prefix="$out/prefix-$kind"
-  probe "$prefix" 0.1 || { cat "$out/probe.log" >&2; fail "$kind: find_package(bsalloc 0.1)"; }
+  # A consumer without Boost: find_package(Boost) is made to fail, bsalloc must not need it.
+  probe "$prefix" 0.1 -DCMAKE_DISABLE_FIND_PACKAGE_Boost=ON ||
+    { cat "$out/probe.log" >&2; fail "$kind: find_package(bsalloc 0.1) without Boost"; }
+  probe_says "probe: boost_pmr found= links=none"
   grep -q "probe: bsalloc $version from $prefix/lib/cmake/bsalloc shared=$([ $kind = shared ] && echo ON || echo OFF)" \
     "$out/probe.log" || { cat "$out/probe.log" >&2; fail "$kind: wrong package found"; }
   for want in 0.2 1.0; do
@@ -122,7 +153,19 @@ for kind in static shared; do
     grep -q "compatible with requested version \"$want\"" "$out/probe.log" ||
       { cat "$out/probe.log" >&2; fail "$kind: find_package(bsalloc $want) failed for another reason"; }
   done
-  ok "$kind: find_package(bsalloc 0.1) finds $version with its dependencies; 0.2 and 1.0 refused"
+  # The optional component: asked for, it finds Boost.Container and defines bsalloc::boost_pmr.
+  probe "$prefix" 0.1 "-DCOMPONENTS=COMPONENTS;boost_pmr" ||
+    { cat "$out/probe.log" >&2; fail "$kind: find_package(bsalloc COMPONENTS boost_pmr)"; }
+  probe_says "probe: boost_pmr found=TRUE links=bsalloc::bsalloc;Boost::container"
+  # ... optional and Boost missing: bsalloc is still found, the component is not.
+  probe "$prefix" 0.1 "-DCOMPONENTS=OPTIONAL_COMPONENTS;boost_pmr" -DCMAKE_DISABLE_FIND_PACKAGE_Boost=ON ||
+    { cat "$out/probe.log" >&2; fail "$kind: OPTIONAL_COMPONENTS boost_pmr without Boost"; }
+  probe_says "probe: boost_pmr found=FALSE links=none"
+  # ... required and Boost missing: find_package(bsalloc) fails.
+  if probe "$prefix" 0.1 "-DCOMPONENTS=COMPONENTS;boost_pmr" -DCMAKE_DISABLE_FIND_PACKAGE_Boost=ON; then
+    fail "$kind: COMPONENTS boost_pmr succeeded without Boost"
+  fi
+  ok "$kind: find_package(bsalloc 0.1) finds $version without Boost; 0.2 and 1.0 refused; boost_pmr only when asked for"
 done
 
 # --- 3. test_package through find_package ----------------------------------------------------
@@ -136,7 +179,8 @@ for kind in static shared; do
   prefix="$out/prefix-$kind"
   say "test_package/ against the $kind prefix (find_package)"
   run "tp-$kind.configure" cmake -S "$root/test_package" -B "$out/tp-$kind" \
-    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_PREFIX_PATH="$prefix"
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_PREFIX_PATH="$prefix" \
+    -DCMAKE_DISABLE_FIND_PACKAGE_Boost=ON -DCMAKE_CXX_FLAGS="$warn"
   grep -q "^bsalloc_DIR:PATH=$prefix/lib/cmake/bsalloc$" "$out/tp-$kind/CMakeCache.txt" ||
     fail "tp-$kind: bsalloc was not found in $prefix"
   run "tp-$kind.build" cmake --build "$out/tp-$kind"
@@ -151,7 +195,7 @@ for kind in static shared; do
     run_and_show "tp-$kind.run" "$exe"
   fi
   grep -q "^test_package: ok$" "$out/tp-$kind.run.log" || fail "tp-$kind: no ok line"
-  ok "$kind: test_package configured with find_package(bsalloc 0.1), built and ran"
+  ok "$kind: test_package configured with find_package(bsalloc 0.1) and no Boost, built ($warn) and ran"
 done
 
 # --- 4. pkg-config ---------------------------------------------------------------------------
@@ -164,19 +208,28 @@ for kind in static shared; do
   flags=$(pkg-config --cflags --libs bsalloc)
   say "pkg-config ($kind): $flags"
   # shellcheck disable=SC2086  # the flags are words on purpose
-  run "pc-$kind.build" c++ -std=c++20 -O1 -Wall -Wextra -Werror "$root/test_package/test_package.cpp" \
-    $flags -o "$out/pc-$kind"
+  run "pc-$kind.build" c++ -O1 $warn "$root/test_package/test_package.cpp" $flags -o "$out/pc-$kind"
   run_and_show "pc-$kind.run" env LD_LIBRARY_PATH="$prefix/lib" "$out/pc-$kind"
   grep -q "^test_package: ok$" "$out/pc-$kind.run.log" || fail "pc-$kind: no ok line"
   unset PKG_CONFIG_PATH
-  ok "$kind: compiled and ran with \`pkg-config --cflags --libs bsalloc\`"
+  ok "$kind: compiled ($warn) and ran with \`pkg-config --cflags --libs bsalloc\`"
 done
+
+# Compiled as C++17, the first error is bsalloc's own.
+prefix="$out/prefix-static"
+printf '#include <bsalloc/bsalloc.hpp>\nint main() { return 0; }\n' >"$out/cxx17.cpp"
+if c++ -std=c++17 -fsyntax-only -I"$prefix/include" "$out/cxx17.cpp" >"$out/cxx17.log" 2>&1; then
+  fail "a C++17 compile of <bsalloc/bsalloc.hpp> succeeded"
+fi
+first=$(grep -m1 "error" "$out/cxx17.log" || true)
+grep -q "bsalloc requires C++20" <<<"$first" || { cat "$out/cxx17.log" >&2; fail "C++17: first error is not bsalloc's"; }
+ok "C++17 consumer: the first error is bsalloc's \"requires C++20\" #error"
 
 # --- 5. examples/ as an outside project ------------------------------------------------------
 prefix="$out/prefix-static"
 say "examples/ standalone against $prefix"
 run examples.configure cmake -S "$root/examples" -B "$out/examples" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DCMAKE_PREFIX_PATH="$prefix" -DBSALLOC_EXAMPLES_WERROR=ON
+  -DCMAKE_PREFIX_PATH="$prefix" -DBSALLOC_EXAMPLES_WERROR=ON -DCMAKE_DISABLE_FIND_PACKAGE_Boost=ON
 grep -q "^bsalloc_DIR:PATH=$prefix/lib/cmake/bsalloc$" "$out/examples/CMakeCache.txt" ||
   fail "examples: bsalloc was not found in $prefix"
 run examples.build cmake --build "$out/examples" -j "$jobs"
