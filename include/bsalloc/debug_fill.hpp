@@ -44,8 +44,8 @@ inline constexpr bool asan_enabled = BSALLOC_ASAN != 0;
 
 enum class bulk_free_kind { reset, rewind, release };
 
-/// What the bulk-free hook is told: `resource` freed every object in [begin, end) ranges that
-/// it held — `bytes` in all — at once.
+/// What the bulk-free hook is told (the views are valid during the call only): `resource` freed
+/// `bytes` of objects at once.
 struct bulk_free_event {
   bulk_free_kind kind = bulk_free_kind::reset;
   std::string_view resource_type;  ///< "frame_arena", ...
