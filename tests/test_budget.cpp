@@ -2,16 +2,22 @@
 #include <bsalloc/budget.hpp>
 #include <bsalloc/frame_arena.hpp>
 #include <bsalloc/out_of_memory.hpp>
+#include <bsalloc/sampler.hpp>
 #include <bsalloc/slab_resource.hpp>
+
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <memory_resource>
 #include <mutex>
 #include <new>
 #include <random>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -302,4 +308,44 @@ TEST_CASE("budget_report: every live budget, as a table and as JSON") {
     CHECK(bsalloc::budget_report().find("report.gone") != nullptr);
   }
   CHECK(bsalloc::budget_report().find("report.gone") == nullptr);
+}
+
+TEST_CASE("memory_sampler: one JSON line per sample, budgets and series") {
+  const std::string path =
+      (std::filesystem::temp_directory_path() / fmt::format("bsalloc_sampler_{}.jsonl", ::getpid()))
+          .string();
+  std::size_t series_value = 4096;
+  {
+    bsalloc::budget_resource b{"sampler.only", 1000, std::pmr::new_delete_resource()};
+    bsalloc::memory_sampler sampler{path};
+    CHECK(sampler.path() == path);
+    sampler.add_series("slab \"reserved\"", [&] { return series_value; });
+    bsalloc::budget_snapshot one;
+    one.budgets.push_back(b.stats());
+    CHECK(sampler.line(7, 0.5, one) ==
+          "{\"frame\":7,\"t\":0.5000,\"budgets\":[{\"name\":\"sampler.only\",\"in_use\":0,"
+          "\"peak\":0,\"limit\":1000,\"count\":0,\"refused\":0,\"over_limit\":0}],"
+          "\"series\":{\"slab _reserved_\":4096}}");
+    void* p = b.allocate(300, 8);
+    sampler.sample(0);
+    series_value = 8192;
+    sampler.sample(1);
+    CHECK(sampler.lines() == 2);
+    b.deallocate(p, 300, 8);
+  }
+  std::ifstream in{path};
+  std::vector<std::string> lines;
+  for (std::string l; std::getline(in, l);) lines.push_back(l);
+  std::filesystem::remove(path);
+  REQUIRE(lines.size() == 2);
+  CHECK(lines[0].rfind("{\"frame\":0,\"t\":", 0) == 0);
+  CHECK(lines[1].rfind("{\"frame\":1,\"t\":", 0) == 0);
+  for (const auto& l : lines) {
+    CHECK(l.find("{\"name\":\"sampler.only\",\"in_use\":300,\"peak\":300,\"limit\":1000,"
+                 "\"count\":1,") != std::string::npos);
+    CHECK(l.back() == '}');
+  }
+  CHECK(lines[0].find("\"series\":{\"slab _reserved_\":4096}}") != std::string::npos);
+  CHECK(lines[1].find("\"series\":{\"slab _reserved_\":8192}}") != std::string::npos);
+  CHECK_THROWS_AS(bsalloc::memory_sampler("/nonexistent-dir/x.jsonl"), std::system_error);
 }
