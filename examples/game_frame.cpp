@@ -1,194 +1,263 @@
-// An engine's frame arena: one buffer allocated up front (the memory budget), a page_resource
-// over it, a slab_resource over that. Every frame allocates its particles, draw list and labels
-// from the slab_resource and releases all of it at once at the end of the frame. One frame
-// spawns far more than the budget holds: the allocation that does not fit throws
-// std::bad_alloc, the frame reports it and ends early, and the next frames go on as before.
-// Prints the stats of every frame; exits non-zero if a frame behaves otherwise.
+// A game loop over one fixed buffer, on bsalloc's engine kit:
+//   - a frame_ring<2> for per-frame scratch (two frames in flight: the renderer reads the
+//     previous frame's draw list while the game builds the next one), reset in O(1);
+//   - a level arena (a fixed frame_arena) holding the level's geometry, reset on level change;
+//   - four subsystems — render, physics, audio, AI — each a slab_resource over its own
+//     budget_resource, the budgets over one page_resource that manages the rest of the buffer;
+//   - frame 90 spawns an explosion far beyond physics' budget: the budget refuses, the
+//     out-of-memory handler reports it, the frame drops the debris it cannot hold and the game
+//     goes on; audio may go over its budget (its handler logs and allows it);
+//   - every frame is sampled (bsalloc::memory_sampler) into a JSON-lines file; with
+//     BSALLOC_MEMCHART=path/to/scripts/memchart.sh set, the chart is drawn at the end.
+// Usage: game_frame [samples.jsonl] (default game_frame_memory.jsonl). Checks its own claims
+// and exits non-zero if one fails.
+#include <bsalloc/budget.hpp>
+#include <bsalloc/frame_arena.hpp>
+#include <bsalloc/out_of_memory.hpp>
 #include <bsalloc/page_resource.hpp>
+#include <bsalloc/sampler.hpp>
 #include <bsalloc/slab_resource.hpp>
 #include <bsalloc/version.hpp>
 
-#include <array>
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <iterator>
+#include <list>
 #include <memory>
 #include <memory_resource>
 #include <new>
 #include <span>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include <fmt/format.h>
 
 namespace {
 
-constexpr std::size_t budget = std::size_t{32} << 20;  // the whole frame memory: 32 MiB
+constexpr std::size_t MiB = std::size_t{1} << 20;
+constexpr std::size_t buffer_bytes = 64 * MiB;  // everything the game may use
+constexpr std::size_t scratch_bytes = 8 * MiB;  // frame ring: 2 x 4 MiB
+constexpr std::size_t level_bytes = 8 * MiB;    // level arena; the rest: pages for the budgets
+constexpr int frames = 150;
+constexpr int level_change = 75;
+constexpr int explosion = 90;
+constexpr int stinger = 40;  // a music stinger pushes audio over its budget
 
-struct arena_deleter {
-  void operator()(std::byte* p) const noexcept {
-    ::operator delete (p, std::align_val_t{std::size_t{2} << 20});
+int failures = 0;
+void check(bool ok, const std::string& what) {
+  if (!ok) {
+    fmt::print(stderr, "game_frame: FAILED: {}\n", what);
+    ++failures;
   }
-};
-
-struct particle {  // frame-lifetime, trivially destructible: never freed one by one
-  float x, y, z;
-  float vx, vy, vz;
-  float life;
-  std::uint32_t color;
-};
-
-struct draw_command {
-  std::uint32_t mesh;
-  std::uint32_t material;
-  std::array<float, 16> transform;
-};
-
-struct frame_plan {
-  std::size_t entities;
-  bool over_budget;  // expected to run out of memory
-};
-
-// A steady load, a spike far beyond the budget (an explosion spawning a million particles), then
-// back to normal: the frames after the spike must work as before it.
-constexpr std::array<frame_plan, 10> plan{{{5000, false},
-                                           {10000, false},
-                                           {20000, false},
-                                           {40000, false},
-                                           {1000000, true},
-                                           {40000, false},
-                                           {20000, false},
-                                           {10000, false},
-                                           {60000, false},
-                                           {5000, false}}};
-
-std::string kib(std::size_t bytes) {
-  if (bytes >= (std::size_t{1} << 20))
-    return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1024.0 * 1024.0));
-  return fmt::format("{:.1f} KiB", static_cast<double>(bytes) / 1024.0);
 }
 
-struct frame_result {
-  std::size_t spawned = 0;  // entities fully set up before the frame ended
-  bool out_of_budget = false;
-  std::size_t slab_objects = 0, slab_bytes = 0, slab_reserved = 0, large_bytes = 0;
-  std::size_t pages_in_use = 0;
-  double checksum = 0;
+struct body {  // physics
+  float pos[3], vel[3], mass, radius;
+  std::uint32_t flags, life;
+};
+struct agent {  // AI: a path of waypoints each
+  explicit agent(std::pmr::memory_resource* mr) : path(mr) {}
+  std::pmr::vector<std::uint32_t> path;
+};
+struct voice {  // audio: a decoded buffer each
+  explicit voice(std::size_t samples, std::pmr::memory_resource* mr) : pcm(samples, 0, mr) {}
+  std::pmr::vector<std::int16_t> pcm;
+};
+struct instance {  // render: per-instance constants
+  explicit instance(std::pmr::memory_resource* mr) : constants(48, 1.0f, mr) {}
+  std::pmr::vector<float> constants;
 };
 
-frame_result run_frame(std::size_t frame, std::size_t entities, bsalloc::slab_resource& mem,
-                       const bsalloc::page_resource& pages) {
-  frame_result result;
-  std::pmr::polymorphic_allocator<> alloc(&mem);
-  try {
-    std::pmr::vector<particle*> live(&mem);
-    std::pmr::vector<draw_command> draws(&mem);
-    std::pmr::unordered_map<std::uint32_t, std::pmr::string> labels(&mem);
-    for (std::size_t e = 0; e < entities; ++e) {
-      const float f = static_cast<float>(e);
-      // Allocated from the frame arena and never deleted: release() takes them back.
-      auto* p = alloc.new_object<particle>(particle{f, 0, -f, 1, 2, 3, 1.0f, 0xffffffffu});
-      live.push_back(p);
-      draws.push_back(
-          draw_command{static_cast<std::uint32_t>(e % 64), static_cast<std::uint32_t>(e % 8), {}});
-      draws.back().transform[15] = 1.0f;
-      if (e % 16 == 0)
-        labels.emplace(static_cast<std::uint32_t>(e),
-                       fmt::format("entity #{} spawned in frame {} (a label)", e, frame));
-      result.spawned = e + 1;
-    }
-    // Simulate one step and "render".
-    for (particle* p : live) {
-      p->x += p->vx;
-      p->y += p->vy;
-      p->life -= 0.5f;
-      result.checksum += static_cast<double>(p->x + p->y + p->life);
-    }
-    for (const auto& d : draws) result.checksum += static_cast<double>(d.transform[15]);
-    result.checksum += static_cast<double>(labels.size());
-
-    const auto s = mem.stats();  // at the frame's high point
-    result.slab_objects = s.objects_in_use;
-    result.slab_bytes = s.bytes_in_use;
-    result.slab_reserved = s.bytes_reserved;
-    result.large_bytes = s.large_bytes;
-    result.pages_in_use = pages.stats().allocated_bytes;
-    if (frame == 0) fmt::print("slab_resource stats at the end of frame 0:\n{}\n", s);
-  } catch (const std::bad_alloc&) {
-    // Out of budget: the containers are gone already (unwound), the particles stay until the
-    // release() below. The resource stays usable.
-    result.out_of_budget = true;
-    const auto s = mem.stats();
-    result.slab_objects = s.objects_in_use;
-    result.slab_bytes = s.bytes_in_use;
-    result.slab_reserved = s.bytes_reserved;
-    result.large_bytes = s.large_bytes;
-    result.pages_in_use = pages.stats().allocated_bytes;
+/// One subsystem: a slab_resource over a named budget over the shared pages.
+struct subsystem {
+  subsystem(const char* name, std::size_t limit, std::pmr::memory_resource* pages,
+            bsalloc::over_budget_handler handler = {})
+      : budget(name, limit, pages, std::move(handler)),
+        pool(std::pmr::pool_options{}, knobs(), &budget) {}
+  static bsalloc::slab_resource_options knobs() {
+    bsalloc::slab_resource_options k;
+    k.caches = 1;                 // one game thread
+    k.min_slab_bytes = 16 << 10;  // small slabs: memory follows the load closely
+    return k;
   }
-  return result;
+  bsalloc::budget_resource budget;
+  bsalloc::slab_resource pool;
+};
+
+std::size_t wave(int frame, double base, double amp, double period) {
+  return static_cast<std::size_t>(base + amp * std::sin(frame * 6.2831853 / period));
+}
+
+// Out-of-memory reports: the game logs them and counts them per resource name.
+int oom_reports = 0;
+std::string last_oom;
+bool log_out_of_memory(const bsalloc::out_of_memory_info& i) {
+  ++oom_reports;
+  last_oom = std::string(i.name);
+  fmt::print("  [oom] {} '{}' refused {} bytes: {}", i.resource_type, i.name, i.bytes, i.stats);
+  return false;  // nothing freed: let the caller see std::bad_alloc
 }
 
 }  // namespace
 
-int main() {
-  fmt::print("bsalloc {}: frame arena of {} (one buffer, page_resource, slab_resource)\n\n",
-             BSALLOC_VERSION_STRING, kib(budget));
-  // The whole budget, allocated once up front; nothing below calls the OS or malloc for frames.
-  // 2 MiB-aligned (the huge-page size) so the buddy blocks it holds are the same every run.
-  constexpr std::align_val_t buffer_alignment{std::size_t{2} << 20};
-  const std::unique_ptr<std::byte, arena_deleter> buffer{
-      static_cast<std::byte*>(::operator new(budget, buffer_alignment))};
-  bsalloc::page_resource pages{std::span{buffer.get(), budget}};
-  bsalloc::slab_resource_options options;
-  options.caches = 1;  // one engine thread
-  bsalloc::slab_resource frame_mem{std::pmr::pool_options{}, options, &pages};
+int main(int argc, char** argv) {
+  const std::string samples = argc > 1 ? argv[1] : "game_frame_memory.jsonl";
+  fmt::print("bsalloc {}: a game loop over one {} MiB buffer\n\n", BSALLOC_VERSION_STRING,
+             buffer_bytes / MiB);
+  constexpr std::align_val_t huge{2 * MiB};
+  const std::unique_ptr<std::byte, void (*)(std::byte*)> buffer{
+      static_cast<std::byte*>(::operator new(buffer_bytes, huge)),
+      [](std::byte* p) { ::operator delete(p, huge); }};
+  const std::span<std::byte> all{buffer.get(), buffer_bytes};
 
-  int failures = 0;
-  auto check = [&failures](bool ok, std::string what) {
-    if (!ok) {
-      fmt::print(stderr, "game_frame: FAILED: {}\n", what);
-      ++failures;
-    }
+  auto named = [](const char* name) {
+    bsalloc::frame_arena_options o;
+    o.name = name;
+    return o;
   };
+  bsalloc::frame_ring<2> scratch{all.subspan(0, scratch_bytes), named("scratch")};
+  bsalloc::frame_arena level{all.subspan(scratch_bytes, level_bytes), named("level")};
+  bsalloc::page_resource pages{all.subspan(scratch_bytes + level_bytes)};
+  bsalloc::set_out_of_memory_handler(log_out_of_memory);
 
-  const std::size_t managed = pages.stats().managed_bytes;
-  fmt::print("page_resource manages {} of the {} buffer (the rest: its metadata, alignment)\n\n",
-             kib(managed), kib(budget));
-  for (std::size_t frame = 0; frame < plan.size(); ++frame) {
-    const auto [entities, over_budget] = plan[frame];
-    const frame_result r = run_frame(frame, entities, frame_mem, pages);
-    frame_mem.release();  // the end of the frame: everything it allocated, at once
+  int audio_overs = 0;
+  subsystem render{"render", 12 * MiB, &pages};
+  subsystem physics{"physics", 4 * MiB, &pages};
+  subsystem audio{"audio", 3 * MiB, &pages, [&](const bsalloc::over_budget_info& i) {
+                    ++audio_overs;
+                    if (audio_overs == 1)
+                      fmt::print("  [budget] audio over its {} MiB by {} KiB: allowed (music)\n",
+                                 i.limit / MiB, (i.in_use + i.bytes - i.limit) >> 10);
+                    return true;
+                  }};
+  subsystem ai{"ai", 10 * MiB, &pages};
 
-    const auto after = frame_mem.stats();
-    const auto page_stats = pages.stats();
-    fmt::print(
-        "frame {}: {:6} of {:6} entities {:14} | slab {:6} objects, {} in use, {} reserved, "
-        "{} large | pages {} of {} | after release: {} objects, pages {}\n",
-        frame, r.spawned, entities, r.out_of_budget ? "OUT OF BUDGET" : "ok", r.slab_objects,
-        kib(r.slab_bytes), kib(r.slab_reserved), kib(r.large_bytes), kib(r.pages_in_use),
-        kib(managed), after.objects_in_use, kib(page_stats.allocated_bytes));
+  bsalloc::memory_sampler sampler{samples};
+  sampler.add_series("pages in use", [&] { return pages.stats().allocated_bytes; });
+  sampler.add_series("level arena", [&] { return level.used_bytes(); });
+  sampler.add_series("frame scratch", [&] { return scratch.current().used_bytes(); });
 
-    check(r.out_of_budget == over_budget, fmt::format("frame {}: out of budget is {}, expected {}",
-                                                      frame, r.out_of_budget, over_budget));
-    if (!r.out_of_budget) {
-      check(r.spawned == entities, fmt::format("frame {}: all entities spawned", frame));
-      check(r.slab_objects >= entities, fmt::format("frame {}: particles on the slabs", frame));
-      // Particle e ends at x = e + 1, y = 2, life = 0.5; each draw adds 1, each label 1.
-      const auto n = static_cast<double>(entities);
-      const double expected =
-          n * (n - 1) / 2 + 3.5 * n + n + static_cast<double>((entities + 15) / 16);
-      check(r.checksum == expected, fmt::format("frame {}: checksum", frame));
-    } else {
-      check(r.spawned < entities, fmt::format("frame {}: stopped early", frame));
+  std::pmr::list<body> bodies{&physics.pool};
+  std::pmr::list<agent> agents{&ai.pool};
+  std::pmr::list<voice> voices{&audio.pool};
+  std::pmr::list<instance> instances{&render.pool};
+
+  auto load_level = [&](int n) {
+    level.reset();
+    // Geometry and a navigation grid, alive until the next level change.
+    auto* geometry = std::pmr::polymorphic_allocator<>(&level).allocate_object<float>(
+        static_cast<std::size_t>(600'000 + 300'000 * n));
+    geometry[0] = 1.0f;
+    std::pmr::vector<std::uint8_t> nav(static_cast<std::size_t>(1 << 20), 0, &level);
+    (void)nav;  // destroyed at once; deallocate of the last allocation gives it back
+    fmt::print("level {} loaded: {}", n, level.stats());
+  };
+  load_level(1);
+  const std::size_t level_chunks = level.stats().chunks;
+
+  std::size_t debris_dropped = 0;
+  std::size_t scratch_peak = 0;
+  for (int f = 0; f < frames; ++f) {
+    bsalloc::frame_arena& frame = scratch.next_frame();  // the frame before last: reset
+    check(frame.used_bytes() == 0, fmt::format("frame {}: scratch starts empty", f));
+    if (f == level_change) {
+      load_level(2);
+      check(level.stats().chunks == level_chunks, "the level arena keeps its one buffer");
     }
-    check(r.pages_in_use <= managed, fmt::format("frame {}: within the buffer", frame));
-    check(after.objects_in_use == 0 && after.bytes_in_use == 0,
-          fmt::format("frame {}: nothing left on the slabs after release()", frame));
-    check(page_stats.allocated_bytes == 0,
-          fmt::format("frame {}: every page back after release()", frame));
+    // Subsystems follow their load; each list node and buffer comes from its own pool.
+    const std::size_t want_instances = wave(f, 20000, 8000, 60);
+    while (instances.size() < want_instances) instances.emplace_back(&render.pool);
+    while (instances.size() > want_instances) instances.pop_back();
+    const std::size_t want_agents = wave(f, 1200, 900, 45);
+    while (agents.size() < want_agents) {
+      agents.emplace_back(&ai.pool);
+      agents.back().path.resize(256 + agents.size() % 1024);
+    }
+    while (agents.size() > want_agents) agents.pop_front();
+    std::size_t want_voices = wave(f, 30, 12, 25);
+    if (f >= stinger && f < stinger + 12) want_voices += 40;  // a stinger: music layered on top
+    while (voices.size() < want_voices) voices.emplace_back(24000, &audio.pool);
+    while (voices.size() > want_voices) voices.pop_front();
+    std::size_t want_bodies = wave(f, 12000, 3000, 50);
+    if (f == explosion) want_bodies += 200'000;  // far beyond physics' 4 MiB
+    try {
+      while (bodies.size() < want_bodies) bodies.push_back(body{{0, 0, 0}, {1, 2, 3}, 1, 1, 0, 60});
+    } catch (const std::bad_alloc&) {
+      debris_dropped = want_bodies - bodies.size();
+      fmt::print("frame {}: physics over budget, {} debris dropped, {} bodies live\n", f,
+                 debris_dropped, bodies.size());
+    }
+    // Bodies come to rest and go; the explosion's debris decays over a few frames.
+    const std::size_t excess = bodies.size() > want_bodies ? bodies.size() - want_bodies : 0;
+    for (std::size_t i = 0; i < std::min<std::size_t>(excess, 20000); ++i) bodies.pop_back();
+
+    // Per-frame scratch: the draw list, sorted, and debug labels; never freed one by one.
+    std::pmr::vector<std::uint64_t> draws{&frame};
+    draws.reserve(instances.size());
+    std::uint64_t key = 0x9E3779B97F4A7C15ull;
+    for (std::size_t i = 0; i < instances.size(); ++i) draws.push_back(key ^= key << 7);
+    std::sort(draws.begin(), draws.end());
+    std::pmr::vector<std::pmr::string> labels{&frame};
+    for (std::size_t i = 0; i < agents.size(); i += 8) {
+      std::pmr::string label{&frame};
+      fmt::format_to(std::back_inserter(label), "agent {} at frame {} (debug label)", i, f);
+      labels.push_back(std::move(label));
+    }
+    check(std::is_sorted(draws.begin(), draws.end()), "draw list sorted");
+    scratch_peak = std::max(scratch_peak, frame.used_bytes());
+
+    sampler.sample(static_cast<std::uint64_t>(f));
+    if (f == 0 || f == explosion || f == frames - 1)
+      fmt::print("frame {}:\n{}\n", f, bsalloc::budget_report());
   }
-  fmt::print("\n{}\n", pages.stats());
+
+  // The claims.
+  const auto report = bsalloc::budget_report();
+  const auto* ph = report.find("physics");
+  const auto* au = report.find("audio");
+  check(ph != nullptr && au != nullptr, "the budgets are in the report");
+  if (ph != nullptr && au != nullptr) {
+    check(ph->refused >= 1, "physics refused the explosion");
+    check(ph->peak <= ph->limit, "physics never went over its limit");
+    check(au->over_limit >= 1 && au->peak > au->limit, "audio went over its limit, allowed");
+  }
+  check(debris_dropped > 0, "the explosion's excess debris was dropped");
+  check(oom_reports >= 1 && last_oom == "physics", "the out-of-memory handler heard of physics");
+  check(bodies.size() < 100'000, "the debris decayed");
+  for (std::size_t i = 0; i < scratch.size(); ++i) {
+    const auto s = scratch[i].stats();
+    check(s.fixed && s.chunks == 1 && s.capacity_bytes == scratch_bytes / 2,
+          "frame arenas stay on their slice of the buffer");
+  }
+  check(scratch_peak > 0, "the frames used their scratch");
+  check(sampler.lines() == static_cast<std::size_t>(frames), "one sample per frame");
+
+  // Shut down: everything back, every budget at zero.
+  bodies.clear();
+  agents.clear();
+  voices.clear();
+  instances.clear();
+  for (subsystem* s : {&render, &physics, &audio, &ai}) {
+    s->pool.release();
+    check(s->budget.in_use() == 0, fmt::format("{}: nothing left in use", s->budget.name()));
+  }
+  check(pages.stats().allocated_bytes == 0, "every page back");
+  bsalloc::set_out_of_memory_handler(nullptr);
+
+  fmt::print("budgets as JSON: {:j}\n", bsalloc::budget_report());
+  fmt::print("samples: {} ({} lines)\n", samples, sampler.lines());
+  if (const char* chart = std::getenv("BSALLOC_MEMCHART")) {
+    const std::string png = std::filesystem::path(samples).replace_extension(".png").string();
+    const std::string cmd =
+        fmt::format("'{}' '{}' '{}' 'game_frame: budgets per subsystem'", chart, samples, png);
+    check(std::system(cmd.c_str()) == 0 && std::filesystem::exists(png), "the chart was drawn");
+  } else {
+    fmt::print("chart: scripts/memchart.sh {} game_frame_memory.png\n", samples);
+  }
   if (failures != 0) return 1;
   fmt::print("game_frame: ok\n");
   return 0;

@@ -1,212 +1,206 @@
-// A server's memory pattern on one shared slab_resource: worker threads allocate per-request
-// objects (a request with its path, headers and body, all on the slab_resource), handle them,
-// and hand most of them to other workers, which check and free them — frees that land on
-// another core's cache (remote frees). Prints the per-core stats and the remote-free counts.
-// Exits non-zero if a request was lost, freed twice or corrupted, or memory is left in use.
+// A server on bsalloc's engine kit. Four workers handle requests:
+//   - each worker has its own frame_arena for per-request scratch (parsed path, headers, the
+//     response being built), reset after every response in O(1);
+//   - per-subsystem budgets over one shared slab_resource: "sessions" (a session cache) and
+//     "uploads" (request bodies held while slow clients send them), plus "scratch" under the
+//     workers' arenas;
+//   - one out-of-memory handler, told whenever a budget refuses: for "sessions" it evicts the
+//     calling worker's oldest sessions and asks for a retry; for "uploads" it logs and declines,
+//     and the worker sheds load: it answers 503 and finishes its oldest upload first.
+// Exits non-zero if a request is lost or answered wrongly, a budget is exceeded, nothing was
+// shed or evicted (the example would prove nothing), or memory is left in use at the end.
+#include <bsalloc/budget.hpp>
+#include <bsalloc/frame_arena.hpp>
+#include <bsalloc/out_of_memory.hpp>
 #include <bsalloc/slab_resource.hpp>
 #include <bsalloc/version.hpp>
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
+#include <deque>
+#include <iterator>
 #include <memory_resource>
 #include <mutex>
+#include <new>
 #include <string>
+#include <string_view>
 #include <thread>
-#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
-#include <sched.h>  // CPU affinity (Linux)
 
 namespace {
 
+constexpr std::size_t KiB = 1024, MiB = 1024 * KiB;
 constexpr int workers = 4;
-constexpr int requests_per_worker = 20000;
-constexpr int keep_one_in = 5;  // one request in 5 is freed by the worker that made it
+constexpr int requests_per_worker = 5000;
+constexpr std::size_t max_uploads_in_flight = 48;  // per worker: 48 x ~72 KiB > the budget
+constexpr std::size_t uploads_limit = 3 * MiB;
+constexpr std::size_t sessions_limit = 1 * MiB;
 
-struct request {
-  using allocator_type = std::pmr::polymorphic_allocator<>;
+using pmr_bytes = std::pmr::vector<std::uint8_t>;
 
-  explicit request(const allocator_type& alloc) : path(alloc), headers(alloc), body(alloc) {}
+/// A worker's session cache shard: only its worker touches it (no lock). The payloads are on
+/// the "sessions" budget; the deque itself on the default heap, so that evicting from it never
+/// runs inside one of its own allocations.
+struct session_shard {
+  std::deque<pmr_bytes> sessions;
+  std::size_t evicted = 0;
+};
+thread_local session_shard* current_shard = nullptr;
 
-  std::uint64_t id = 0;
-  int origin = 0;  // worker that allocated it
-  std::pmr::string path;
-  std::pmr::vector<std::pmr::string> headers;
-  std::pmr::vector<std::uint32_t> body;
-  std::uint64_t checksum = 0;
+std::atomic<int> oom_calls{0}, oom_logged{0};
+std::mutex log_mutex;
+
+bool on_out_of_memory(const bsalloc::out_of_memory_info& i) {
+  ++oom_calls;
+  if (i.name == "sessions" && current_shard != nullptr && !current_shard->sessions.empty()) {
+    // Free the oldest half of this worker's sessions, then let the request be retried.
+    const std::size_t n = (current_shard->sessions.size() + 1) / 2;
+    for (std::size_t k = 0; k < n; ++k) current_shard->sessions.pop_front();
+    current_shard->evicted += n;
+    return true;
+  }
+  if (oom_logged.fetch_add(1) < 3) {
+    const std::lock_guard lock(log_mutex);
+    fmt::print("  [oom] {} '{}' refused {} KiB: shedding load\n", i.resource_type, i.name,
+               i.bytes / KiB);
+  }
+  return false;
+}
+
+struct worker_result {
+  std::size_t served = 0, shed = 0, wrong = 0, uploads_done = 0;
+  std::size_t evicted = 0, arena_chunks = 0, arena_peak = 0;
+  bool arena_reset_ok = true;
 };
 
-std::uint64_t checksum_of(const request& r) {
-  std::uint64_t h = 1469598103934665603ULL ^ r.id;
-  auto mix = [&h](std::uint64_t v) { h = (h ^ v) * 1099511628211ULL; };
-  for (char c : r.path) mix(static_cast<unsigned char>(c));
-  for (const auto& header : r.headers)
-    for (char c : header) mix(static_cast<unsigned char>(c));
-  for (std::uint32_t v : r.body) mix(v);
+std::uint64_t fnv(std::string_view s, std::uint64_t h = 1469598103934665603ull) {
+  for (const char c : s) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
   return h;
 }
 
-// Parse and "handle" a request: everything it owns is allocated from the slab_resource.
-request* make_request(std::pmr::polymorphic_allocator<> alloc, std::uint64_t id, int origin) {
-  auto* r = alloc.new_object<request>();
-  r->id = id;
-  r->origin = origin;
-  r->path = fmt::format("/api/v1/users/{}/orders/{}?expand=items", id % 977, id);
-  const std::size_t header_count = 3 + id % 6;
-  r->headers.reserve(header_count);
-  for (std::size_t i = 0; i < header_count; ++i)
-    r->headers.emplace_back(fmt::format("x-header-{}: value for request {} number {}", i, id, i));
-  r->body.resize(8 + (id * 37) % 250);  // 40 B to 1 KiB: several size classes
-  for (std::size_t i = 0; i < r->body.size(); ++i)
-    r->body[i] = static_cast<std::uint32_t>(id * 2654435761ULL + i);
-  r->checksum = checksum_of(*r);
-  return r;
-}
+void worker(int w, bsalloc::budget_resource& scratch, bsalloc::budget_resource& sessions,
+            bsalloc::budget_resource& uploads, worker_result& out) {
+  bsalloc::frame_arena_options o;
+  o.name = fmt::format("request[{}]", w);
+  bsalloc::frame_arena arena{&scratch, o};  // per-request scratch
+  session_shard shard;
+  current_shard = &shard;
+  std::deque<pmr_bytes> in_flight;  // uploads still being received
 
-// The CPUs this process may run on.
-std::vector<int> allowed_cpus() {
-  std::vector<int> cpus;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof set, &set) != 0) return cpus;
-  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu)
-    if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
-  return cpus;
-}
-
-// Pins the calling thread to one CPU, so workers sit on different core caches and the frees
-// of each other's requests are remote for certain. Returns false if the system refuses.
-bool pin_to(int cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  return sched_setaffinity(0, sizeof set, &set) == 0;
-}
-
-struct mailbox {
-  std::mutex mutex;
-  std::vector<request*> items;
-};
-
-struct counters {
-  std::atomic<std::uint64_t> made{0};
-  std::atomic<std::uint64_t> freed_by_origin{0};
-  std::atomic<std::uint64_t> freed_by_other{0};
-  std::atomic<std::uint64_t> corrupted{0};
-  std::atomic<int> unpinned{0};
-};
-
-void finish(std::pmr::polymorphic_allocator<> alloc, request* r, int me, counters& c) {
-  if (checksum_of(*r) != r->checksum) c.corrupted.fetch_add(1, std::memory_order_relaxed);
-  (r->origin == me ? c.freed_by_origin : c.freed_by_other).fetch_add(1, std::memory_order_relaxed);
-  alloc.delete_object(r);
-}
-
-void drain(std::pmr::polymorphic_allocator<> alloc, mailbox& box, int me, counters& c) {
-  std::vector<request*> batch;
-  {
-    std::lock_guard lock(box.mutex);
-    batch.swap(box.items);
-  }
-  for (request* r : batch) finish(alloc, r, me, c);
-}
-
-void worker(bsalloc::slab_resource& slab, std::vector<mailbox>& boxes, std::atomic<int>& producing,
-            counters& c, int me, int cpu) {
-  if (cpu >= 0 && !pin_to(cpu)) c.unpinned.fetch_add(1, std::memory_order_relaxed);
-  std::pmr::polymorphic_allocator<> alloc(&slab);
-  for (int k = 0; k < requests_per_worker; ++k) {
-    const auto id = static_cast<std::uint64_t>(me) * requests_per_worker + static_cast<unsigned>(k);
-    request* r = make_request(alloc, id, me);
-    c.made.fetch_add(1, std::memory_order_relaxed);
-    if (k % keep_one_in == 0) {
-      finish(alloc, r, me, c);
-    } else {  // hand it to another worker, which frees it
-      const int to = (me + 1 + k % (workers - 1)) % workers;
-      std::lock_guard lock(boxes[static_cast<std::size_t>(to)].mutex);
-      boxes[static_cast<std::size_t>(to)].items.push_back(r);
+  for (int n = 0; n < requests_per_worker; ++n) {
+    const std::uint64_t id =
+        static_cast<std::uint64_t>(w) * 1'000'000 + static_cast<std::uint64_t>(n);
+    const bool upload = id % 10 < 3;
+    // Parse: everything lives in the request's arena.
+    std::pmr::string path{&arena};
+    fmt::format_to(std::back_inserter(path), "/api/v2/{}/{}/items/{}", upload ? "upload" : "get",
+                   id % 977, id);
+    std::pmr::vector<std::string_view> segments{&arena};
+    for (std::size_t b = 1, e; b < path.size(); b = e + 1) {
+      e = path.find('/', b);
+      if (e == std::string::npos) e = path.size();
+      segments.emplace_back(path.data() + b, e - b);
     }
-    if (k % 64 == 63) drain(alloc, boxes[static_cast<std::size_t>(me)], me, c);
+    std::pmr::string response{&arena};
+    try {
+      if (upload) {
+        if (in_flight.size() >= max_uploads_in_flight) {
+          in_flight.pop_front();  // that client finished: its body is processed and freed
+          ++out.uploads_done;
+        }
+        const std::size_t bytes = 16 * KiB + (id * 7919 % 113) * KiB;  // 16 … 128 KiB
+        in_flight.emplace_back(bytes, static_cast<std::uint8_t>(id), &uploads);
+        fmt::format_to(std::back_inserter(response), "201 {} bytes for {}", bytes, segments[3]);
+      } else {
+        shard.sessions.emplace_back(2 * KiB + id % 2048, static_cast<std::uint8_t>(id), &sessions);
+        fmt::format_to(std::back_inserter(response), "200 {} session(s) for {}",
+                       shard.sessions.size(), segments[3]);
+      }
+      ++out.served;
+    } catch (const std::bad_alloc&) {
+      // Over the upload budget: shed — answer 503 and finish the oldest upload first.
+      response.assign("503 busy");
+      ++out.shed;
+      if (!in_flight.empty()) {
+        in_flight.pop_front();
+        ++out.uploads_done;
+      }
+    }
+    // Check the response against the request, then drop everything the request allocated.
+    const bool ok =
+        response.starts_with("503") || response.ends_with(fmt::format("for {}", id % 977));
+    if (!ok || segments.size() != 6 || fnv(segments[5]) != fnv(std::to_string(id))) ++out.wrong;
+    out.arena_peak = std::max(out.arena_peak, arena.used_bytes());
+    arena.reset();
+    if (arena.used_bytes() != 0) out.arena_reset_ok = false;
   }
-  producing.fetch_sub(1, std::memory_order_acq_rel);
-  // Keep freeing what others hand over until nobody produces any more, then once more.
-  while (producing.load(std::memory_order_acquire) != 0) {
-    drain(alloc, boxes[static_cast<std::size_t>(me)], me, c);
-    std::this_thread::yield();
-  }
-  drain(alloc, boxes[static_cast<std::size_t>(me)], me, c);
-  slab.trim();  // flush this thread's cache before it goes away
+  out.uploads_done += in_flight.size();
+  out.evicted = shard.evicted;
+  out.arena_chunks = arena.stats().chunks;
+  current_shard = nullptr;
 }
 
 }  // namespace
 
 int main() {
-  fmt::print("bsalloc {}: {} workers, {} requests each, {} in {} freed by another worker\n",
-             BSALLOC_VERSION_STRING, workers, requests_per_worker, keep_one_in - 1, keep_one_in);
-  // Workers spread over the CPUs, one core cache each (caches = one per CPU by default).
-  const std::vector<int> cpus = allowed_cpus();
-  const bool spread = cpus.size() >= 2;
-  fmt::print("{} CPUs available: {}\n\n", cpus.size(),
-             spread ? "workers pinned round-robin" : "workers not pinned, no remote free expected");
-
-  bsalloc::slab_resource slab;  // shared by every worker; upstream: global_page_resource()
-  std::vector<mailbox> boxes(workers);
-  std::atomic<int> producing{workers};
-  counters c;
-  {
-    std::vector<std::jthread> threads;
-    for (int w = 0; w < workers; ++w) {
-      const int cpu = spread ? cpus[static_cast<std::size_t>(w) % cpus.size()] : -1;
-      threads.emplace_back(worker, std::ref(slab), std::ref(boxes), std::ref(producing),
-                           std::ref(c), w, cpu);
-    }
-  }
-  slab.trim();  // drain every core's remote frees, return the empty slabs
-  const auto s = slab.stats();
-
-  std::uint64_t allocations = 0, deallocations = 0, sent = 0, received = 0;
-  for (const auto& core : s.cores) {
-    allocations += core.allocations;
-    deallocations += core.deallocations;
-    sent += core.remote_frees_sent;
-    received += core.remote_frees_received;
-  }
-  fmt::print("{}\n", s);
-  fmt::print("per core cache:\n");
-  for (std::size_t i = 0; i < s.cores.size(); ++i) {
-    const auto& core = s.cores[i];
-    fmt::print(
-        "  core {:2}: {:8} objects out, {:8} back locally, remote frees {:8} sent {:8} received "
-        "({} queue overflows), {} slabs in / {} out\n",
-        i, core.allocations, core.deallocations, core.remote_frees_sent, core.remote_frees_received,
-        core.remote_overflows, core.slab_refills, core.slab_returns);
-  }
-  fmt::print("requests: {} made, {} freed by their own worker, {} freed by another worker\n",
-             c.made.load(), c.freed_by_origin.load(), c.freed_by_other.load());
-  fmt::print("remote frees: {} sent, {} received\n", sent, received);
-
+  fmt::print("bsalloc {}: {} workers x {} requests, per-request frame arenas, budgets\n\n",
+             BSALLOC_VERSION_STRING, workers, requests_per_worker);
   int failures = 0;
-  auto check = [&failures](bool ok, const char* what) {
+  auto check = [&failures](bool ok, const std::string& what) {
     if (!ok) {
       fmt::print(stderr, "server: FAILED: {}\n", what);
       ++failures;
     }
   };
-  const std::uint64_t total = std::uint64_t{workers} * requests_per_worker;
-  check(c.made == total, "every request made");
-  check(c.freed_by_origin + c.freed_by_other == total, "every request freed exactly once");
-  check(c.freed_by_other > 0, "requests handed to other workers");
-  check(c.corrupted == 0, "no request corrupted");
-  check(s.objects_in_use == 0 && s.bytes_in_use == 0 && s.large_objects == 0,
-        "nothing in use at the end");
-  check(s.cached_objects == 0, "thread caches flushed when the workers ended");
-  check(allocations >= total, "at least one slab object per request");
-  check(sent == received, "every remote free drained by its owner");
-  check(allocations == deallocations + received, "every object back in its slab");
-  if (spread && c.unpinned == 0) check(sent > 0, "remote frees between pinned workers");
+
+  bsalloc::slab_resource heap;  // shared by every worker and subsystem
+  bsalloc::budget_resource scratch{"scratch", 4 * MiB, &heap};
+  bsalloc::budget_resource sessions{"sessions", sessions_limit, &heap};
+  bsalloc::budget_resource uploads{"uploads", uploads_limit, &heap};
+  bsalloc::set_out_of_memory_handler(on_out_of_memory);
+
+  std::vector<worker_result> results(workers);
+  {
+    std::vector<std::thread> threads;
+    for (int w = 0; w < workers; ++w)
+      threads.emplace_back(worker, w, std::ref(scratch), std::ref(sessions), std::ref(uploads),
+                           std::ref(results[static_cast<std::size_t>(w)]));
+    for (auto& t : threads) t.join();
+  }
+  bsalloc::set_out_of_memory_handler(nullptr);
+
+  worker_result total;
+  for (const auto& r : results) {
+    total.served += r.served;
+    total.shed += r.shed;
+    total.wrong += r.wrong;
+    total.evicted += r.evicted;
+    total.uploads_done += r.uploads_done;
+    check(r.arena_reset_ok, "every reset() emptied the request arena");
+    check(r.arena_chunks <= 2,
+          fmt::format("a request arena holds {} chunks (<= 2)", r.arena_chunks));
+    total.arena_peak = std::max(total.arena_peak, r.arena_peak);
+  }
+  fmt::print("served {}, shed {} (503), sessions evicted {}, out-of-memory reports {}\n",
+             total.served, total.shed, total.evicted, oom_calls.load());
+  fmt::print("largest request scratch: {} bytes\n\n{}\n", total.arena_peak,
+             bsalloc::budget_report());
+
+  const std::size_t all = static_cast<std::size_t>(workers) * requests_per_worker;
+  check(total.served + total.shed == all, "every request answered exactly once");
+  check(total.wrong == 0, "every response matches its request");
+  check(total.shed > 0, "the upload budget made the server shed load");
+  check(total.evicted > 0, "the session budget made workers evict sessions");
+  check(sessions.stats().refused == 0, "no session request failed: eviction + retry served all");
+  check(uploads.stats().refused == total.shed, "one refusal per shed request");
+  check(sessions.peak() <= sessions_limit && uploads.peak() <= uploads_limit,
+        "no budget went over its limit");
+  check(sessions.in_use() == 0 && uploads.in_use() == 0 && scratch.in_use() == 0,
+        "every budget back at zero (the workers' memory is all freed)");
+  check(oom_calls.load() >= static_cast<int>(total.shed), "the handler heard of every refusal");
   if (failures != 0) return 1;
   fmt::print("server: ok\n");
   return 0;

@@ -33,6 +33,14 @@ extern "C" [[gnu::noinline]] void bsalloc_bench_deallocate(std::pmr::memory_reso
 }
 
 namespace bench {
+
+// The engine-kit workloads, in workloads_engine.cpp.
+workload_result frame_arena_frames(peer& pe, const params& pa);
+workload_result frame_monotonic_frames(peer& pe, const params& pa);
+workload_result frame_slab_frames(peer& pe, const params& pa);
+workload_result frame_free_frames(peer& pe, const params& pa);
+workload_result budget_lifo(peer& pe, const params& pa);
+
 namespace {
 
 using clock_type = std::chrono::steady_clock;
@@ -495,6 +503,11 @@ constexpr workload table[] = {
     {"threads_many", "threads", true, true, false, 40'000'000, threads_many},
     {"footprint", "footprint", false, false, false, 0, footprint},
     {"fastpath", "callgrind", true, false, false, 100'000, fastpath},
+    {"frame_arena", "engine", false, false, false, 20'000'000, frame_arena_frames},
+    {"frame_monotonic", "engine", false, false, false, 20'000'000, frame_monotonic_frames},
+    {"frame_slab", "engine", false, false, false, 20'000'000, frame_slab_frames},
+    {"frame_free", "engine", false, false, false, 20'000'000, frame_free_frames},
+    {"budget_lifo", "engine", false, false, false, 40'000'000, budget_lifo},
 };
 
 }  // namespace

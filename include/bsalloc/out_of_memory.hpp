@@ -1,0 +1,71 @@
+#pragma once
+// Out-of-memory reports: one process-wide handler, called by every bsalloc resource that is
+// about to throw std::bad_alloc.
+//
+//   bsalloc::set_out_of_memory_handler([](const bsalloc::out_of_memory_info& i) {
+//     fmt::print(stderr, "{} '{}' could not serve {} bytes\n{}", i.resource_type, i.name,
+//                i.bytes, i.stats);
+//     return drop_caches();  // true: something was freed, the request is retried once
+//   });
+//
+// Protocol (what every resource does, see detail::report_out_of_memory):
+//   1. a request fails;
+//   2. the handler is called with what was asked, by whom, and a stats snapshot;
+//   3. if it returns true the request is tried once more; if that fails too, or the handler
+//      returned false, std::bad_alloc is thrown. The handler is not called a second time for
+//      the same request.
+// The default handler (none installed) does nothing and returns false. A handler may allocate;
+// a request that fails while the same thread is inside the handler is not reported again (no
+// recursion), it throws std::bad_alloc at once. The handler may be called from any thread,
+// concurrently; it must be thread-safe and should not throw (an exception it throws propagates
+// out of the allocate call instead of std::bad_alloc).
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+namespace bsalloc {
+
+/// What the handler is told.
+struct out_of_memory_info {
+  std::size_t bytes = 0;
+  std::size_t alignment = 0;
+  std::string_view resource_type;  ///< "frame_arena", "budget_resource", "slab_resource", ...
+  std::string_view name;           ///< the resource's name, empty where it has none
+  const void* resource = nullptr;  ///< the resource itself (for identity, not for calls)
+  std::string stats;               ///< the resource's stats at the failure, human-readable
+};
+
+using out_of_memory_handler = bool (*)(const out_of_memory_info&);
+
+/// Installs `handler` (nullptr: the default, which does nothing); returns the previous one.
+out_of_memory_handler set_out_of_memory_handler(out_of_memory_handler handler) noexcept;
+out_of_memory_handler get_out_of_memory_handler() noexcept;
+
+namespace detail {
+
+/// True when a handler is installed and this thread is not inside it already: only then is a
+/// report worth building (the stats snapshot costs).
+bool out_of_memory_reportable() noexcept;
+
+/// Calls the handler with `info`; returns what it returned (false when there is none, or when
+/// this thread is inside the handler already). The entry point for every bsalloc resource.
+bool report_out_of_memory(const out_of_memory_info& info);
+
+/// The same, building the snapshot only when it will be used: `stats()` returns a std::string.
+template <class StatsFn>
+bool report_out_of_memory(std::string_view type, std::string_view name, const void* resource,
+                          std::size_t bytes, std::size_t alignment, StatsFn&& stats) {
+  if (!out_of_memory_reportable()) return false;
+  out_of_memory_info info;
+  info.bytes = bytes;
+  info.alignment = alignment;
+  info.resource_type = type;
+  info.name = name;
+  info.resource = resource;
+  info.stats = stats();
+  return report_out_of_memory(info);
+}
+
+}  // namespace detail
+}  // namespace bsalloc

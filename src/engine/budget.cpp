@@ -1,0 +1,191 @@
+// budget_resource's slow paths, the registry of live budgets and the report's printers.
+#include <bsalloc/budget.hpp>
+#include <bsalloc/out_of_memory.hpp>
+
+#include <algorithm>
+#include <iterator>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+
+#include <fmt/format.h>
+#include <boost/container/flat_set.hpp>
+
+#include "../format.hpp"
+
+namespace bsalloc {
+namespace {
+
+struct by_name {
+  bool operator()(const budget_resource* a, const budget_resource* b) const noexcept {
+    if (a->name() != b->name()) return a->name() < b->name();
+    return std::less<>{}(a, b);
+  }
+};
+
+/// Live budgets, sorted as the report prints them. Never destroyed: budgets with static
+/// storage duration may outlive any other static.
+struct registry {
+  std::mutex mutex;
+  boost::container::flat_set<const budget_resource*, by_name> budgets;  // guarded by mutex
+};
+
+registry& the_registry() {
+  static registry* r = new registry;
+  return *r;
+}
+
+std::string limit_text(std::size_t limit) {
+  return limit == budget_resource::unlimited ? std::string("-") : detail::human_bytes(limit);
+}
+
+std::string json_string(std::string_view s) {
+  std::string out = "\"";
+  for (const char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (c < 0x20) {
+      out += fmt::format("\\u{:04x}", c);
+    } else {
+      out += ch;
+    }
+  }
+  out += '"';
+  return out;
+}
+
+}  // namespace
+
+budget_resource::budget_resource(std::string name, std::size_t limit,
+                                 std::pmr::memory_resource* upstream, over_budget_handler handler)
+    : limit_(limit), upstream_(upstream), name_(std::move(name)), handler_(std::move(handler)) {
+  if (upstream_ == nullptr) throw std::invalid_argument("budget_resource: null upstream");
+  registry& r = the_registry();
+  const std::lock_guard lock(r.mutex);
+  r.budgets.insert(this);
+}
+
+budget_resource::~budget_resource() {
+  registry& r = the_registry();
+  const std::lock_guard lock(r.mutex);
+  r.budgets.erase(this);
+}
+
+void budget_resource::raise_peak(std::size_t now) noexcept {
+  std::size_t seen = peak_.load(std::memory_order_relaxed);
+  while (now > seen && !peak_.compare_exchange_weak(seen, now, std::memory_order_relaxed)) {
+  }
+}
+
+void* budget_resource::allocate_over(std::size_t bytes, std::size_t alignment) {
+  // in_use_ holds this request's reservation: other threads see it while the handler runs.
+  const std::size_t reserved = in_use();
+  const std::size_t before = reserved >= bytes ? reserved - bytes : 0;
+  bool allow = false;
+  if (handler_) {
+    try {
+      allow = handler_(over_budget_info{*this, bytes, alignment, before, limit()});
+    } catch (...) {
+      in_use_.fetch_sub(bytes, std::memory_order_relaxed);
+      throw;
+    }
+  }
+  if (allow) {
+    over_limit_.fetch_add(1, std::memory_order_relaxed);
+    return allocate_reserved(bytes, alignment, in_use());
+  }
+  in_use_.fetch_sub(bytes, std::memory_order_relaxed);
+  if (detail::report_out_of_memory("budget_resource", name_, this, bytes, alignment,
+                                   [this] { return to_string(stats()) + "\n"; })) {
+    const std::size_t now = in_use_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+    if (now <= limit() && now >= bytes) return allocate_reserved(bytes, alignment, now);
+    in_use_.fetch_sub(bytes, std::memory_order_relaxed);
+  }
+  refused_.fetch_add(1, std::memory_order_relaxed);
+  throw std::bad_alloc();
+}
+
+budget_stats budget_resource::stats() const {
+  budget_stats s;
+  s.name = name_;
+  s.limit = limit();
+  s.in_use = in_use();
+  s.peak = std::max(peak(), s.in_use);
+  s.count = count();
+  s.refused = refused_.load(std::memory_order_relaxed);
+  s.over_limit = over_limit_.load(std::memory_order_relaxed);
+  return s;
+}
+
+void budget_resource::check_invariants() const {
+  const budget_stats s = stats();
+  if (peak_.load(std::memory_order_relaxed) < s.in_use)
+    throw std::logic_error("budget_resource '" + name_ + "': B2: peak < in_use");
+  if (s.in_use > s.limit && s.over_limit == 0)
+    throw std::logic_error("budget_resource '" + name_ + "': B2: over the limit, never allowed");
+  if (s.in_use != 0 && s.count == 0)
+    throw std::logic_error("budget_resource '" + name_ + "': B1: bytes in use but no allocation");
+}
+
+budget_snapshot budget_report() {
+  budget_snapshot snap;
+  registry& r = the_registry();
+  const std::lock_guard lock(r.mutex);
+  snap.budgets.reserve(r.budgets.size());
+  for (const budget_resource* b : r.budgets) snap.budgets.push_back(b->stats());
+  return snap;
+}
+
+const budget_stats* budget_snapshot::find(std::string_view name) const noexcept {
+  for (const auto& b : budgets)
+    if (b.name == name) return &b;
+  return nullptr;
+}
+
+std::string to_string(const budget_stats& s) {
+  return fmt::format("{}: {} in use (peak {}) of {}, {} allocations, {} refused, {} over limit",
+                     s.name, detail::human_bytes(s.in_use), detail::human_bytes(s.peak),
+                     limit_text(s.limit), s.count, s.refused, s.over_limit);
+}
+
+std::string to_string(const budget_snapshot& s) {
+  std::size_t width = 6;
+  std::size_t total = 0;
+  for (const auto& b : s.budgets) {
+    width = std::max(width, b.name.size());
+    total += b.in_use;
+  }
+  std::string out;
+  auto it = std::back_inserter(out);
+  fmt::format_to(it, "budgets: {} live, {} in use\n", s.budgets.size(), detail::human_bytes(total));
+  fmt::format_to(it, "  {:<{}} {:>10} {:>10} {:>10} {:>8} {:>7} {:>5}\n", "budget", width, "in use",
+                 "peak", "limit", "allocs", "refused", "over");
+  for (const auto& b : s.budgets)
+    fmt::format_to(it, "  {:<{}} {:>10} {:>10} {:>10} {:>8} {:>7} {:>5}{}\n", b.name, width,
+                   detail::human_bytes(b.in_use), detail::human_bytes(b.peak), limit_text(b.limit),
+                   b.count, b.refused, b.over_limit, b.in_use > b.limit ? "  OVER" : "");
+  return out;
+}
+
+std::string to_json(const budget_stats& s) {
+  return fmt::format(
+      "{{\"name\":{},\"in_use\":{},\"peak\":{},\"limit\":{},\"count\":{},\"refused\":{},"
+      "\"over_limit\":{}}}",
+      json_string(s.name), s.in_use, s.peak,
+      s.limit == budget_resource::unlimited ? std::string("null") : std::to_string(s.limit),
+      s.count, s.refused, s.over_limit);
+}
+
+std::string to_json(const budget_snapshot& s) {
+  std::string out = "{\"budgets\":[";
+  for (std::size_t i = 0; i < s.budgets.size(); ++i) {
+    if (i) out += ',';
+    out += to_json(s.budgets[i]);
+  }
+  out += "]}";
+  return out;
+}
+
+}  // namespace bsalloc
