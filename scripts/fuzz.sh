@@ -36,8 +36,9 @@ done
 build=${BSALLOC_FUZZ_BUILD:-$root/build-fuzz}
 work=${BSALLOC_FUZZ_WORK:-$build/work}
 
-cmake -S "$root/tests/fuzz" -B "$build" -DCMAKE_CXX_COMPILER="${CXX:-clang++}" >"$build.configure.log" 2>&1 ||
-  { cat "$build.configure.log"; exit 1; }
+mkdir -p "$build"
+cmake -S "$root/tests/fuzz" -B "$build" -DCMAKE_CXX_COMPILER="${CXX:-clang++}" >"$build/configure.log" 2>&1 ||
+  { cat "$build/configure.log"; exit 1; }
 cmake --build "$build" -j "$(nproc)" >/dev/null
 
 targets=()
