@@ -29,15 +29,32 @@
 //       resident bits.
 //   I7  a free block whose dirty hint is clear has no resident page.
 //
+//   I8  (run metadata) every allocated block of a run records the run's head index; the head
+//       block carries the run-head flag and the run's page count, so a pointer is accepted by
+//       deallocate_pages only at the head of a live run, with exactly that count.
+//   I9  (page map) every managed page maps to (this, its region) in the process page map;
+//       nothing else maps to this resource.
+//   I10 (run cache) a cached run is an allocated run whose head has the cached mark, held by
+//       exactly one core cache bin of its page count; the caches' page counts add up.
+//
 // An allocation of `count` pages that is not a power of two is a run of blocks: the greedy
 // decomposition of [0, count) into aligned power-of-two blocks. Every block but the last of a
-// run carries the `continued` flag, so deallocate_pages can check the count it is given.
+// run carries the `continued` flag.
+//
+// Run cache: with options.cache_bytes_per_core > 0 (global_page_resource() has it), freed runs
+// of up to max_cached_run_pages pages go to a small per-core (sched_getcpu) cache, by page count,
+// and are handed out again from there: large-block churn takes neither the buddy lock nor a
+// split or merge. Cached runs count as retained memory: the purge policy, trim() and
+// flush_cache() return them to the buddy lists.
 
 #include <array>
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <memory_resource>
 #include <mutex>
 #include <optional>
@@ -45,14 +62,30 @@
 #include <string>
 #include <vector>
 
+#include <bsalloc/page_map.hpp>
 #include <bsalloc/stats.hpp>
 
 namespace bsalloc {
+
+class page_resource;
+namespace detail {
+struct page_access;
+/// Test hook (fault injection): a countdown per OS call of the page layer; N > 0 makes the Nth
+/// next call of that kind fail (once), 0 never. Tests set it; nothing else should.
+struct os_fault_injection_t {
+  std::atomic<long> mmap{0};
+  std::atomic<long> madvise{0};
+  std::atomic<long> munmap{0};
+};
+extern os_fault_injection_t os_fault_injection;
+}  // namespace detail
 
 inline constexpr unsigned page_shift = 12;
 inline constexpr std::size_t page_size = std::size_t{1} << page_shift;
 /// Largest block: 2^max_order pages (4 GiB).
 inline constexpr unsigned max_order = 20;
+/// Runs of at most this many pages go to the run cache (256 KiB).
+inline constexpr std::size_t max_cached_run_pages = 64;
 /// Most regions one page_resource manages at a time.
 inline constexpr std::size_t max_regions = 128;
 inline constexpr std::size_t any_region = std::numeric_limits<std::size_t>::max();
@@ -70,8 +103,17 @@ struct block_info {
   void* head;      ///< first byte of the block
   unsigned order;  ///< the block spans 2^order pages
   block_state state;
-  bool continued;      ///< allocated and followed by another block of the same allocation
+  bool continued;       ///< allocated and followed by another block of the same allocation
+  std::size_t region;   ///< region index
+  bool cached = false;  ///< allocated, but sitting in the run cache (free for its user)
+};
+
+/// A live allocation (a run of pages) that holds an address.
+struct run_info {
+  void* start;         ///< what allocate_pages returned
+  std::size_t pages;   ///< the count it was allocated with (0 rounded up to 1)
   std::size_t region;  ///< region index
+  bool cached;         ///< in the run cache: given back by its user, not yet reused
 };
 
 struct page_resource_options {
@@ -85,6 +127,15 @@ struct page_resource_options {
   std::chrono::milliseconds purge_interval{1000};
   /// Grow from the OS when no region can serve a request.
   bool grow_from_os = true;
+  /// Bytes of freed runs (of up to max_cached_run_pages pages) each core may keep for reuse
+  /// without the buddy lock; 0 turns the run cache off. global_page_resource() uses 4 MiB.
+  std::size_t cache_bytes_per_core = 0;
+  /// madvise(MADV_HUGEPAGE) on OS regions (2 MiB aligned); purging then skips free spans of
+  /// less than a huge page inside a huge page that is partly in use.
+  bool huge_pages = false;
+  /// A background thread that runs the purge policy every purge_interval, so that an idle
+  /// process gives freed memory back within about 2 x purge_interval. Stopped by the destructor.
+  bool background_purge = false;
 };
 
 struct page_region_stats {
@@ -98,14 +149,17 @@ struct page_region_stats {
 struct page_resource_stats {
   std::size_t page_size = bsalloc::page_size;
   std::size_t managed_bytes = 0;         ///< allocatable bytes of all regions (no metadata)
-  std::size_t allocated_bytes = 0;       ///< pages handed out
+  std::size_t allocated_bytes = 0;       ///< pages handed out (run cache excluded)
   std::size_t peak_allocated_bytes = 0;  ///< highest allocated_bytes seen
   std::size_t free_bytes = 0;
-  std::size_t dirty_free_bytes = 0;  ///< free and possibly resident (OS regions)
-  std::size_t purged_bytes = 0;      ///< total ever returned to the OS by MADV_DONTNEED
-  std::size_t os_mapped_bytes = 0;   ///< reserved from the OS now, metadata included
-  std::size_t os_maps = 0;           ///< regions ever reserved from the OS
-  std::size_t os_unmaps = 0;         ///< regions ever returned to the OS
+  std::size_t dirty_free_bytes = 0;   ///< free and possibly resident (OS regions)
+  std::size_t free_purged_bytes = 0;  ///< free and given back to the OS (or a caller region's)
+  std::size_t cached_bytes = 0;       ///< in the run cache: freed, resident, not yet reused
+  std::vector<std::size_t> core_cached_bytes;  ///< cached_bytes per core cache
+  std::size_t purged_bytes = 0;                ///< total ever returned to the OS by MADV_DONTNEED
+  std::size_t os_mapped_bytes = 0;             ///< reserved from the OS now, metadata included
+  std::size_t os_maps = 0;                     ///< regions ever reserved from the OS
+  std::size_t os_unmaps = 0;                   ///< regions ever returned to the OS
   std::array<std::size_t, max_order + 1> free_blocks{};  ///< free blocks per order
   std::vector<page_region_stats> regions;
 };
@@ -143,19 +197,42 @@ class page_resource : public std::pmr::memory_resource {
   /// changed then.
   void deallocate_pages(void* p, std::size_t count);
 
-  /// The block that holds `p`, or nothing if `p` is outside every region.
+  /// Gives back the live run that starts at `p`, whatever its size (free() without a size).
+  /// Throws std::invalid_argument naming the pointer if `p` is not the start of a live run.
+  void deallocate_run(void* p);
+
+  /// Grows or shrinks the live run at `p` from old_count to new_count pages in place: shrinking
+  /// gives the tail back, growing takes free buddy pages right after the run. Returns false,
+  /// changing nothing, when the pages after the run are not free. Throws std::invalid_argument
+  /// like deallocate_pages for a `p` / old_count that is not a live run.
+  bool resize_pages(void* p, std::size_t old_count, std::size_t new_count);
+
+  /// The block that holds `p`, or nothing if `p` is outside every region. O(1): the page map
+  /// finds the region, then at most max_order + 1 probes of its page metadata.
   std::optional<block_info> find_block(const void* p) const;
-  bool owns(const void* p) const { return find_block(p).has_value(); }
+  /// The live run that holds `p` (any byte of it), or nothing.
+  std::optional<run_info> find_run(const void* p) const;
+  bool owns(const void* p) const noexcept { return owner_of(p) == this; }
+  /// Bytes usable at `p` (its page count x page_size), for `p` the start of a live run; throws
+  /// std::invalid_argument naming the pointer otherwise.
+  std::size_t usable_size(const void* p) const;
+  /// The page_resource managing the page of `p`, or nullptr: the process page map, O(1), no lock.
+  static page_resource* owner_of(const void* p) noexcept;
+
+  /// Returns every run in the run cache to the buddy lists (merging them).
+  void flush_cache();
 
   /// Purges every free resident page of the OS regions and unmaps OS regions that are wholly
   /// free. Returns the bytes given back.
   std::size_t trim();
   /// Returns everything at once: OS regions are unmapped, caller regions become wholly free.
-  /// Every pointer handed out before is invalid afterwards.
+  /// Every pointer handed out before is invalid afterwards. Safe against a trim() or purge
+  /// running on another thread (it waits for the purge in flight); any other call racing it
+  /// is a use after free.
   void release();
 
   page_resource_stats stats() const;
-  /// Verifies I1–I7; throws std::logic_error naming the broken invariant.
+  /// Verifies I1–I10; throws std::logic_error naming the broken invariant.
   void check_invariants() const;
   const page_resource_options& options() const noexcept { return options_; }
 
@@ -173,14 +250,18 @@ class page_resource : public std::pmr::memory_resource {
  private:
   static constexpr std::uint32_t no_page = std::numeric_limits<std::uint32_t>::max();
 
+  friend struct detail::page_access;
+  struct core_cache;
+  struct purger_state;
+
   // 12 bytes a page, kept outside the pages handed out.
   struct page_meta {
     std::uint8_t state;  // meta_none / meta_free / meta_allocated / meta_purging
     std::uint8_t order;
-    std::uint8_t flags;  // flag_dirty (free blocks), flag_continued (allocated blocks)
-    std::uint8_t pad;
-    std::uint32_t prev;  // free list links, page indices within the region
-    std::uint32_t next;
+    std::uint8_t flags;   // flag_dirty (free), flag_continued / flag_run_head (allocated)
+    std::uint8_t cached;  // run head: 1 while in the run cache (written under a core lock)
+    std::uint32_t prev;   // free: list links (page indices in the region); allocated: prev =
+    std::uint32_t next;   // the run head's index, next = the run's page count (head block)
   };
   static_assert(sizeof(page_meta) == 12);
 
@@ -195,10 +276,8 @@ class page_resource : public std::pmr::memory_resource {
     std::uintptr_t span_begin = 0, span_end = 0;  // everything the region occupies (overlap)
     bool os_backed = false;
     bool in_use = false;
-    void* os_map = nullptr;  // OS regions: the page mapping and the metadata mapping
+    void* os_map = nullptr;  // OS regions: one mapping, the pages then their metadata
     std::size_t os_map_bytes = 0;
-    void* meta_map = nullptr;
-    std::size_t meta_map_bytes = 0;
   };
 
   struct purge_victim {
@@ -208,20 +287,45 @@ class page_resource : public std::pmr::memory_resource {
   };
 
   void init_region(region& r);
-  std::size_t insert_region(const region& r);        // lock held
-  std::size_t region_of(std::uintptr_t addr) const;  // lock held; any_region if none
+  std::size_t insert_region(const region& r);                 // lock held; throws (nothing changed)
+  void remove_region(std::size_t ri, bool clear_map = true) noexcept;                // lock held: page map, index, slot
+  std::size_t region_of(std::uintptr_t addr) const noexcept;  // any_region if not ours
+  // The run head at p, validated; throws naming p (and count, if nonzero) otherwise.
+  std::uint32_t checked_run(std::uintptr_t addr, std::size_t count, std::size_t& ri,
+                            const char* what) const;
+  void free_run_locked(region& r, std::uint32_t index, std::uint32_t count);
+  bool should_purge_locked();
+  void* cache_take(std::size_t count) noexcept;
+  bool cache_put(void* p, std::size_t count) noexcept;  // p validated
+  std::size_t cached_pages() const noexcept;
+  void drain_caches(bool all);
+  void clear_core(std::size_t c) noexcept;
+  std::size_t check_cache_locked() const;  // C1, C2; returns the number of cached runs
+  std::vector<std::size_t> core_cached_bytes()
+      const;                   // lock held: forget the core's runs (release)
+  void lock_all() noexcept;    // fork prepare: mutex_, then every core cache
+  void unlock_all() noexcept;  // fork parent / child
+  void after_fork_child() noexcept;
+  void start_purger();
+  void stop_purger() noexcept;
+  void purger_loop();
   std::optional<block_info> find_block_locked(const void* p) const;
   void* try_allocate_locked(std::size_t count, unsigned order, page_constraint where);
   bool take_from_region(std::size_t ri, unsigned order, std::uintptr_t below, std::uint32_t& index,
                         bool& dirty);
+  void mark_run(region& r, std::uint32_t head, std::uint32_t count);
+  void unmark_run(region& r, std::uint32_t head, std::uint32_t count);
+  void free_range(region& r, std::uint32_t from, std::uint32_t to);
   void carve_run(region& r, std::uint32_t head, std::uint32_t count, unsigned order, bool dirty);
   void free_block(region& r, std::uint32_t index, unsigned order, bool dirty);
   void push_free(region& r, std::uint32_t index, unsigned order, bool dirty);
   void remove_free(region& r, std::uint32_t index, unsigned order);
   void grow(unsigned order);
   std::size_t purge(std::size_t keep_bytes);
-  void unmap_region(region& r) noexcept;
+  static bool unmap_region(region& r) noexcept;
   [[noreturn]] void throw_bad_pointer(const void* p, std::size_t count, const char* why) const;
+  [[noreturn]] static void throw_bad_pointer(const char* what, const void* p, std::size_t count,
+                                             const char* why);
 
   static std::uint64_t pfn(std::uintptr_t addr) noexcept { return addr >> page_shift; }
   std::uintptr_t page_addr(const region& r, std::uint32_t index) const noexcept {
@@ -232,8 +336,7 @@ class page_resource : public std::pmr::memory_resource {
   mutable std::mutex mutex_;
   // Everything below is guarded by mutex_.
   std::array<region, max_regions> regions_{};
-  std::array<std::uint16_t, max_regions> by_address_{};  // in-use region indices, by base
-  std::size_t region_count_ = 0;                         // entries in by_address_
+  std::size_t region_count_ = 0;  // regions in use
   std::size_t os_regions_made_ = 0;
   std::size_t managed_pages_ = 0;
   std::size_t allocated_pages_ = 0;
@@ -245,7 +348,21 @@ class page_resource : public std::pmr::memory_resource {
   std::size_t os_maps_ = 0;
   std::size_t os_unmaps_ = 0;
   bool purge_running_ = false;
+  std::condition_variable purge_done_;  // signalled when purge_running_ goes false
+  // The purge in flight (its blocks are meta_purging, out of the lists): kept here, not on the
+  // purging thread's stack, so that a child forked during the madvise can put them back.
+  std::array<purge_victim, 64> victims_{};
+  std::array<std::pair<std::uint32_t, std::uint32_t>, 64> victim_spans_{};  // resident [lo, hi)
+  std::size_t victim_count_ = 0;
   std::chrono::steady_clock::time_point last_purge_{};
+  // Run cache: one per core (index sched_getcpu() % core_count_), each under its own lock.
+  std::unique_ptr<core_cache[]> cores_;
+  std::size_t core_count_ = 0;
+  // Background purger (options_.background_purge).
+  std::unique_ptr<purger_state> purger_;
+  // Live-resource registry (registry.cpp, under its mutex): fork handlers walk it.
+  page_resource* live_prev_ = nullptr;
+  page_resource* live_next_ = nullptr;
 };
 
 /// The process-wide page_resource (grows from the OS), never destroyed: the default upstream of

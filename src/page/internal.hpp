@@ -1,0 +1,116 @@
+#pragma once
+// Internals shared by the page layer's files (src/page_resource.cpp and src/page/*.cpp).
+//
+// Layers, bottom up:
+//   os.cpp         mmap / madvise / munmap behind four functions, with the fault-injection hook
+//   page_map.cpp   process-wide address -> (page_resource, region), two-level radix
+//   buddy.cpp      free lists, split, merge, runs (lock held)
+//   run_cache.cpp  per-core cache of freed runs in front of the buddy lock
+//   purge.cpp      purge policy, trim, release, background purger
+//   registry.cpp   live resources and the fork handlers
+//   invariants.cpp check_invariants(), stats()
+#include <bsalloc/locks.hpp>
+#include <bsalloc/page_resource.hpp>
+
+#include <thread>
+
+#include <algorithm>
+#include <bit>
+#include <cassert>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+namespace bsalloc {
+
+namespace detail {
+constexpr std::size_t bin_capacity = 8;  // runs per run-cache bin
+}
+
+// One core's run cache (run_cache.cpp): bins by page count, under its own lock.
+
+struct alignas(64) page_resource::core_cache {
+  struct entry {
+    void* run;
+    page_meta* head;
+  };
+  yield_lock lock;
+  std::atomic<std::size_t> pages{0};  // written under lock; read by the policy without it
+  std::array<std::uint8_t, max_cached_run_pages + 1> count{};
+  std::array<std::array<entry, detail::bin_capacity>, max_cached_run_pages + 1> bins;
+};
+
+// The background purger's thread (purge.cpp).
+struct page_resource::purger_state {
+  std::thread thread;
+  std::mutex mutex;
+  std::condition_variable wake;
+  bool stop = false;
+};
+
+}  // namespace bsalloc
+
+namespace bsalloc::detail {
+
+// page_meta::state
+constexpr std::uint8_t meta_none = 0;
+constexpr std::uint8_t meta_free = 1;
+constexpr std::uint8_t meta_allocated = 2;
+constexpr std::uint8_t meta_purging = 3;
+// page_meta::flags
+constexpr std::uint8_t flag_dirty = 1;      // head of a free block: may hold resident pages
+constexpr std::uint8_t flag_continued = 2;  // head of an allocated block: the run goes on
+constexpr std::uint8_t flag_resident = 4;   // any page of an OS region: touched since purged
+constexpr std::uint8_t flag_run_head = 8;   // head of the first block of an allocated run
+
+constexpr std::uintptr_t align_up(std::uintptr_t v, std::uintptr_t a) {
+  return (v + a - 1) & ~(a - 1);
+}
+constexpr std::uintptr_t align_down(std::uintptr_t v, std::uintptr_t a) {
+  return v & ~(a - 1);
+}
+
+// Largest k such that a block of 2^k pages starting at absolute pfn `abs` is aligned and fits
+// in `room` pages.
+inline unsigned greedy_order(std::uint64_t abs, std::uint64_t room) {
+  unsigned k = abs == 0 ? max_order : std::min<unsigned>(std::countr_zero(abs), max_order);
+  const unsigned fit = static_cast<unsigned>(std::bit_width(room) - 1);
+  return std::min(k, fit);
+}
+
+// Order of the buddy block a run of `count` pages is carved from (its head's alignment).
+inline unsigned run_order(std::size_t count) {
+  return static_cast<unsigned>(std::bit_width(count - 1));
+}
+
+// ---- OS layer (os.cpp) ----------------------------------------------------------------------
+/// Anonymous private read-write mapping, MAP_NORESERVE; nullptr on failure.
+void* os_map(std::size_t bytes) noexcept;
+/// A mapping of `bytes` whose start is aligned to `align` (a power of two); nullptr on failure.
+void* os_map_aligned(std::size_t bytes, std::size_t align) noexcept;
+bool os_unmap(void* p, std::size_t bytes) noexcept;
+/// MADV_DONTNEED: the pages read as zero afterwards and are not resident.
+bool os_purge(void* p, std::size_t bytes) noexcept;
+/// MADV_HUGEPAGE; failure is harmless (no transparent huge pages).
+void os_hugepage(void* p, std::size_t bytes) noexcept;
+
+// ---- page map (page_map.cpp) ----------------------------------------------------------------
+/// Records [first, first + pages) pages as owned by (owner, region). Throws std::bad_alloc if a
+/// leaf of the map cannot be mapped (nothing recorded then).
+void page_map_set(std::uintptr_t first, std::size_t pages, const page_resource* owner,
+                  std::size_t region);
+void page_map_clear(std::uintptr_t first, std::size_t pages) noexcept;
+struct page_map_hit {
+  page_resource* owner;  // nullptr: not bsalloc memory
+  std::size_t region;
+};
+page_map_hit page_map_find(const void* p) noexcept;
+
+// ---- registry (registry.cpp) ----------------------------------------------------------------
+void register_resource(page_resource* r);
+void unregister_resource(page_resource* r) noexcept;
+
+}  // namespace bsalloc::detail

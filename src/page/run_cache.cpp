@@ -1,0 +1,180 @@
+// The run cache: per core (sched_getcpu() % core_count_), a bin of recently freed runs for each
+// page count 1..max_cached_run_pages, in front of the buddy lock. A deallocation of a run that
+// fits goes to its core's bin under the core's lock only; an allocation of that count takes the
+// newest run of the bin (LIFO: warm pages). No split, no merge, no global lock.
+//
+// Invariants (I10, checked by check_invariants() with every lock held)
+//   C1  an entry of bin n is the head of a live allocated run of n pages whose head meta has
+//       cached == 1; no run is in two bins; no other run head has cached == 1.
+//   C2  core.pages == sum over its bins of n x entries <= cache_bytes_per_core / page_size.
+// Lock order: mutex_ before any core lock; the cache paths never hold both.
+#include <sched.h>
+
+#include <bsalloc/locks.hpp>
+
+#include "internal.hpp"
+
+namespace bsalloc {
+using namespace detail;
+
+namespace {
+inline std::size_t current_cpu() noexcept {
+  const int c = ::sched_getcpu();
+  return c < 0 ? 0 : static_cast<std::size_t>(c);
+}
+}  // namespace
+
+void* page_resource::cache_take(std::size_t count) noexcept {
+  core_cache& c = cores_[current_cpu() % core_count_];
+  std::lock_guard lock(c.lock);
+  std::uint8_t& n = c.count[count];
+  if (n == 0) return nullptr;
+  const core_cache::entry e = c.bins[count][--n];
+  assert(e.head->cached == 1 && e.head->next == count);  // C1
+  e.head->cached = 0;
+  c.pages.store(c.pages.load(std::memory_order_relaxed) - count, std::memory_order_relaxed);
+  return e.run;
+}
+
+bool page_resource::cache_put(void* p, std::size_t count) noexcept {
+  const auto addr = reinterpret_cast<std::uintptr_t>(p);
+  const region& r = regions_[page_map_find(p).region];  // validated by the caller
+  page_meta* head = &r.meta[(addr - r.base) >> page_shift];
+  core_cache& c = cores_[current_cpu() % core_count_];
+  std::lock_guard lock(c.lock);
+  std::uint8_t& n = c.count[count];
+  const std::size_t pages = c.pages.load(std::memory_order_relaxed);
+  if (n == bin_capacity || ((pages + count) << page_shift) > options_.cache_bytes_per_core)
+    return false;
+  head->cached = 1;
+  c.bins[count][n++] = {p, head};
+  c.pages.store(pages + count, std::memory_order_relaxed);
+  return true;
+}
+
+std::size_t page_resource::cached_pages() const noexcept {
+  std::size_t total = 0;
+  for (std::size_t c = 0; c < core_count_; ++c)
+    total += cores_[c].pages.load(std::memory_order_relaxed);
+  return total;
+}
+
+void page_resource::drain_caches(bool) {
+  // One core at a time: take its runs out under its lock (into a fixed array: no allocation,
+  // which might come back here through a malloc built on this resource), then free them under
+  // the buddy lock.
+  std::array<core_cache::entry, bin_capacity> batch;
+  for (std::size_t c = 0; c < core_count_; ++c) {
+    for (std::size_t count = 1; count <= max_cached_run_pages; ++count) {
+      std::size_t n;
+      {
+        std::lock_guard lock(cores_[c].lock);
+        n = cores_[c].count[count];
+        if (n == 0) continue;
+        std::copy_n(cores_[c].bins[count].begin(), n, batch.begin());
+        // Out of the cache: plain allocated runs now, owned by this thread (C1 holds).
+        for (std::size_t i = 0; i < n; ++i) batch[i].head->cached = 0;
+        cores_[c].count[count] = 0;
+        cores_[c].pages.store(cores_[c].pages.load(std::memory_order_relaxed) - n * count,
+                              std::memory_order_relaxed);
+      }
+      std::lock_guard lock(mutex_);
+      for (std::size_t i = 0; i < n; ++i) {
+        const auto addr = reinterpret_cast<std::uintptr_t>(batch[i].run);
+        const std::size_t ri = region_of(addr);
+        region& r = regions_[ri];
+        free_run_locked(r, static_cast<std::uint32_t>((addr - r.base) >> page_shift),
+                        static_cast<std::uint32_t>(count));
+      }
+    }
+  }
+}
+
+void page_resource::flush_cache() {
+  if (cores_) drain_caches(true);
+}
+
+void page_resource::clear_core(std::size_t c) noexcept {
+  std::lock_guard lock(cores_[c].lock);
+  cores_[c].count.fill(0);
+  cores_[c].pages.store(0, std::memory_order_relaxed);
+}
+
+void page_resource::lock_all() noexcept {
+  mutex_.lock();
+  for (std::size_t c = 0; c < core_count_; ++c) cores_[c].lock.lock();
+}
+
+void page_resource::unlock_all() noexcept {
+  for (std::size_t c = core_count_; c-- > 0;) cores_[c].lock.unlock();
+  mutex_.unlock();
+}
+
+void page_resource::after_fork_child() noexcept {
+  // Called with every lock held. A purge whose madvise was in flight in another thread of the
+  // parent never finishes here: put its blocks back, conservatively marked resident.
+  if (purge_running_) {
+    for (std::size_t v = 0; v < victim_count_; ++v) {
+      region& r = regions_[victims_[v].region];
+      const std::uint32_t index = victims_[v].index;
+      r.meta[index].state = meta_none;
+      purging_pages_ -= std::size_t{1} << victims_[v].order;
+      for (std::uint32_t q = victim_spans_[v].first; q < victim_spans_[v].second; ++q) {
+        r.meta[index + q].flags |= flag_resident;
+        ++dirty_free_pages_;
+      }
+      free_block(r, index, victims_[v].order, true);
+    }
+    victim_count_ = 0;
+    purge_running_ = false;
+  }
+  // The background purger's thread does not exist in the child: forget it (not joinable
+  // there); the child purges on deallocation, trim() and flush_cache() as without it.
+  (void)purger_.release();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cache invariants (C1, C2), with mutex_ held by check_invariants().
+// ---------------------------------------------------------------------------------------------
+
+std::size_t page_resource::check_cache_locked() const {
+  std::size_t heads = 0;
+  for (std::size_t c = 0; c < core_count_; ++c) {
+    std::lock_guard lock(cores_[c].lock);
+    std::size_t pages = 0;
+    for (std::size_t count = 1; count <= max_cached_run_pages; ++count) {
+      for (std::size_t i = 0; i < cores_[c].count[count]; ++i) {
+        const auto& e = cores_[c].bins[count][i];
+        const auto addr = reinterpret_cast<std::uintptr_t>(e.run);
+        const std::size_t ri = region_of(addr);
+        if (ri == any_region)
+          throw std::logic_error(fmt::format(
+              "bsalloc::page_resource invariant broken: C1: cached run {} not in a region", e.run));
+        const region& r = regions_[ri];
+        const page_meta& m = r.meta[(addr - r.base) >> page_shift];
+        if (&m != e.head || m.state != meta_allocated || !(m.flags & flag_run_head) ||
+            m.cached != 1 || m.next != count)
+          throw std::logic_error(fmt::format(
+              "bsalloc::page_resource invariant broken: C1: cached run {} (bin {} of core {}) "
+              "is not a live run of that count marked cached",
+              e.run, count, c));
+        pages += count;
+        ++heads;
+      }
+    }
+    if (pages != cores_[c].pages.load(std::memory_order_relaxed) ||
+        (pages << page_shift) > options_.cache_bytes_per_core)
+      throw std::logic_error(fmt::format(
+          "bsalloc::page_resource invariant broken: C2: core {} page count or bound wrong", c));
+  }
+  return heads;
+}
+
+std::vector<std::size_t> page_resource::core_cached_bytes() const {
+  std::vector<std::size_t> v(core_count_);
+  for (std::size_t c = 0; c < core_count_; ++c)
+    v[c] = cores_[c].pages.load(std::memory_order_relaxed) << page_shift;
+  return v;
+}
+
+}  // namespace bsalloc
