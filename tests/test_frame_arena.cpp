@@ -422,3 +422,24 @@ TEST_CASE("frame_arena: under ASan a use after reset is reported") {
   CHECK(WIFEXITED(ok.status));
   CHECK(WEXITSTATUS(ok.status) == 0);
 }
+
+TEST_CASE("fill_resource: fills on allocate and on deallocate, over any resource") {
+  alignas(64) std::array<std::byte, 1024> buf{};
+  bsalloc::frame_arena arena{std::span{buf}};  // as the upstream: memory stays readable
+  bsalloc::fill_resource filled{&arena, bsalloc::debug_fill{0xAB, 0xEF}};
+  CHECK(filled.upstream_resource() == &arena);
+  CHECK(filled.fill().on_allocate == 0xAB);
+  auto* p = static_cast<unsigned char*>(filled.allocate(64, 8));
+  for (int i = 0; i < 64; ++i) CHECK(p[i] == 0xAB);
+  auto* q = static_cast<unsigned char*>(filled.allocate(16, 8));
+  filled.deallocate(p, 64, 8);  // not the arena's last: stays mapped, now 0xEF
+  if (!bsalloc::asan_enabled)
+    for (int i = 0; i < 64; ++i) CHECK(p[i] == 0xEF);
+  filled.deallocate(q, 16, 8);
+  bsalloc::fill_resource plain{&arena, {}};  // no fill: untouched
+  auto* r = static_cast<unsigned char*>(plain.allocate(8, 8));
+  std::memset(r, 7, 8);
+  plain.deallocate(r, 8, 8);
+  CHECK(filled.is_equal(filled));
+  CHECK_FALSE(filled.is_equal(plain));
+}
