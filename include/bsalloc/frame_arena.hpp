@@ -135,7 +135,9 @@ class frame_arena : public std::pmr::memory_resource {
     const auto cur = reinterpret_cast<std::uintptr_t>(ptr_);
     const auto end = reinterpret_cast<std::uintptr_t>(end_);
     const std::uintptr_t aligned = (cur + alignment - 1) & ~(std::uintptr_t{alignment} - 1);
-    if (std::has_single_bit(alignment) && aligned < end && bytes <= end - aligned) [[likely]] {
+    // A power of two (std::has_single_bit would be a popcount call without -mpopcnt).
+    const bool power_of_two = alignment != 0 && (alignment & (alignment - 1)) == 0;
+    if (power_of_two && aligned < end && bytes <= end - aligned) [[likely]] {
       auto* p = reinterpret_cast<std::byte*>(aligned);
       ptr_ = p + bytes;
       if (debug_) [[unlikely]]
