@@ -443,3 +443,25 @@ TEST_CASE("fill_resource: fills on allocate and on deallocate, over any resource
   CHECK(filled.is_equal(filled));
   CHECK_FALSE(filled.is_equal(plain));
 }
+
+TEST_CASE("frame_arena: a repeating frame stops taking chunks, whatever order its sizes come in") {
+  counting_resource up;
+  bsalloc::frame_arena_options o;
+  o.chunk_bytes = 1024;
+  o.max_chunk_bytes = 1024;
+  bsalloc::frame_arena a{&up, o};
+  const std::size_t sizes[] = {2000, 5000, 3000, 700, 9000, 1500};
+  std::size_t calls_after_warmup = 0;
+  for (int f = 0; f < 240; ++f) {
+    // The same requests every frame, rotated: the big ones land in different places.
+    for (int i = 0; i < 6; ++i) {
+      for (int k = 0; k < 20; ++k) (void)a.allocate(24, 8);
+      (void)a.allocate(sizes[(static_cast<std::size_t>(f) + static_cast<std::size_t>(i)) % 6], 16);
+    }
+    a.check_invariants();
+    a.reset();
+    if (f == 59) calls_after_warmup = up.allocations;  // 10 rotations to settle
+  }
+  CHECK(up.allocations == calls_after_warmup);
+  CHECK(a.stats().capacity_bytes < 4 * (2000 + 5000 + 3000 + 700 + 9000 + 1500 + 6 * 20 * 24));
+}

@@ -220,10 +220,21 @@ void* frame_arena::allocate_slow(std::size_t bytes, std::size_t alignment) {
   for (int attempt = 0; attempt < 2; ++attempt) {
     if (cur_ != nullptr) {
       if (void* p = try_chunk(cur_, bytes, alignment)) return p;
-      if (cur_->next != nullptr)
-        if (void* p = try_chunk(cur_->next, bytes, alignment)) return p;
-    } else if (first_ != nullptr) {
-      if (void* p = try_chunk(first_, bytes, alignment)) return p;
+      // The first kept chunk after the current one that holds the request becomes the next
+      // one (moved up if it was further on: F3 holds, and the arena grows only when no kept
+      // chunk can serve a request, so a repeating frame stops taking chunks).
+      chunk* const old = cur_;
+      for (chunk* prev = old; prev->next != nullptr; prev = prev->next) {
+        chunk* const c = prev->next;
+        if (void* p = try_chunk(c, bytes, alignment)) {
+          if (prev != old) {
+            prev->next = c->next;
+            c->next = old->next;
+            old->next = c;
+          }
+          return p;
+        }
+      }
     }
     if (upstream_ != nullptr) return add_chunk(bytes, alignment);
     if (attempt == 0 &&
