@@ -53,8 +53,9 @@
 namespace bsalloc {
 
 struct frame_arena_options {
-  /// Usable bytes of the first chunk taken from the upstream; each further chunk doubles, up to
-  /// max_chunk_bytes (a larger request gets a chunk of its own size).
+  /// Bytes of the first chunk taken from the upstream (its 64-byte header included); each
+  /// further chunk doubles, up to max_chunk_bytes. A larger request gets a chunk of its own
+  /// size; chunks of a page or more are whole pages.
   std::size_t chunk_bytes = std::size_t{64} << 10;
   std::size_t max_chunk_bytes = std::size_t{4} << 20;
   debug_fill fill;   ///< on_free is written by reset()/rewind()/LIFO deallocate
