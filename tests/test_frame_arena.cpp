@@ -465,3 +465,26 @@ TEST_CASE("frame_arena: a repeating frame stops taking chunks, whatever order it
   CHECK(up.allocations == calls_after_warmup);
   CHECK(a.stats().capacity_bytes < 4 * (2000 + 5000 + 3000 + 700 + 9000 + 1500 + 6 * 20 * 24));
 }
+
+TEST_CASE("frame_arena: rewinding to a marker whose chunk was rewound past is refused") {
+  bsalloc::frame_arena_options o;
+  o.chunk_bytes = 512;
+  bsalloc::frame_arena a{std::pmr::new_delete_resource(), o};
+  (void)a.allocate(100, 8);
+  const auto m1 = a.mark();
+  for (int i = 0; i < 40; ++i) (void)a.allocate(64, 8);  // into later chunks
+  const auto m2 = a.mark();
+  a.rewind(m1);
+  for (int i = 0; i < 2; ++i) (void)a.allocate(64, 8);  // still in the first chunk
+  const std::size_t used = a.used_bytes();
+  CHECK(used < m2.used);
+  CHECK_THROWS_AS(a.rewind(m2), std::invalid_argument);  // its chunk lies after the current one
+  CHECK(a.used_bytes() == used);
+  // Allocate past m2's position again: rewinding to m2 is then accepted, and exact.
+  for (int i = 0; i < 80; ++i) (void)a.allocate(64, 8);
+  a.rewind(m2);
+  a.check_invariants();
+  std::size_t total = 0;
+  a.for_each_used([&](const std::byte*, std::size_t n) { total += n; });
+  CHECK(total == a.used_bytes());
+}

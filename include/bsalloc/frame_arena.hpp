@@ -99,8 +99,9 @@ class frame_arena : public std::pmr::memory_resource {
   /// Frees everything allocated after `m`. Throws std::invalid_argument (and changes nothing)
   /// for a marker of another arena, one taken before the last reset()/release(), or one that
   /// lies after the current position (its allocations were rewound already). A marker made
-  /// stale by rewinding to an older one and allocating again may go undetected: rewinding to
-  /// it then frees what lies after its position, which is still safe for the arena.
+  /// stale by rewinding to an older one and allocating past it again is not detected:
+  /// rewinding to it frees what lies after its position (safe for the arena; stats stay
+  /// exact). O(chunks before the marker's).
   void rewind(const marker& m);
   /// Gives every chunk back to the upstream (a fixed arena just resets).
   void release() noexcept;

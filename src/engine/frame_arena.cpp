@@ -112,15 +112,26 @@ void frame_arena::reset() noexcept {
 }
 
 void frame_arena::rewind(const marker& m) {
-  if (m.owner != this) throw std::invalid_argument("frame_arena::rewind: marker of another arena");
-  if (m.epoch != epoch_)
-    throw std::invalid_argument("frame_arena::rewind: stale marker (taken before a reset/release)");
+  auto refuse = [](const char* why) {
+    throw std::invalid_argument(std::string("frame_arena::rewind: ") + why);
+  };
+  if (m.owner != this) refuse("marker of another arena");
+  if (m.epoch != epoch_) refuse("stale marker (taken before a reset/release)");
+  auto* const c = static_cast<chunk*>(const_cast<void*>(m.chunk));
+  // Where the marker lies now: its chunk must be the current one or one before it, its byte
+  // inside what that chunk has handed out. The bytes before it are recounted (not taken from
+  // the marker): rewinds to older markers may have moved things since it was taken.
+  std::size_t before_c = 0;
+  if (c != nullptr) {
+    const chunk* k = first_;
+    for (; k != nullptr && k != c && k != cur_; k = k->next) before_c += k->used;
+    if (k != c) refuse("marker after the current position (rewound past it already)");
+    std::byte* const limit = c == cur_ ? ptr_ : c->begin + c->used;
+    if (m.pos < c->begin || m.pos > limit)
+      refuse("marker after the current position (rewound past it already)");
+  }
   const std::size_t before = used_bytes();
-  if (m.used > before)
-    throw std::invalid_argument(
-        "frame_arena::rewind: marker after the current position (rewound past it already)");
   note_peak();
-  auto* c = static_cast<chunk*>(const_cast<void*>(m.chunk));
   free_after(c, m.pos);
   if (c == nullptr) {
     used_before_ = 0;
@@ -129,7 +140,7 @@ void frame_arena::rewind(const marker& m) {
     cur_ = c;
     ptr_ = m.pos;
     end_ = c->end;
-    used_before_ = m.used - static_cast<std::size_t>(m.pos - c->begin);
+    used_before_ = before_c;
   }
   notify(bulk_free_kind::rewind, before);
 }
