@@ -9,8 +9,8 @@
 //     goes on; audio may go over its budget (its handler logs and allows it);
 //   - every frame is sampled (bsalloc::memory_sampler) into a JSON-lines file; with
 //     BSALLOC_MEMCHART=path/to/scripts/memchart.sh set, the chart is drawn at the end.
-// Usage: game_frame [samples.jsonl] (default game_frame_memory.jsonl). Checks its own claims
-// and exits non-zero if one fails.
+// Usage: game_frame [samples.jsonl] (default: game_frame_memory.jsonl in the temporary
+// directory). Checks its own claims and exits non-zero if one fails.
 #include <bsalloc/budget.hpp>
 #include <bsalloc/frame_arena.hpp>
 #include <bsalloc/out_of_memory.hpp>
@@ -105,7 +105,9 @@ bool log_out_of_memory(const bsalloc::out_of_memory_info& i) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string samples = argc > 1 ? argv[1] : "game_frame_memory.jsonl";
+  const std::string samples =
+      argc > 1 ? std::string(argv[1])
+               : (std::filesystem::temp_directory_path() / "game_frame_memory.jsonl").string();
   fmt::print("bsalloc {}: a game loop over one {} MiB buffer\n\n", BSALLOC_VERSION_STRING,
              buffer_bytes / MiB);
   constexpr std::align_val_t huge{2 * MiB};

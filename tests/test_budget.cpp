@@ -24,6 +24,8 @@
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
+#include "support.hpp"
+
 namespace {
 
 std::uint64_t seed() {
@@ -348,4 +350,25 @@ TEST_CASE("memory_sampler: one JSON line per sample, budgets and series") {
   CHECK(lines[0].find("\"series\":{\"slab _reserved_\":4096}}") != std::string::npos);
   CHECK(lines[1].find("\"series\":{\"slab _reserved_\":8192}}") != std::string::npos);
   CHECK_THROWS_AS(bsalloc::memory_sampler("/nonexistent-dir/x.jsonl"), std::system_error);
+}
+
+TEST_CASE("budget leaks: budget_leaks() lists what is still in use, the destructor can say so") {
+  bsalloc::budget_resource clean{"leaks.clean", 1000, std::pmr::new_delete_resource()};
+  bsalloc::budget_resource leaky{"leaks.leaky", 1000, std::pmr::new_delete_resource()};
+  void* p = leaky.allocate(24, 8);
+  const auto leaks = bsalloc::budget_leaks();
+  CHECK(leaks.find("leaks.clean") == nullptr);
+  REQUIRE(leaks.find("leaks.leaky") != nullptr);
+  CHECK(leaks.find("leaks.leaky")->in_use == 24);
+  CHECK(leaks.find("leaks.leaky")->count == 1);
+  leaky.deallocate(p, 24, 8);
+  CHECK(bsalloc::budget_leaks().find("leaks.leaky") == nullptr);
+
+  const auto r = bsalloc_test::run_in_child([] {
+    bsalloc::budget_resource b{"leaks.child", 1000, std::pmr::new_delete_resource()};
+    b.set_leak_report(true);
+    (void)b.allocate(100, 8);  // never freed: the report names it
+  });
+  CHECK(r.err ==
+        "bsalloc: budget 'leaks.child' destroyed with 1 allocation(s), 100 B still in use\n");
 }

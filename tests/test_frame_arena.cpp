@@ -422,3 +422,69 @@ TEST_CASE("frame_arena: under ASan a use after reset is reported") {
   CHECK(WIFEXITED(ok.status));
   CHECK(WEXITSTATUS(ok.status) == 0);
 }
+
+TEST_CASE("fill_resource: fills on allocate and on deallocate, over any resource") {
+  alignas(64) std::array<std::byte, 1024> buf{};
+  bsalloc::frame_arena arena{std::span{buf}};  // as the upstream: memory stays readable
+  bsalloc::fill_resource filled{&arena, bsalloc::debug_fill{0xAB, 0xEF}};
+  CHECK(filled.upstream_resource() == &arena);
+  CHECK(filled.fill().on_allocate == 0xAB);
+  auto* p = static_cast<unsigned char*>(filled.allocate(64, 8));
+  for (int i = 0; i < 64; ++i) CHECK(p[i] == 0xAB);
+  auto* q = static_cast<unsigned char*>(filled.allocate(16, 8));
+  filled.deallocate(p, 64, 8);  // not the arena's last: stays mapped, now 0xEF
+  if (!bsalloc::asan_enabled)
+    for (int i = 0; i < 64; ++i) CHECK(p[i] == 0xEF);
+  filled.deallocate(q, 16, 8);
+  bsalloc::fill_resource plain{&arena, {}};  // no fill: untouched
+  auto* r = static_cast<unsigned char*>(plain.allocate(8, 8));
+  std::memset(r, 7, 8);
+  plain.deallocate(r, 8, 8);
+  CHECK(filled.is_equal(filled));
+  CHECK_FALSE(filled.is_equal(plain));
+}
+
+TEST_CASE("frame_arena: a repeating frame stops taking chunks, whatever order its sizes come in") {
+  counting_resource up;
+  bsalloc::frame_arena_options o;
+  o.chunk_bytes = 1024;
+  o.max_chunk_bytes = 1024;
+  bsalloc::frame_arena a{&up, o};
+  const std::size_t sizes[] = {2000, 5000, 3000, 700, 9000, 1500};
+  std::size_t calls_after_warmup = 0;
+  for (int f = 0; f < 240; ++f) {
+    // The same requests every frame, rotated: the big ones land in different places.
+    for (int i = 0; i < 6; ++i) {
+      for (int k = 0; k < 20; ++k) (void)a.allocate(24, 8);
+      (void)a.allocate(sizes[(static_cast<std::size_t>(f) + static_cast<std::size_t>(i)) % 6], 16);
+    }
+    a.check_invariants();
+    a.reset();
+    if (f == 59) calls_after_warmup = up.allocations;  // 10 rotations to settle
+  }
+  CHECK(up.allocations == calls_after_warmup);
+  CHECK(a.stats().capacity_bytes < 4 * (2000 + 5000 + 3000 + 700 + 9000 + 1500 + 6 * 20 * 24));
+}
+
+TEST_CASE("frame_arena: rewinding to a marker whose chunk was rewound past is refused") {
+  bsalloc::frame_arena_options o;
+  o.chunk_bytes = 512;
+  bsalloc::frame_arena a{std::pmr::new_delete_resource(), o};
+  (void)a.allocate(100, 8);
+  const auto m1 = a.mark();
+  for (int i = 0; i < 40; ++i) (void)a.allocate(64, 8);  // into later chunks
+  const auto m2 = a.mark();
+  a.rewind(m1);
+  for (int i = 0; i < 2; ++i) (void)a.allocate(64, 8);  // still in the first chunk
+  const std::size_t used = a.used_bytes();
+  CHECK(used < m2.used);
+  CHECK_THROWS_AS(a.rewind(m2), std::invalid_argument);  // its chunk lies after the current one
+  CHECK(a.used_bytes() == used);
+  // Allocate past m2's position again: rewinding to m2 is then accepted, and exact.
+  for (int i = 0; i < 80; ++i) (void)a.allocate(64, 8);
+  a.rewind(m2);
+  a.check_invariants();
+  std::size_t total = 0;
+  a.for_each_used([&](const std::byte*, std::size_t n) { total += n; });
+  CHECK(total == a.used_bytes());
+}

@@ -76,6 +76,9 @@ std::string to_json(const budget_stats& s);
 std::string to_json(const budget_snapshot& s);
 
 budget_snapshot budget_report();
+/// The budgets of budget_report() that still have memory in use: call it at shutdown, after
+/// everything should have been freed, for a leak report per budget.
+budget_snapshot budget_leaks();
 
 class budget_resource : public std::pmr::memory_resource {
  public:
@@ -96,6 +99,8 @@ class budget_resource : public std::pmr::memory_resource {
   /// Not to be called while other threads allocate from this budget.
   void set_over_budget_handler(over_budget_handler handler) { handler_ = std::move(handler); }
   std::pmr::memory_resource* upstream_resource() const noexcept { return upstream_; }
+  /// On: the destructor writes one line to stderr if allocations are still live (a leak).
+  void set_leak_report(bool on) noexcept { leak_report_ = on; }
 
   std::size_t in_use() const noexcept { return in_use_.load(std::memory_order_relaxed); }
   std::size_t peak() const noexcept { return peak_.load(std::memory_order_relaxed); }
@@ -149,6 +154,7 @@ class budget_resource : public std::pmr::memory_resource {
   std::pmr::memory_resource* upstream_;
   std::string name_;
   over_budget_handler handler_;
+  bool leak_report_ = false;
 };
 
 }  // namespace bsalloc

@@ -53,8 +53,9 @@
 namespace bsalloc {
 
 struct frame_arena_options {
-  /// Usable bytes of the first chunk taken from the upstream; each further chunk doubles, up to
-  /// max_chunk_bytes (a larger request gets a chunk of its own size).
+  /// Bytes of the first chunk taken from the upstream (its 64-byte header included); each
+  /// further chunk doubles, up to max_chunk_bytes. A larger request gets a chunk of its own
+  /// size; chunks of a page or more are whole pages.
   std::size_t chunk_bytes = std::size_t{64} << 10;
   std::size_t max_chunk_bytes = std::size_t{4} << 20;
   debug_fill fill;   ///< on_free is written by reset()/rewind()/LIFO deallocate
@@ -98,8 +99,9 @@ class frame_arena : public std::pmr::memory_resource {
   /// Frees everything allocated after `m`. Throws std::invalid_argument (and changes nothing)
   /// for a marker of another arena, one taken before the last reset()/release(), or one that
   /// lies after the current position (its allocations were rewound already). A marker made
-  /// stale by rewinding to an older one and allocating again may go undetected: rewinding to
-  /// it then frees what lies after its position, which is still safe for the arena.
+  /// stale by rewinding to an older one and allocating past it again is not detected:
+  /// rewinding to it frees what lies after its position (safe for the arena; stats stay
+  /// exact). O(chunks before the marker's).
   void rewind(const marker& m);
   /// Gives every chunk back to the upstream (a fixed arena just resets).
   void release() noexcept;
@@ -135,7 +137,9 @@ class frame_arena : public std::pmr::memory_resource {
     const auto cur = reinterpret_cast<std::uintptr_t>(ptr_);
     const auto end = reinterpret_cast<std::uintptr_t>(end_);
     const std::uintptr_t aligned = (cur + alignment - 1) & ~(std::uintptr_t{alignment} - 1);
-    if (std::has_single_bit(alignment) && aligned < end && bytes <= end - aligned) [[likely]] {
+    // A power of two (std::has_single_bit would be a popcount call without -mpopcnt).
+    const bool power_of_two = alignment != 0 && (alignment & (alignment - 1)) == 0;
+    if (power_of_two && aligned < end && bytes <= end - aligned) [[likely]] {
       auto* p = reinterpret_cast<std::byte*>(aligned);
       ptr_ = p + bytes;
       if (debug_) [[unlikely]]

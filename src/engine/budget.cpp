@@ -68,6 +68,9 @@ budget_resource::budget_resource(std::string name, std::size_t limit,
 }
 
 budget_resource::~budget_resource() {
+  if (leak_report_ && count() != 0)
+    fmt::print(stderr, "bsalloc: budget '{}' destroyed with {} allocation(s), {} still in use\n",
+               name_, count(), detail::human_bytes(in_use()));
   registry& r = the_registry();
   const std::lock_guard lock(r.mutex);
   r.budgets.erase(this);
@@ -135,6 +138,12 @@ budget_snapshot budget_report() {
   const std::lock_guard lock(r.mutex);
   snap.budgets.reserve(r.budgets.size());
   for (const budget_resource* b : r.budgets) snap.budgets.push_back(b->stats());
+  return snap;
+}
+
+budget_snapshot budget_leaks() {
+  budget_snapshot snap = budget_report();
+  std::erase_if(snap.budgets, [](const budget_stats& b) { return b.in_use == 0 && b.count == 0; });
   return snap;
 }
 

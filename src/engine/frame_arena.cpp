@@ -112,15 +112,26 @@ void frame_arena::reset() noexcept {
 }
 
 void frame_arena::rewind(const marker& m) {
-  if (m.owner != this) throw std::invalid_argument("frame_arena::rewind: marker of another arena");
-  if (m.epoch != epoch_)
-    throw std::invalid_argument("frame_arena::rewind: stale marker (taken before a reset/release)");
+  auto refuse = [](const char* why) {
+    throw std::invalid_argument(std::string("frame_arena::rewind: ") + why);
+  };
+  if (m.owner != this) refuse("marker of another arena");
+  if (m.epoch != epoch_) refuse("stale marker (taken before a reset/release)");
+  auto* const c = static_cast<chunk*>(const_cast<void*>(m.chunk));
+  // Where the marker lies now: its chunk must be the current one or one before it, its byte
+  // inside what that chunk has handed out. The bytes before it are recounted (not taken from
+  // the marker): rewinds to older markers may have moved things since it was taken.
+  std::size_t before_c = 0;
+  if (c != nullptr) {
+    const chunk* k = first_;
+    for (; k != nullptr && k != c && k != cur_; k = k->next) before_c += k->used;
+    if (k != c) refuse("marker after the current position (rewound past it already)");
+    std::byte* const limit = c == cur_ ? ptr_ : c->begin + c->used;
+    if (m.pos < c->begin || m.pos > limit)
+      refuse("marker after the current position (rewound past it already)");
+  }
   const std::size_t before = used_bytes();
-  if (m.used > before)
-    throw std::invalid_argument(
-        "frame_arena::rewind: marker after the current position (rewound past it already)");
   note_peak();
-  auto* c = static_cast<chunk*>(const_cast<void*>(m.chunk));
   free_after(c, m.pos);
   if (c == nullptr) {
     used_before_ = 0;
@@ -129,7 +140,7 @@ void frame_arena::rewind(const marker& m) {
     cur_ = c;
     ptr_ = m.pos;
     end_ = c->end;
-    used_before_ = m.used - static_cast<std::size_t>(m.pos - c->begin);
+    used_before_ = before_c;
   }
   notify(bulk_free_kind::rewind, before);
 }
@@ -188,12 +199,13 @@ void* frame_arena::try_chunk(chunk* c, std::size_t bytes, std::size_t alignment)
 void* frame_arena::add_chunk(std::size_t bytes, std::size_t alignment) {
   const std::size_t hdr = header_bytes();
   const std::size_t pad = alignment > chunk_alignment ? alignment - chunk_alignment : 0;
-  std::size_t usable = next_chunk_bytes_;
-  if (bytes > usable - std::min(usable, pad)) {
+  std::size_t total = next_chunk_bytes_;  // header included
+  if (total < hdr + pad + bytes) {
     if (bytes > std::numeric_limits<std::size_t>::max() / 2 - hdr - pad) throw std::bad_alloc();
-    usable = bytes + pad;
+    total = hdr + pad + bytes;
   }
-  const std::size_t total = hdr + usable;
+  if (total >= page_size) total = (total + page_size - 1) & ~(page_size - 1);  // no tail waste
+  const std::size_t usable = total - hdr;
   void* mem = upstream_->allocate(total, chunk_alignment);  // its std::bad_alloc propagates
   auto* c = ::new (mem) chunk{nullptr, static_cast<std::byte*>(mem) + hdr,
                               static_cast<std::byte*>(mem) + total, 0, total};
@@ -220,10 +232,21 @@ void* frame_arena::allocate_slow(std::size_t bytes, std::size_t alignment) {
   for (int attempt = 0; attempt < 2; ++attempt) {
     if (cur_ != nullptr) {
       if (void* p = try_chunk(cur_, bytes, alignment)) return p;
-      if (cur_->next != nullptr)
-        if (void* p = try_chunk(cur_->next, bytes, alignment)) return p;
-    } else if (first_ != nullptr) {
-      if (void* p = try_chunk(first_, bytes, alignment)) return p;
+      // The first kept chunk after the current one that holds the request becomes the next
+      // one (moved up if it was further on: F3 holds, and the arena grows only when no kept
+      // chunk can serve a request, so a repeating frame stops taking chunks).
+      chunk* const old = cur_;
+      for (chunk* prev = old; prev->next != nullptr; prev = prev->next) {
+        chunk* const c = prev->next;
+        if (void* p = try_chunk(c, bytes, alignment)) {
+          if (prev != old) {
+            prev->next = c->next;
+            c->next = old->next;
+            old->next = c;
+          }
+          return p;
+        }
+      }
     }
     if (upstream_ != nullptr) return add_chunk(bytes, alignment);
     if (attempt == 0 &&
