@@ -28,6 +28,13 @@ using namespace bsalloc_fuzz;
 constexpr std::size_t buffer_bytes = std::size_t{8} << 20;
 alignas(4096) std::byte buffer[buffer_bytes];
 
+// memory_resource::allocate assumes the alignment is a power of two (UBSan checks that
+// assumption on the returned pointer): bad alignments go straight to do_allocate, through a
+// pointer to the protected member.
+struct exposer : bsalloc::slab_resource {
+  using bsalloc::slab_resource::do_allocate;
+};
+
 struct harness {
   FuzzedDataProvider& in;
   bsalloc::slab_resource& res;
@@ -35,6 +42,7 @@ struct harness {
   bool upstream_may_fail;  // a fixed buffer or injected failures
   shadow model;            // tag: the slab class, or -1 for large
   std::size_t largest;     // options().largest_required_pool_block
+  std::size_t last_bytes = 8;  // the size of the last allocate or deallocate
 
   int class_of(std::size_t bytes, std::size_t align) const {
     const int c = bsalloc::slab_resource::size_class(bytes, align);
@@ -117,6 +125,7 @@ struct harness {
       kind = huge;
     } else if (odd == 2 && defect_enabled("slab-bad-alignment")) {
       align = in.PickValueInArray<std::size_t>({0, 3, 6, 12, 24, 48, 100});
+      bytes = last_bytes;  // a size just freed or allocated: its thread-cache bin is warm
       kind = bad_align;
     }
     const int cls = class_of(bytes, align);
@@ -124,7 +133,7 @@ struct harness {
     const auto before = res.stats();
     void* p = nullptr;
     try {
-      p = res.allocate(bytes, align);
+      p = kind == bad_align ? (res.*(&exposer::do_allocate))(bytes, align) : res.allocate(bytes, align);
     } catch (const std::bad_alloc&) {
       FUZZ_CHECK(kind != bad_align, "alignment " + num(align) + ": bad_alloc, not invalid_argument");
       FUZZ_CHECK(kind == huge || up.failures() > failures,
@@ -141,6 +150,7 @@ struct harness {
     FUZZ_CHECK(kind == good, "allocate(" + num(bytes) + ", " + num(align) + ") succeeded: " + hex(p));
     model.add(p, bytes, align, in.ConsumeIntegral<std::uint8_t>(),
               static_cast<std::size_t>(static_cast<std::ptrdiff_t>(cls)));
+    last_bytes = bytes;
   }
 
   void op_free() {
@@ -149,6 +159,7 @@ struct harness {
     const std::uintptr_t a = it->first;
     const live_block lb = model.remove(a);
     res.deallocate(reinterpret_cast<void*>(a), lb.size, lb.align);
+    last_bytes = lb.size;
   }
 
   void op_trim() {
