@@ -294,7 +294,7 @@ void page_resource::deallocate_pages(void* p, std::size_t count) {
     free_run_locked(regions_[ri], index, static_cast<std::uint32_t>(count));
     purge_now = should_purge_locked();
   }
-  if (purge_now) purge(options_.retain_bytes / 2);
+  if (purge_now) purge(options_.retain_bytes / 2, policy_min_order());
 }
 
 void page_resource::deallocate_run(void* p) {

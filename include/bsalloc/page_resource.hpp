@@ -287,8 +287,9 @@ class page_resource : public std::pmr::memory_resource {
   };
 
   void init_region(region& r);
-  std::size_t insert_region(const region& r);                 // lock held; throws (nothing changed)
-  void remove_region(std::size_t ri, bool clear_map = true) noexcept;                // lock held: page map, index, slot
+  std::size_t insert_region(const region& r);  // lock held; throws (nothing changed)
+  void remove_region(std::size_t ri,
+                     bool clear_map = true) noexcept;         // lock held: page map, index, slot
   std::size_t region_of(std::uintptr_t addr) const noexcept;  // any_region if not ours
   // The run head at p, validated; throws naming p (and count, if nonzero) otherwise.
   std::uint32_t checked_run(std::uintptr_t addr, std::size_t count, std::size_t& ri,
@@ -321,7 +322,8 @@ class page_resource : public std::pmr::memory_resource {
   void push_free(region& r, std::uint32_t index, unsigned order, bool dirty);
   void remove_free(region& r, std::uint32_t index, unsigned order);
   void grow(unsigned order);
-  std::size_t purge(std::size_t keep_bytes);
+  std::size_t purge(std::size_t keep_bytes, unsigned min_block_order);
+  unsigned policy_min_order() const noexcept;
   static bool unmap_region(region& r) noexcept;
   [[noreturn]] void throw_bad_pointer(const void* p, std::size_t count, const char* why) const;
   [[noreturn]] static void throw_bad_pointer(const char* what, const void* p, std::size_t count,

@@ -24,11 +24,15 @@ bool page_resource::should_purge_locked() {
   return true;
 }
 
-std::size_t page_resource::purge(std::size_t keep_bytes) {
-  if (cores_ && cached_pages() != 0) drain_caches(true);
+unsigned page_resource::policy_min_order() const noexcept {
   // With huge pages, the policy leaves free blocks smaller than a huge page resident: purging
-  // them would split a huge page to save a few KiB. trim() (keep_bytes == 0) purges all.
-  const int min_order = options_.huge_pages && keep_bytes != 0 ? 9 : 0;
+  // them would split a huge page to save a few KiB. trim() purges every size.
+  return options_.huge_pages ? 9 : 0;
+}
+
+std::size_t page_resource::purge(std::size_t keep_bytes, unsigned min_block_order) {
+  if (cores_ && cached_pages() != 0) drain_caches(true);
+  const int min_order = static_cast<int>(min_block_order);
   std::size_t total = 0;
   for (bool more = true; more;) {
     std::size_t n = 0;
@@ -115,7 +119,7 @@ std::size_t page_resource::purge(std::size_t keep_bytes) {
 }
 
 std::size_t page_resource::trim() {
-  const std::size_t purged = purge(0);
+  const std::size_t purged = purge(0, 0);
   std::lock_guard lock(mutex_);
   if (purge_running_) return purged;  // another thread purges: leave the regions mapped
   for (std::size_t ri = 0; ri < max_regions; ++ri) {
@@ -128,7 +132,7 @@ std::size_t page_resource::trim() {
     // again at once by another resource, whose entries must not be cleared by ours.
     page_map_clear(r.base, r.pages);
     region copy = r;
-    if (!unmap_region(copy)) {  // the OS refused: the region stays, intact
+    if (!unmap_region(copy)) {                  // the OS refused: the region stays, intact
       page_map_set(r.base, r.pages, this, ri);  // its leaves exist: cannot fail
       continue;
     }
@@ -203,9 +207,9 @@ void page_resource::purger_loop() {
       retained = (now[1] + now[2]) << page_shift;
     }
     if (retained != 0 && now == last)
-      purge(0);
+      purge(0, policy_min_order());
     else if (retained > options_.retain_bytes)
-      purge(options_.retain_bytes / 2);
+      purge(options_.retain_bytes / 2, policy_min_order());
     last = now;
     lock.lock();
   }
