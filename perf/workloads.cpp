@@ -33,6 +33,10 @@ extern "C" [[gnu::noinline]] void bsalloc_bench_deallocate(std::pmr::memory_reso
 }
 
 namespace bench {
+
+// perf/workloads_many.cpp
+workload_result many_resources(peer& pe, const params& pa);
+
 namespace {
 
 using clock_type = std::chrono::steady_clock;
@@ -493,6 +497,7 @@ constexpr workload table[] = {
     {"threads2", "threads", true, true, false, 40'000'000, threads2},
     {"prodcons", "threads", true, true, false, 10'000'000, prodcons},
     {"threads_many", "threads", true, true, false, 40'000'000, threads_many},
+    {"many_resources", "small", true, false, false, 20'000'000, many_resources},
     {"footprint", "footprint", false, false, false, 0, footprint},
     {"fastpath", "callgrind", true, false, false, 100'000, fastpath},
 };

@@ -328,3 +328,28 @@ TEST_CASE("trim() counts the slabs freed while flushing the caller's cache") {
   // The page_resource upstream was trimmed too: nothing free stays resident.
   CHECK(pages.stats().dirty_free_bytes == 0);
 }
+
+// README row: bad construction arguments.
+TEST_CASE("bad construction arguments throw invalid_argument") {
+  CHECK_THROWS_AS(slab_resource(static_cast<std::pmr::memory_resource*>(nullptr)),
+                  std::invalid_argument);
+  slab_resource_options o;
+  o.remote_queue_capacity = 0;
+  CHECK_THROWS_AS(slab_resource(std::pmr::pool_options{}, o, std::pmr::new_delete_resource()),
+                  std::invalid_argument);
+  o = {};
+  o.min_slab_bytes = 3000;
+  CHECK_THROWS_AS(slab_resource(std::pmr::pool_options{}, o, std::pmr::new_delete_resource()),
+                  std::invalid_argument);
+}
+
+// README row: a large block freed with the wrong size, unchecked: the recorded size goes upstream.
+TEST_CASE("unchecked: a large block freed with a wrong size goes upstream as it was allocated") {
+  watching_upstream up;
+  slab_resource r(std::pmr::pool_options{}, knobs(false), &up);
+  void* p = r.allocate(100000, 32);
+  r.deallocate(p, 90000, 32);
+  CHECK(up.last_bytes == 100000);
+  CHECK(up.last_alignment == 32);
+  CHECK(r.stats().large_objects == 0);
+}
