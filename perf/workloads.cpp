@@ -40,6 +40,8 @@ workload_result frame_monotonic_frames(peer& pe, const params& pa);
 workload_result frame_slab_frames(peer& pe, const params& pa);
 workload_result frame_free_frames(peer& pe, const params& pa);
 workload_result budget_lifo(peer& pe, const params& pa);
+// perf/workloads_many.cpp
+workload_result many_resources(peer& pe, const params& pa);
 
 namespace {
 
@@ -501,6 +503,7 @@ constexpr workload table[] = {
     {"threads2", "threads", true, true, false, 40'000'000, threads2},
     {"prodcons", "threads", true, true, false, 10'000'000, prodcons},
     {"threads_many", "threads", true, true, false, 40'000'000, threads_many},
+    {"many_resources", "small", true, false, false, 20'000'000, many_resources},
     {"footprint", "footprint", false, false, false, 0, footprint},
     {"fastpath", "callgrind", true, false, false, 100'000, fastpath},
     {"frame_arena", "engine", false, false, false, 20'000'000, frame_arena_frames},

@@ -580,25 +580,25 @@ TEST_CASE("checked mode: bad input aborts with a message naming the pointer and 
         static long on_stack[4];
         r.deallocate(on_stack, 16);
       },
-      "not allocated by this resource");
+      "not a live allocation of this resource");
   expect_abort(
       [](slab_resource& r, page_resource& pages) {
         void* page = pages.allocate_pages(1);  // same upstream, not from this resource
         r.deallocate(page, 64);
       },
-      "not allocated by this resource");
+      "not a live allocation of this resource");
   expect_abort(
       [](slab_resource& r, page_resource&) {
         void* p = r.allocate(100);
         r.deallocate(p, 3000);
       },
-      "size or alignment does not match");
+      "size does not match the allocation (100 bytes)");
   expect_abort(
       [](slab_resource& r, page_resource&) {
         void* p = r.allocate(64, 64);
         r.deallocate(p, 64, 4096);
       },
-      "size or alignment does not match");
+      "alignment does not match the allocation (alignment 64)");
   expect_abort(
       [](slab_resource& r, page_resource&) {
         void* p = r.allocate(256);

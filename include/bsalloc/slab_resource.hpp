@@ -7,15 +7,21 @@
 //   fmt::print("{}", pool.stats());
 //
 // Glossary
-//   class          one object size (8 B … 64 KiB, at most 12.5 % apart above 64 B).
+//   class          one object size (8 B … 64 KiB, at most 12.5 % apart above 64 B). A request no
+//                  class serves (larger, more aligned) goes to the upstream, which decides; its
+//                  record (pointer, bytes, alignment) is kept out of band, nothing is written into
+//                  the block.
 //   slab           slab_bytes(class) from the upstream, aligned to its own size; a 64-byte header
 //                  at its start, then objects. An object's slab is found by masking its address.
-//   core cache     per CPU (sched_getcpu() modulo the number of caches): per class the partial,
-//                  full and empty slab lists, guarded by the core's mutex. Each slab has one
-//                  owner core; only code holding that core's lock touches the slab.
+//   core cache     per CPU (sched_getcpu() modulo the number of caches), created on the first use
+//                  of that CPU: per class the partial, full and empty slab lists, guarded by the
+//                  core's mutex. Each slab has one owner core; only code holding that core's lock
+//                  touches the slab.
 //   thread cache   per thread and resource: per class a LIFO list of free objects, touched by its
 //                  thread only, no lock, no atomic read-modify-write. Refilled from and flushed to
-//                  the core caches in batches.
+//                  the core caches in batches. Found through the thread's slot table: every live
+//                  resource owns a dense slot (reused after it is destroyed), so any number of
+//                  live resources keep their caches side by side.
 //   remote free    a flush of objects whose slab belongs to another core: chained through the
 //                  objects themselves, one message per (owner, class) posted to the owner's
 //                  fixed-capacity Boost.Lockfree queue — or, when that is full, pushed onto the
@@ -31,7 +37,11 @@
 //   S4  per core and class, empty slabs <= options().max_empty_slabs_per_class.
 //
 // Thread safety: allocate/deallocate from any thread. release(), the destructor and
-// check_invariants() need that no other thread uses the resource at the same time.
+// check_invariants() need that no other thread uses the resource at the same time. Calls to an
+// upstream that is not known to be thread-safe are serialised (bsalloc's own resources,
+// new_delete_resource() and synchronized_pool_resource are known; see upstream_thread_safe).
+// fork() from a thread while others allocate is safe: every lock of the slab layer is taken
+// around it (pthread_atfork), and the child can allocate and free.
 
 #include <cstddef>
 #include <cstdint>
@@ -39,12 +49,9 @@
 #include <string>
 #include <vector>
 
+#include <bsalloc/detail/config.hpp>
 #include <bsalloc/page_resource.hpp>
 #include <bsalloc/stats.hpp>
-
-#ifndef BSALLOC_CHECKED_DEFAULT
-#define BSALLOC_CHECKED_DEFAULT 0
-#endif
 
 namespace bsalloc {
 
@@ -58,14 +65,21 @@ struct slab_resource_options {
   /// Core caches; 0 = one per configured CPU. sched_getcpu() is taken modulo this number.
   std::size_t caches = 0;
   /// Smallest slab (a power of two, 4 KiB … 1 MiB). A class's slab holds at least 16 objects
-  /// and is at least this big. Smaller slabs suit small fixed arenas (less memory parked in
-  /// partly used slabs); larger ones mean fewer trips to the upstream.
+  /// and is at least this big — unless pool_options::max_blocks_per_chunk asks for fewer
+  /// objects per slab: then slabs hold that many and are as small as that allows (>= 4 KiB).
+  /// Smaller slabs suit small fixed arenas (less memory parked in partly used slabs); larger ones
+  /// mean fewer trips to the upstream.
   std::size_t min_slab_bytes = std::size_t{64} << 10;
   /// Per-thread front cache. Off: every call goes to the core cache under its lock.
   bool thread_cache = true;
-  /// Detect double free, foreign pointers and size/alignment mismatches; abort with a message
-  /// naming the pointer and the problem. Costs an atomic bit flip and a lookup per call.
+  /// Detect double free, foreign pointers and size/alignment mismatches (against the size and
+  /// alignment each allocation asked for); abort with a message naming the pointer and the
+  /// problem. Costs an atomic bit flip and a lookup per call, 4 bytes and a bit per object.
   bool checked = BSALLOC_CHECKED_DEFAULT;
+  /// The upstream may be called from several threads at once. Off (the default) calls are
+  /// serialised by a lock unless the upstream is one of bsalloc's resources,
+  /// std::pmr::new_delete_resource() or a std::pmr::synchronized_pool_resource.
+  bool upstream_thread_safe = false;
 };
 
 struct slab_class_stats {
@@ -94,6 +108,8 @@ struct slab_resource_stats {
   std::size_t large_objects = 0;   ///< requests passed to the upstream, live
   std::size_t large_bytes = 0;
   std::size_t thread_caches = 0;
+  std::size_t thread_caches_created = 0;  ///< ever (one per thread and resource, if never lost)
+  std::size_t core_caches = 0;            ///< core caches created (on the first use of their CPU)
   std::size_t cached_objects = 0;         ///< free objects sitting in thread caches
   std::vector<slab_class_stats> classes;  ///< classes with any slab or any peak
   std::vector<slab_core_stats> cores;
@@ -110,6 +126,9 @@ class slab_resource : public std::pmr::memory_resource {
  public:
   static constexpr std::size_t max_pool_block = std::size_t{64} << 10;
 
+  // The upstream, when none is given, is bsalloc::global_page_resource() — deliberately, not
+  // std::pmr::get_default_resource() as the standard pool resources use: slabs must be aligned
+  // to their size, which the page resource gives without waste.
   slab_resource();
   explicit slab_resource(std::pmr::memory_resource* upstream);
   slab_resource(const std::pmr::pool_options& options, std::pmr::memory_resource* upstream);
@@ -122,7 +141,8 @@ class slab_resource : public std::pmr::memory_resource {
 
   std::pmr::memory_resource* upstream_resource() const noexcept;
   /// The options in effect: largest_required_pool_block is the largest class (requests above
-  /// it go to the upstream); max_blocks_per_chunk the most objects one slab holds.
+  /// it go to the upstream); max_blocks_per_chunk the most objects one slab holds (never more
+  /// than asked for; 0 asks for the default).
   std::pmr::pool_options options() const noexcept;
   const slab_resource_options& knobs() const noexcept;
 
@@ -130,14 +150,17 @@ class slab_resource : public std::pmr::memory_resource {
   /// cache is emptied. No other thread may use the resource meanwhile.
   void release();
   /// Flushes the calling thread's cache, drains every core's remote frees and returns every
-  /// empty slab upstream. Returns the bytes given back.
+  /// empty slab upstream. Returns the bytes given back (slabs freed while flushing included).
+  /// If the upstream is a bsalloc::page_resource, trims it too (what it gives back to the OS is
+  /// not counted).
   std::size_t trim();
 
   slab_resource_stats stats() const;
   /// Verifies S1–S4; throws std::logic_error naming the broken invariant.
   void check_invariants() const;
 
-  /// The class that serves (bytes, alignment), or -1 when the upstream does.
+  /// The class that serves (bytes, alignment), or -1 when the upstream does (or the alignment
+  /// is not a power of two). Never overflows.
   static int size_class(std::size_t bytes, std::size_t alignment) noexcept;
   static std::size_t class_size(int cls) noexcept;
 
@@ -154,7 +177,7 @@ class slab_resource : public std::pmr::memory_resource {
 
   detail::slab_state* state_;
   std::uint64_t id_;    // never reused: names this resource in thread caches
-  std::uint32_t slot_;  // its slot in every thread's cache table
+  std::uint32_t slot_;  // its slot in every thread's cache table (dense, reused after destruction)
   // Requests with alignment <= 16 below small_bound_ (1 KiB) take the inline path through the
   // small table, the rest below inline_bound_ (every class) through the medium table. Both are 0
   // in checked mode, so that every call takes the checked slow path.

@@ -1,0 +1,281 @@
+// Core caches: per CPU, per class the partial/full/empty slab lists under the core's lock, and
+// the lock-free inbox of remote frees. See state.hpp.
+#include <sched.h>
+
+#include <bit>
+
+#include "state.hpp"
+
+namespace bsalloc::detail {
+
+core_cache& slab_state::core(std::size_t ci) {
+  if (core_cache* c = core_if(ci)) [[likely]]
+    return *c;
+  // Created on the first use of this CPU, under the registry lock so that the fork handlers,
+  // which hold it, see every core whose lock may be taken.
+  std::lock_guard lock(registry_mutex());
+  if (core_cache* c = core_if(ci)) return *c;
+  auto* c = new core_cache(knobs.remote_queue_capacity);
+  cores[ci].store(c, std::memory_order_release);
+  return *c;
+}
+
+std::size_t slab_state::current_core() const {
+  const int cpu = ::sched_getcpu();
+  return cpu < 0 ? 0 : static_cast<std::size_t>(cpu) % ncores;
+}
+
+// Lock held. An object comes back into its slab (owned by `core`).
+void slab_state::put_back(core_cache& core, void* p, int c, slab_list& returns) {
+  slab* s = slab_of(p, c);
+  *static_cast<void**>(p) = s->free;
+  s->free = p;
+  BSALLOC_POISON_FREE(p, geom[static_cast<std::size_t>(c)].size);
+  --s->used;
+  auto& l = core.cls[static_cast<std::size_t>(c)];
+  if (s->list == list_full) move(l, s, list_partial);
+  if (s->used == 0) {
+    if (l.empty_count < knobs.max_empty_slabs_per_class) {
+      move(l, s, list_empty);
+    } else {
+      unlink(list_head(l, s->list), s);
+      --l.slabs;
+      ++core.counters.slab_returns;
+      returns.push(s);
+    }
+  }
+}
+
+// Lock held. Applies every remote free posted to this core.
+void slab_state::drain(core_cache& core, slab_list& returns) {
+  remote_batch m;
+  while (core.inbox.pop(m)) {
+    void* p = m.head;
+    for (std::uint32_t i = 0; i < m.count; ++i) {
+      void* next = *static_cast<void**>(p);
+      put_back(core, p, static_cast<int>(m.cls), returns);
+      p = next;
+    }
+    core.counters.remote_frees_received += m.count;
+  }
+  for (std::size_t w = 0; w < core.overflow_mask.size(); ++w) {
+    if (core.overflow_mask[w].load(std::memory_order_relaxed) == 0) continue;
+    std::uint64_t bits = core.overflow_mask[w].exchange(0, std::memory_order_acquire);
+    while (bits) {
+      const int c = static_cast<int>(w * 64) + std::countr_zero(bits);
+      bits &= bits - 1;
+      void* p =
+          core.overflow[static_cast<std::size_t>(c)].exchange(nullptr, std::memory_order_acquire);
+      while (p) {
+        void* next = *static_cast<void**>(p);
+        put_back(core, p, c, returns);
+        ++core.counters.remote_frees_received;
+        p = next;
+      }
+    }
+  }
+}
+
+// Lock held. Takes up to n objects of class c from the core's slabs; returns them chained.
+std::uint32_t slab_state::take(core_cache& core, int c, std::uint32_t n, void*& chain) {
+  auto& l = core.cls[static_cast<std::size_t>(c)];
+  const std::size_t size = geom[static_cast<std::size_t>(c)].size;
+  std::uint32_t got = 0;
+  while (got < n) {
+    slab* s = l.partial;
+    if (!s) {
+      if (!l.empty) break;
+      s = l.empty;
+      move(l, s, list_partial);
+    }
+    while (got < n && (s->free || s->untouched)) {
+      void* p;
+      if (s->free) {
+        p = s->free;
+        s->free = *static_cast<void**>(p);
+      } else {
+        p = s->tail;
+        s->tail += size;
+        --s->untouched;
+      }
+      ++s->used;
+      *static_cast<void**>(p) = chain;
+      chain = p;
+      ++got;
+    }
+    if (!s->free && !s->untouched) move(l, s, list_full);
+  }
+  core.counters.allocations += got;
+  return got;
+}
+
+// Takes up to n objects of class c from one core's slabs (after draining its inbox).
+std::uint32_t slab_state::take_from(std::size_t ci, int c, std::uint32_t n, void*& chain,
+                                    slab* fresh) {
+  core_cache& cc = core(ci);
+  slab_list returns;
+  std::uint32_t got;
+  {
+    std::lock_guard lock(cc.lock);
+    drain(cc, returns);
+    if (fresh) {
+      auto& l = cc.cls[static_cast<std::size_t>(c)];
+      link(l.partial, fresh);
+      ++l.slabs;
+      ++cc.counters.slab_refills;
+    }
+    got = take(cc, c, n, chain);
+  }
+  return_slabs(returns);
+  if (got) {
+    const auto now = out[static_cast<std::size_t>(c)].fetch_add(got) + got;
+    auto& pk = peak[static_cast<std::size_t>(c)];
+    for (auto seen = pk.load(std::memory_order_relaxed);
+         now > seen && !pk.compare_exchange_weak(seen, now);) {
+    }
+  }
+  return got;
+}
+
+std::uint32_t slab_state::refill(int c, std::uint32_t n, void*& chain) {
+  const std::size_t ci = current_core();
+  if (std::uint32_t got = take_from(ci, c, n, chain, nullptr)) return got;
+  slab* fresh;
+  try {
+    fresh = new_slab(ci, c);  // no lock held
+  } catch (const std::bad_alloc&) {
+    // The upstream is out: objects free in other cores' slabs still serve (a thread that
+    // migrated left them there). They stay those cores' objects.
+    for (std::size_t k = 1; k < ncores; ++k)
+      if (core_if((ci + k) % ncores))
+        if (std::uint32_t got = take_from((ci + k) % ncores, c, n, chain, nullptr)) return got;
+    throw;  // nothing changed
+  }
+  return take_from(ci, c, n, chain, fresh);
+}
+
+// Gives a chain of n objects of class c back: local ones into this core's slabs under its
+// lock, remote ones posted to their owners' inboxes.
+std::size_t slab_state::flush(int c, void* chain, std::uint32_t n) {
+  if (n == 0) return 0;
+  out[static_cast<std::size_t>(c)].fetch_sub(n);
+  std::size_t ci = current_core();
+  core_cache* target = core_if(ci);
+  if (!target) {
+    try {
+      target = &core(ci);
+    } catch (const std::bad_alloc&) {  // no memory for this CPU's core: the owner's serves
+      ci = slab_of(chain, c)->owner;
+      target = core_if(ci);
+    }
+  }
+  core_cache& cc = *target;
+  struct group {
+    std::size_t owner;
+    void* head;
+    void* tail;
+    std::uint32_t count;
+  };
+  std::array<group, 8> groups;
+  std::size_t ngroups = 0;
+  slab_list returns;
+  {
+    std::lock_guard lock(cc.lock);
+    drain(cc, returns);
+    std::uint32_t local = 0;
+    for (void* p = chain; n--;) {
+      void* next = *static_cast<void**>(p);
+      const std::size_t owner = slab_of(p, c)->owner;
+      if (owner == ci) {
+        put_back(cc, p, c, returns);
+        ++local;
+      } else {
+        std::size_t g = 0;
+        while (g < ngroups && groups[g].owner != owner) ++g;
+        if (g == groups.size()) {  // more owners than groups: post the first one now
+          post(cc, groups[0].owner, c, groups[0].head, groups[0].tail, groups[0].count);
+          groups[0] = groups[--ngroups];
+          g = ngroups;
+        }
+        if (g == ngroups) groups[ngroups++] = {owner, nullptr, p, 0};
+        *static_cast<void**>(p) = groups[g].head;
+        groups[g].head = p;
+        ++groups[g].count;
+      }
+      p = next;
+    }
+    for (std::size_t g = 0; g < ngroups; ++g)
+      post(cc, groups[g].owner, c, groups[g].head, groups[g].tail, groups[g].count);
+    cc.counters.deallocations += local;
+  }
+  return return_slabs(returns);  // no lock held
+}
+
+// Posts a chain to another core's inbox, never taking its lock and never dropping it. The owner
+// core exists: it owns a slab.
+void slab_state::post(core_cache& from, std::size_t owner, int c, void* head, void* tail,
+                      std::uint32_t count) {
+  core_cache& to = *core_if(owner);
+  from.counters.remote_frees_sent += count;
+  if (to.inbox.bounded_push(remote_batch{head, count, static_cast<std::uint32_t>(c)})) return;
+  to.overflows.fetch_add(1, std::memory_order_relaxed);
+  auto& stack = to.overflow[static_cast<std::size_t>(c)];
+  void* old = stack.load(std::memory_order_relaxed);
+  do {
+    *static_cast<void**>(tail) = old;
+  } while (!stack.compare_exchange_weak(old, head, std::memory_order_release,
+                                        std::memory_order_relaxed));
+  to.overflow_mask[static_cast<std::size_t>(c) / 64].fetch_or(
+      std::uint64_t{1} << (static_cast<std::size_t>(c) % 64), std::memory_order_release);
+}
+
+std::size_t slab_state::drain_and_return_empty() {
+  std::size_t bytes = 0;
+  for (std::size_t ci = 0; ci < ncores; ++ci) {
+    core_cache* cc = core_if(ci);
+    if (!cc) continue;
+    slab_list returns;
+    {
+      std::lock_guard lock(cc->lock);
+      drain(*cc, returns);
+      for (auto& l : cc->cls) {
+        while (slab* s = l.empty) {
+          unlink(l.empty, s);
+          --l.empty_count;
+          --l.slabs;
+          ++cc->counters.slab_returns;
+          returns.push(s);
+        }
+      }
+    }
+    bytes += return_slabs(returns);
+  }
+  return bytes;
+}
+
+void slab_state::free_slabs() {
+  slab_list returns;
+  for (std::size_t ci = 0; ci < ncores; ++ci) {
+    core_cache* cc = core_if(ci);
+    if (!cc) continue;
+    std::lock_guard lock(cc->lock);
+    remote_batch m;
+    while (cc->inbox.pop(m)) {
+    }
+    for (auto& o : cc->overflow) o.store(nullptr, std::memory_order_relaxed);
+    for (auto& w : cc->overflow_mask) w.store(0, std::memory_order_relaxed);
+    for (auto& l : cc->cls) {
+      for (slab** head : {&l.partial, &l.full, &l.empty}) {
+        while (slab* s = *head) {
+          *head = s->next;
+          returns.push(s);
+        }
+      }
+      l = {};
+    }
+  }
+  return_slabs(returns);
+  for (auto& o : out) o.store(0, std::memory_order_relaxed);
+}
+
+}  // namespace bsalloc::detail

@@ -1,0 +1,54 @@
+// The large path: requests no class can serve go to the upstream, which decides (it throws what
+// it throws, std::bad_alloc for sizes it cannot serve). Nothing is written into the block: its
+// record (pointer, bytes, alignment) lives in large_table, out of band, so release() frees it and
+// checked mode checks size and alignment.
+#include <new>
+#include <vector>
+
+#include "state.hpp"
+
+namespace bsalloc::detail {
+
+void* slab_state::allocate_large(std::size_t bytes, std::size_t alignment) {
+  void* p = up_allocate(bytes, alignment);
+  {
+    std::lock_guard lock(large_lock);
+    if (large.insert(large_record{reinterpret_cast<std::uintptr_t>(p), bytes, alignment})) {
+      ++large_objects;
+      large_bytes += bytes;
+      return p;
+    }
+  }
+  up_deallocate(p, bytes, alignment);  // no memory for its record
+  throw std::bad_alloc();
+}
+
+void slab_state::deallocate_large(void* p, std::size_t bytes, std::size_t alignment) {
+  large_record r;
+  {
+    std::lock_guard lock(large_lock);
+    if (large.erase(reinterpret_cast<std::uintptr_t>(p), r)) {
+      --large_objects;
+      large_bytes -= r.bytes;
+      bytes = r.bytes;  // what the upstream handed out, whatever the caller says
+      alignment = r.alignment;
+    }
+  }
+  // A pointer without a record is not this resource's: the upstream decides (checked mode
+  // stopped it before).
+  up_deallocate(p, bytes, alignment);
+}
+
+void slab_state::free_large() {
+  std::vector<large_record> blocks;
+  {
+    std::lock_guard lock(large_lock);
+    blocks.reserve(large.size());
+    large.for_each([&](const large_record& r) { blocks.push_back(r); });
+    large.reset();
+    large_objects = large_bytes = 0;
+  }
+  for (const auto& r : blocks) up_deallocate(reinterpret_cast<void*>(r.p), r.bytes, r.alignment);
+}
+
+}  // namespace bsalloc::detail

@@ -1,0 +1,85 @@
+// Slab mechanics and the upstream: new/return slabs, list links. See state.hpp.
+#include <new>
+
+#include "state.hpp"
+
+namespace bsalloc::detail {
+
+// Calls to an upstream that is not known to be thread-safe are serialised (a
+// std::pmr::monotonic_buffer_resource, an unsynchronized_pool_resource, a user's arena).
+void* slab_state::up_allocate(std::size_t bytes, std::size_t alignment) {
+  if (!upstream_serial) return upstream->allocate(bytes, alignment);
+  std::lock_guard lock(upstream_lock);
+  return upstream->allocate(bytes, alignment);
+}
+void slab_state::up_deallocate(void* p, std::size_t bytes, std::size_t alignment) {
+  if (!upstream_serial) return upstream->deallocate(p, bytes, alignment);
+  std::lock_guard lock(upstream_lock);
+  upstream->deallocate(p, bytes, alignment);
+}
+
+void slab_state::unlink(slab*& head, slab* s) {
+  if (s->prev)
+    s->prev->next = s->next;
+  else
+    head = s->next;
+  if (s->next) s->next->prev = s->prev;
+  s->prev = s->next = nullptr;
+}
+void slab_state::link(slab*& head, slab* s) {
+  s->prev = nullptr;
+  s->next = head;
+  if (head) head->prev = s;
+  head = s;
+}
+void slab_state::move(core_cache::lists& l, slab* s, std::uint8_t to) {
+  unlink(list_head(l, s->list), s);
+  if (s->list == list_empty) --l.empty_count;
+  s->list = to;
+  link(list_head(l, to), s);
+  if (to == list_empty) ++l.empty_count;
+}
+
+// No lock held: the slab is not published until take_from links it.
+slab* slab_state::new_slab(std::size_t core, int c) {
+  const auto& g = geom[static_cast<std::size_t>(c)];
+  void* mem = up_allocate(g.slab_bytes, g.slab_bytes);
+  auto addr = reinterpret_cast<std::uintptr_t>(mem);
+  __asm__("" : "+r"(addr));  // allocate promises the alignment: check it all the same
+  if (addr & (g.slab_bytes - 1)) {
+    up_deallocate(mem, g.slab_bytes, g.slab_bytes);
+    throw std::bad_alloc();  // an upstream that does not honour alignment cannot serve slabs
+  }
+  auto* s = static_cast<slab*>(mem);
+  s->magic = slab_magic;
+  s->cls = static_cast<std::uint16_t>(c);
+  s->owner = static_cast<std::uint16_t>(core);
+  s->used = 0;
+  s->capacity = g.capacity;
+  s->untouched = g.capacity;
+  s->list = list_partial;
+  s->free = nullptr;
+  s->tail = reinterpret_cast<char*>(s) + g.offset;
+  s->prev = s->next = nullptr;
+  s->res = this;
+  if (knobs.checked) init_checked(s);
+  slab_bytes_reserved.fetch_add(g.slab_bytes, std::memory_order_relaxed);
+  return s;
+}
+
+std::size_t slab_state::return_slabs(slab_list& l) {
+  std::size_t total = 0;
+  while (slab* s = l.head) {
+    l.head = s->next;
+    const std::size_t bytes = geom[s->cls].slab_bytes;
+    if (knobs.checked) forget_checked(s);
+    BSALLOC_UNPOISON(s, bytes);
+    s->magic = 0;
+    slab_bytes_reserved.fetch_sub(bytes, std::memory_order_relaxed);
+    up_deallocate(s, bytes, bytes);
+    total += bytes;
+  }
+  return total;
+}
+
+}  // namespace bsalloc::detail

@@ -1,0 +1,267 @@
+#pragma once
+// The slab layer's shared state: slab headers, geometry, core caches, thread caches, the large
+// records, checked mode — declared here, defined one concern per file under src/slab/:
+//   slabs.cpp         slab headers, geometry, new/return slabs, the upstream (serialised)
+//   core_cache.cpp    take, put_back, drain, post, refill, flush (under a core's lock)
+//   thread_cache.cpp  the TLS slot table, the registry of thread caches, thread exit, fork
+//   large.cpp         the large path (records out of band: large_table.hpp)
+//   checked.cpp       checked mode: allocation bitmap, request records, verdicts
+// The facade (src/slab_resource.cpp) holds the inline fast path and dispatches.
+//
+// Lock order (a lock is only taken after those before it; none is held across an upstream call
+// but upstream_lock, which is held exactly across one):
+//   live_states_mutex -> upstream_lock (of every resource, newest first) -> registry_mutex ->
+//   core locks -> checked_lock -> large_lock
+// The fork handlers (thread_cache.cpp) take them all in that order.
+#include <bsalloc/detail/config.hpp>
+#include <bsalloc/page_resource.hpp>
+#include <bsalloc/slab_resource.hpp>
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <memory_resource>
+#include <mutex>
+#include <string>
+#include <unordered_set>
+
+#include <boost/lockfree/queue.hpp>
+
+#include "large_table.hpp"
+#include "size_classes.hpp"
+
+#ifdef BSALLOC_ASAN
+#include <sanitizer/asan_interface.h>
+#define BSALLOC_POISON_FREE(p, size) \
+  ASAN_POISON_MEMORY_REGION(static_cast<char*>(p) + sizeof(void*), (size) - sizeof(void*))
+#define BSALLOC_UNPOISON(p, size) ASAN_UNPOISON_MEMORY_REGION((p), (size))
+#else
+#define BSALLOC_POISON_FREE(p, size) ((void)0)
+#define BSALLOC_UNPOISON(p, size) ((void)0)
+#endif
+
+namespace bsalloc::detail {
+
+constexpr std::uint32_t slab_magic = 0xb5a1ab5au;
+enum : std::uint8_t { list_partial, list_full, list_empty };
+
+struct slab_state;
+
+// The slab header: the first 64 bytes of every slab. Checked mode puts the allocation bitmap
+// (one bit per object) and the request records (one 32-bit word per object) after it.
+// magic/cls/owner/res never change after the slab is published; the owner core's lock guards
+// the rest (S1, S2).
+struct slab {
+  std::uint32_t magic;
+  std::uint16_t cls;
+  std::uint16_t owner;  // core cache index
+  std::uint32_t used;   // objects out of the slab
+  std::uint32_t capacity;
+  std::uint32_t untouched;  // objects never handed out, from `tail` on
+  std::uint8_t list;
+  void* free;  // objects given back, LIFO, linked through their first word
+  char* tail;
+  slab* prev;
+  slab* next;
+  slab_state* res;
+};
+static_assert(sizeof(slab) <= 64);
+
+struct class_geom {
+  std::size_t size = 0;
+  std::size_t slab_bytes = 0;
+  std::size_t offset = 0;  // first object, from the slab start
+  std::uint32_t capacity = 0;
+  std::uint32_t bitmap_words = 0;  // checked mode: one bit per object, after the header
+  std::uint32_t cache_limit = 0;   // thread cache: most objects kept at first
+  std::uint32_t cache_max = 0;     // ... and after growing (a bin that overflows doubles)
+};
+
+// A thread cache's list of one class. Owner thread only; count is atomic only so that stats()
+// may read it (relaxed) from another thread.
+struct bin {
+  void* head = nullptr;
+  std::atomic<std::uint32_t> count{0};
+  std::uint16_t limit = 0;     // <= cache_max <= 2048; 0 for classes not in use and bad_class
+  std::uint16_t refilled = 0;  // refilled since the limit last grew
+};
+
+struct thread_cache {
+  slab_state* res;                        // registry_mutex
+  thread_cache* prev;                     // registry_mutex: res->caches list
+  thread_cache* next;                     // registry_mutex
+  std::array<bin, class_count + 1> bins;  // owner thread; bins[bad_class] always empty
+};
+
+struct remote_batch {  // a chain of `count` objects of one class, linked through their first word
+  void* head;
+  std::uint32_t count;
+  std::uint32_t cls;
+};
+
+// Per CPU, created on the first use of that CPU (registry_mutex held while creating).
+struct alignas(64) core_cache {
+  explicit core_cache(std::size_t capacity) : inbox(capacity) {}
+  struct lists {
+    slab* partial = nullptr;
+    slab* full = nullptr;
+    slab* empty = nullptr;
+    std::uint32_t empty_count = 0;
+    std::uint32_t slabs = 0;
+  };
+  std::mutex lock;
+  std::array<lists, class_count> cls;  // lock
+  slab_core_stats counters;            // lock
+  // Atomics: remote frees, posted by any thread, drained under `lock`.
+  boost::lockfree::queue<remote_batch, boost::lockfree::fixed_sized<true>> inbox;
+  std::array<std::atomic<void*>, class_count> overflow{};  // Treiber stacks of objects
+  std::array<std::atomic<std::uint64_t>, 2> overflow_mask{};
+  std::atomic<std::size_t> overflows{0};
+};
+
+struct slab_list {  // slabs to give back upstream once no lock is held
+  slab* head = nullptr;
+  void push(slab* s) {
+    s->next = head;
+    head = s;
+  }
+};
+
+// -- thread-local slot table (thread_cache.cpp) --------------------------------------------------
+// Every live resource has a dense slot (reused after its destruction) and a unique id. Each
+// thread has a table of max_slots entries, reserved (not committed) virtual memory, so the fast
+// path indexes it with no bounds check; a thread that has no table yet points at
+// `no_slots`, which is all zeros and never written.
+struct tls_slot {
+  std::uint64_t id;  // the resource's id while this thread has a cache for it; 0: none
+  thread_cache* cache;
+};
+constexpr std::uint32_t max_slots = std::uint32_t{1} << 16;
+constexpr std::uint32_t no_slot = 0;  // resources beyond max_slots - 1 live: no thread cache
+extern tls_slot no_slots[max_slots];
+extern thread_local constinit tls_slot* t_slots __attribute__((tls_model(BSALLOC_TLS_MODEL)));
+
+std::mutex& registry_mutex();
+/// A fresh slot for a new resource (registry_mutex not held); no_slot when none is left.
+std::uint32_t acquire_slot(std::uint64_t id);
+/// The calling thread's cache for (id, slot), creating it unless caches are off.
+thread_cache* cache_for(slab_state& st);
+/// The calling thread's cache for st if it has one.
+inline thread_cache* find_cache(const slab_state& st);
+/// Destruction and release(): every thread cache of st is dropped. See thread_cache.cpp.
+void drop_caches(slab_state& st, bool destroying);
+/// Fork safety: st joins / leaves the list the fork handlers lock.
+void register_live(slab_state& st);
+void unregister_live(slab_state& st);
+
+// -- the state of one slab_resource --------------------------------------------------------------
+struct slab_state {
+  // Immutable after construction.
+  std::pmr::memory_resource* upstream = nullptr;
+  bool upstream_serial = false;  // the upstream is not known to be thread-safe: upstream_lock
+  page_resource* upstream_pages = nullptr;  // the upstream if it is a page_resource (trim)
+  slab_resource_options knobs;
+  std::pmr::pool_options pool{};
+  int classes = 0;  // classes in use: [0, classes)
+  std::array<class_geom, class_count> geom{};
+  std::size_t ncores = 0;
+  std::array<std::size_t, 24> slab_sizes{};  // distinct slab sizes, for checked lookups
+  std::size_t slab_size_count = 0;
+  const slab_resource* self = nullptr;
+  std::uint64_t id = 0;
+  std::uint32_t slot = no_slot;
+
+  // Atomics.
+  std::unique_ptr<std::atomic<core_cache*>[]> cores;  // created on first use (registry_mutex)
+  std::array<std::atomic<std::int64_t>, class_count> out{};  // objects out of slabs, not remote
+  std::array<std::atomic<std::int64_t>, class_count> peak{};
+  std::atomic<std::size_t> slab_bytes_reserved{0};
+  std::atomic<std::size_t> caches_created{0};
+  std::atomic<std::size_t> pins{0};  // exiting threads flushing a cache detached from `caches`
+
+  // registry_mutex.
+  thread_cache* caches = nullptr;
+  // live_states_mutex (thread_cache.cpp).
+  slab_state* live_prev = nullptr;
+  slab_state* live_next = nullptr;
+
+  std::mutex upstream_lock;  // held across each upstream call when upstream_serial
+  std::mutex checked_lock;
+  std::unordered_set<std::uintptr_t> checked_slabs;  // checked_lock
+  std::mutex large_lock;
+  large_table large;                               // large_lock
+  std::size_t large_objects = 0, large_bytes = 0;  // large_lock
+
+  // -- upstream and slabs (slabs.cpp) ---------------------------------------------------------
+  void* up_allocate(std::size_t bytes, std::size_t alignment);
+  void up_deallocate(void* p, std::size_t bytes, std::size_t alignment);
+  slab* slab_of(const void* p, int c) const {
+    return reinterpret_cast<slab*>(reinterpret_cast<std::uintptr_t>(p) &
+                                   ~(geom[static_cast<std::size_t>(c)].slab_bytes - 1));
+  }
+  static void unlink(slab*& head, slab* s);
+  static void link(slab*& head, slab* s);
+  static slab*& list_head(core_cache::lists& l, std::uint8_t which) {
+    return which == list_partial ? l.partial : which == list_full ? l.full : l.empty;
+  }
+  static void move(core_cache::lists& l, slab* s, std::uint8_t to);
+  slab* new_slab(std::size_t core, int c);
+  /// Gives the slabs back upstream (no lock held); returns their bytes.
+  std::size_t return_slabs(slab_list& l);
+
+  // -- core caches (core_cache.cpp) -----------------------------------------------------------
+  core_cache* core_if(std::size_t ci) const { return cores[ci].load(std::memory_order_acquire); }
+  core_cache& core(std::size_t ci);  // creates it on first use
+  std::size_t current_core() const;
+  void put_back(core_cache& core, void* p, int c, slab_list& returns);
+  void drain(core_cache& core, slab_list& returns);
+  std::uint32_t take(core_cache& core, int c, std::uint32_t n, void*& chain);
+  std::uint32_t take_from(std::size_t ci, int c, std::uint32_t n, void*& chain, slab* fresh);
+  std::uint32_t refill(int c, std::uint32_t n, void*& chain);
+  /// Gives a chain of n objects back; returns the bytes of slabs that went back upstream.
+  std::size_t flush(int c, void* chain, std::uint32_t n);
+  void post(core_cache& from, std::size_t owner, int c, void* head, void* tail,
+            std::uint32_t count);
+  /// Drains every core and gives its empty slabs back; returns their bytes.
+  std::size_t drain_and_return_empty();
+  /// Every slab back upstream, every core's lists reset. No concurrent use.
+  void free_slabs();
+
+  // -- thread caches (thread_cache.cpp) -------------------------------------------------------
+  /// Everything in tc goes back; returns the bytes of slabs that went upstream meanwhile.
+  std::size_t flush_cache(thread_cache& tc);
+
+  // -- large blocks (large.cpp) ---------------------------------------------------------------
+  void* allocate_large(std::size_t bytes, std::size_t alignment);
+  void deallocate_large(void* p, std::size_t bytes, std::size_t alignment);
+  void free_large();
+
+  // -- checked mode (checked.cpp) -------------------------------------------------------------
+  [[noreturn]] void bad(const void* p, std::size_t bytes, std::size_t alignment,
+                        const std::string& problem) const;
+  std::atomic<std::uint64_t>* bitmap(slab* s) const {
+    return reinterpret_cast<std::atomic<std::uint64_t>*>(reinterpret_cast<char*>(s) + 64);
+  }
+  std::atomic<std::uint32_t>* records(slab* s) const {
+    return reinterpret_cast<std::atomic<std::uint32_t>*>(bitmap(s) + geom[s->cls].bitmap_words);
+  }
+  void init_checked(slab* s);
+  void forget_checked(slab* s);
+  slab* registered_slab(const void* p) const;  // checked_lock held
+  void mark_allocated(void* p, int c, std::size_t bytes, std::size_t alignment);
+  void check_deallocate(void* p, std::size_t bytes, std::size_t alignment, int c);
+};
+
+inline thread_cache* find_cache(const slab_state& st) {
+  const tls_slot& s = t_slots[st.slot];
+  return s.id == st.id ? s.cache : nullptr;
+}
+
+/// First object offset for n objects of `size` (alignment obj_align) in checked mode or not.
+constexpr std::size_t slab_header_bytes(std::size_t n, std::size_t obj_align, bool checked) {
+  const std::size_t extra = checked ? (n + 63) / 64 * 8 + n * 4 : 0;
+  return round_up(64 + extra, obj_align);
+}
+
+}  // namespace bsalloc::detail
