@@ -104,6 +104,8 @@ class BsallocConan(ConanFile):
         tc.cache_variables["BSALLOC_BUILD_PERF"] = False
         tc.cache_variables["BSALLOC_WERROR"] = False
         tc.cache_variables["BSALLOC_SANITIZE"] = ""
+        # The TLS model follows `shared` (global-dynamic for a shared library, else initial-exec).
+        tc.cache_variables["BSALLOC_TLS_MODEL"] = ""
         tc.cache_variables["BSALLOC_INSTALL"] = True
         tc.generate()
         deps = CMakeDeps(self)
