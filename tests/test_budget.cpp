@@ -372,3 +372,57 @@ TEST_CASE("budget leaks: budget_leaks() lists what is still in use, the destruct
   CHECK(r.err ==
         "bsalloc: budget 'leaks.child' destroyed with 1 allocation(s), 100 B still in use\n");
 }
+
+TEST_CASE("budget_resource tracking: for_each_allocation lists every live allocation") {
+  bsalloc::budget_resource b{"tracking", 1 << 20, std::pmr::new_delete_resource()};
+  CHECK_FALSE(b.tracking());
+  CHECK(b.for_each_allocation([](const void*, std::size_t) {}) == 0);
+  b.set_tracking();
+  CHECK(b.tracking());
+  std::vector<std::pair<void*, std::size_t>> mine;
+  for (std::size_t i = 1; i <= 50; ++i) mine.emplace_back(b.allocate(i * 8, 8), i * 8);
+  for (std::size_t i = 0; i < 50; i += 2) b.deallocate(mine[i].first, mine[i].second, 8);
+  std::size_t bytes = 0;
+  const void* last = nullptr;
+  const std::size_t n = b.for_each_allocation([&](const void* p, std::size_t size) {
+    CHECK(std::less<>{}(last, p));  // sorted by address
+    last = p;
+    bytes += size;
+    bool found = false;
+    for (std::size_t i = 1; i < 50; i += 2)
+      found = found || (mine[i].first == p && mine[i].second == size);
+    CHECK(found);
+  });
+  CHECK(n == 25);
+  CHECK(n == b.count());
+  CHECK(bytes == b.in_use());
+
+  // 4 threads allocate and free while the main thread walks: every walk is consistent.
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&] {
+      while (!stop.load()) {
+        void* p = b.allocate(64, 8);
+        b.deallocate(p, 64, 8);
+      }
+    });
+  for (int i = 0; i < 200; ++i) {
+    const auto all = b.allocations();
+    CHECK(all.size() >= 25);
+    CHECK(all.size() <= 29);
+  }
+  stop = true;
+  for (auto& th : threads) th.join();
+  for (std::size_t i = 1; i < 50; i += 2) b.deallocate(mine[i].first, mine[i].second, 8);
+  CHECK(b.allocations().empty());
+
+  const auto r = bsalloc_test::run_in_child([] {
+    bsalloc::budget_resource leaky{"tracking.child", 1000, std::pmr::new_delete_resource()};
+    leaky.set_tracking();
+    leaky.set_leak_report(true);
+    (void)leaky.allocate(40, 8);
+  });
+  CHECK(r.err.find("bsalloc: budget 'tracking.child' destroyed with 1 allocation(s), 40 B still in "
+                   "use\n  leaked 40 bytes at 0x") == 0);
+}

@@ -4,6 +4,7 @@
 #include <bsalloc/out_of_memory.hpp>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <memory_resource>
 #include <new>
@@ -409,6 +410,23 @@ TEST_CASE("frame_arena: under ASan a use after reset is reported") {
   const bool clean_exit = WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0;
   CHECK_FALSE(clean_exit);
   CHECK(r.err.find("use-after-poison") != std::string::npos);
+  // The same after rewind(): what lies after the marker is poisoned, what lies before is not.
+  const auto rw = bsalloc_test::run_in_child([] {
+    alignas(64) static std::array<std::byte, 1024> buf{};
+    bsalloc::frame_arena a{std::span{buf}};
+    auto* keep = static_cast<volatile char*>(a.allocate(64, 16));
+    const auto m = a.mark();
+    auto* temp = static_cast<volatile char*>(a.allocate(64, 16));
+    temp[0] = 1;
+    a.rewind(m);
+    keep[0] = 1;  // still live: fine
+    std::fputs("kept allocation written\n", stderr);
+    temp[0] = 2;  // freed by the rewind: ASan aborts here
+  });
+  const bool rw_clean = WIFEXITED(rw.status) && WEXITSTATUS(rw.status) == 0;
+  CHECK_FALSE(rw_clean);
+  CHECK(rw.err.find("use-after-poison") != std::string::npos);
+  CHECK(rw.err.find("kept allocation written\n") == 0);  // before the report
   // And the same without the bad write runs clean.
   const auto ok = bsalloc_test::run_in_child([] {
     alignas(64) static std::array<std::byte, 1024> buf{};

@@ -30,9 +30,11 @@
 #include <cstddef>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <memory_resource>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <bsalloc/stats.hpp>
@@ -40,6 +42,9 @@
 namespace bsalloc {
 
 class budget_resource;
+namespace detail {
+struct budget_tracker;
+}
 
 /// What an over-budget handler is told.
 struct over_budget_info {
@@ -101,6 +106,24 @@ class budget_resource : public std::pmr::memory_resource {
   std::pmr::memory_resource* upstream_resource() const noexcept { return upstream_; }
   /// On: the destructor writes one line to stderr if allocations are still live (a leak).
   void set_leak_report(bool on) noexcept { leak_report_ = on; }
+  /// Tracking (off by default; switch it on before the budget is used, never off again): every
+  /// live allocation is recorded (pointer, bytes) in a table under a lock — a debugging mode:
+  /// allocate and deallocate then take that lock. It makes for_each_allocation() and the
+  /// destructor's leak line list the allocations themselves.
+  void set_tracking();
+  bool tracking() const noexcept { return tracker_ != nullptr; }
+  /// The live allocations (tracking on; empty otherwise), sorted by address: a snapshot taken
+  /// under the lock, safe while other threads allocate (what they allocate or free meanwhile
+  /// may or may not be in it).
+  std::vector<std::pair<const void*, std::size_t>> allocations() const;
+  /// Calls f(const void* p, std::size_t bytes) for each entry of allocations(), outside the
+  /// lock (f may allocate from this budget). Returns how many.
+  template <class F>
+  std::size_t for_each_allocation(F&& f) const {
+    const auto all = allocations();
+    for (const auto& [p, n] : all) f(p, n);
+    return all.size();
+  }
 
   std::size_t in_use() const noexcept { return in_use_.load(std::memory_order_relaxed); }
   std::size_t peak() const noexcept { return peak_.load(std::memory_order_relaxed); }
@@ -117,6 +140,8 @@ class budget_resource : public std::pmr::memory_resource {
     return allocate_reserved(bytes, alignment, now);
   }
   void do_deallocate(void* p, std::size_t bytes, std::size_t alignment) override {
+    if (tracker_ != nullptr) [[unlikely]]
+      untrack(p);
     upstream_->deallocate(p, bytes, alignment);
     count_.fetch_sub(1, std::memory_order_relaxed);
     in_use_.fetch_sub(bytes, std::memory_order_relaxed);
@@ -138,10 +163,14 @@ class budget_resource : public std::pmr::memory_resource {
     count_.fetch_add(1, std::memory_order_relaxed);
     if (now > peak_.load(std::memory_order_relaxed)) [[unlikely]]
       raise_peak(now);
+    if (tracker_ != nullptr) [[unlikely]]
+      track(p, bytes, alignment);
     return p;
   }
   [[gnu::noinline]] void* allocate_over(std::size_t bytes, std::size_t alignment);
   [[gnu::noinline]] void raise_peak(std::size_t now) noexcept;
+  [[gnu::noinline]] void track(void* p, std::size_t bytes, std::size_t alignment);
+  [[gnu::noinline]] void untrack(void* p) noexcept;
 
   // Hot, written by every thread that allocates: together on one line.
   alignas(64) std::atomic<std::size_t> in_use_{0};
@@ -155,6 +184,7 @@ class budget_resource : public std::pmr::memory_resource {
   std::string name_;
   over_budget_handler handler_;
   bool leak_report_ = false;
+  std::unique_ptr<detail::budget_tracker> tracker_;  // set before use, then constant
 };
 
 }  // namespace bsalloc

@@ -36,7 +36,6 @@
 // on, which touch every byte freed.
 
 #include <array>
-#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <new>
 #include <stdexcept>
+#include <unordered_map>
 
 #include <fmt/format.h>
 #include <boost/container/flat_set.hpp>
@@ -14,6 +15,13 @@
 #include "../format.hpp"
 
 namespace bsalloc {
+
+/// Live allocations of a tracking budget (a hash table: O(1) per call; sorted on reading).
+struct detail::budget_tracker {
+  mutable std::mutex mutex;
+  std::unordered_map<const void*, std::size_t> live;  // guarded by mutex
+};
+
 namespace {
 
 struct by_name {
@@ -68,12 +76,50 @@ budget_resource::budget_resource(std::string name, std::size_t limit,
 }
 
 budget_resource::~budget_resource() {
-  if (leak_report_ && count() != 0)
+  if (leak_report_ && count() != 0) {
     fmt::print(stderr, "bsalloc: budget '{}' destroyed with {} allocation(s), {} still in use\n",
                name_, count(), detail::human_bytes(in_use()));
+    std::size_t shown = 0;
+    for_each_allocation([&](const void* p, std::size_t n) {
+      if (shown++ < 10) fmt::print(stderr, "  leaked {} bytes at {}\n", n, p);
+    });
+  }
   registry& r = the_registry();
   const std::lock_guard lock(r.mutex);
   r.budgets.erase(this);
+}
+
+void budget_resource::set_tracking() {
+  if (tracker_ == nullptr) tracker_ = std::make_unique<detail::budget_tracker>();
+}
+
+void budget_resource::track(void* p, std::size_t bytes, std::size_t alignment) {
+  try {
+    const std::lock_guard lock(tracker_->mutex);
+    tracker_->live.insert_or_assign(p, bytes);
+  } catch (...) {
+    upstream_->deallocate(p, bytes, alignment);
+    count_.fetch_sub(1, std::memory_order_relaxed);
+    in_use_.fetch_sub(bytes, std::memory_order_relaxed);
+    throw;
+  }
+}
+
+void budget_resource::untrack(void* p) noexcept {
+  const std::lock_guard lock(tracker_->mutex);
+  tracker_->live.erase(p);
+}
+
+std::vector<std::pair<const void*, std::size_t>> budget_resource::allocations() const {
+  std::vector<std::pair<const void*, std::size_t>> out;
+  if (tracker_ == nullptr) return out;
+  {
+    const std::lock_guard lock(tracker_->mutex);
+    out.assign(tracker_->live.begin(), tracker_->live.end());
+  }
+  std::sort(out.begin(), out.end(),
+            [](const auto& a, const auto& b) { return std::less<>{}(a.first, b.first); });
+  return out;
 }
 
 void budget_resource::raise_peak(std::size_t now) noexcept {

@@ -3,6 +3,7 @@
 #include <bsalloc/out_of_memory.hpp>
 
 #include <algorithm>
+#include <bit>
 #include <iterator>
 #include <limits>
 #include <new>
