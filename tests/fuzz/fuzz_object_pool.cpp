@@ -151,7 +151,12 @@ struct harness {
         case 12: op_trim(); break;
         case 13: op_probe(); break;
         case 14: check_stats(); break;
-        case 15: model.verify_all(); break;
+        case 15:
+          if (in.ConsumeBool())
+            model.verify_all();
+          else
+            print_stats(pool().stats());
+          break;
       }
       if (++ops % 16 == 0) check_stats();
     }

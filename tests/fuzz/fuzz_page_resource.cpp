@@ -336,7 +336,12 @@ struct harness {
         case 10: op_add_region(); break;
         case 11: op_probe(); break;
         case 12: check_stats(); break;
-        case 13: model.verify_all(); break;
+        case 13:
+          if (in.ConsumeBool())
+            model.verify_all();
+          else
+            print_stats(res.stats());
+          break;
         case 14: op_trim(); break;
         case 15:
           if (in.ConsumeIntegralInRange<int>(0, 3) == 0) op_release();

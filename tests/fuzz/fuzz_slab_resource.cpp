@@ -43,6 +43,15 @@ struct harness {
   shadow model;            // tag: the slab class, or -1 for large
   std::size_t largest;     // options().largest_required_pool_block
   std::size_t last_bytes = 8;  // the size of the last allocate or deallocate
+  cpu_hopper cpus{};
+  // Other resources used at the same time, each with its own upstream and model: one at most,
+  // or (slab-many-resources) more than there are thread-cache slots.
+  struct other {
+    checking_upstream up{&bsalloc::global_page_resource()};
+    std::unique_ptr<bsalloc::slab_resource> res;
+    shadow model;
+  };
+  std::vector<std::unique_ptr<other>> others{};
 
   int class_of(std::size_t bytes, std::size_t align) const {
     const int c = bsalloc::slab_resource::size_class(bytes, align);
@@ -187,14 +196,50 @@ struct harness {
     FUZZ_CHECK(up.live_count() == 0, "release left " + num(up.live_count()) + " blocks upstream");
   }
 
+  void op_other() {
+    const std::size_t most = defect_enabled("slab-many-resources") ? 40 : 1;
+    const int what = in.ConsumeIntegralInRange<int>(0, 3);
+    if (others.empty() || (what == 0 && others.size() < most)) {
+      auto o = std::make_unique<other>();
+      bsalloc::slab_resource_options k = res.knobs();
+      k.caches = 1;
+      o->res = std::make_unique<bsalloc::slab_resource>(std::pmr::pool_options{}, k, &o->up);
+      others.push_back(std::move(o));
+      return;
+    }
+    other& o = *others[in.ConsumeIntegralInRange<std::size_t>(0, others.size() - 1)];
+    if (what == 1) {  // destroy one: its upstream must get everything back
+      auto it = std::find_if(others.begin(), others.end(), [&](const auto& x) { return x.get() == &o; });
+      o.model.verify_all();
+      o.res.reset();
+      FUZZ_CHECK(o.up.live_count() == 0, "a destroyed second resource left blocks upstream");
+      others.erase(it);
+    } else if (what == 2 || o.model.empty()) {
+      const std::size_t bytes = in.ConsumeIntegralInRange<std::size_t>(0, 2048);
+      const std::size_t align = pow2(in, 0, 6);
+      o.model.add(o.res->allocate(bytes, align), bytes, align, in.ConsumeIntegral<std::uint8_t>());
+    } else {
+      const std::uintptr_t a = o.model.pick(in.ConsumeIntegral<std::size_t>())->first;
+      const live_block lb = o.model.remove(a);
+      o.res->deallocate(reinterpret_cast<void*>(a), lb.size, lb.align);
+    }
+  }
+
   void run() {
     std::size_t ops = 0;
     while (in.remaining_bytes() > 0 && ops < 3000) {
-      switch (in.ConsumeIntegralInRange<int>(0, 15)) {
+      switch (in.ConsumeIntegralInRange<int>(0, 17)) {
         case 0: case 1: case 2: case 3: case 4: case 5: op_allocate(); break;
         case 6: case 7: case 8: case 9: case 10: op_free(); break;
         case 11: check_stats(); break;
-        case 12: model.verify_all(); break;
+        case 12:
+          if (in.ConsumeBool())
+            model.verify_all();
+          else
+            print_stats(res.stats());
+          break;
+        case 16: cpus.hop(in.ConsumeIntegral<std::uint8_t>()); break;
+        case 17: op_other(); break;
         case 13: op_trim(); break;
         case 14:
           if (in.ConsumeIntegralInRange<int>(0, 7) == 0) op_release();
@@ -220,6 +265,12 @@ struct harness {
     }
     check_stats();
     model.verify_all();
+    for (auto& o : others) {
+      o->model.verify_all();
+      o->res.reset();
+      FUZZ_CHECK(o->up.live_count() == 0, "a second resource left blocks upstream");
+    }
+    others.clear();
   }
 };
 
