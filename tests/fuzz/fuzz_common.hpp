@@ -30,12 +30,12 @@ namespace bsalloc_fuzz {
 // then delete it here. The list is documented in docs/fuzzing.md; keep the two in step.
 // ---------------------------------------------------------------------------------------------
 inline constexpr const char* known_defects[] = {
-    "slab-huge-size",        // allocate(SIZE_MAX - k, a > 8) wraps to a tiny object
-    "slab-bad-alignment",    // alignment 0 / 3 / 12 accepted on the warm fast path
-    "slab-mismatch-message", // checked mode names the wrong problem for a size mismatch
-    "slab-trim-report",      // slab_resource::trim() returns less than it gave back
-    "slab-many-resources",   // more live resources in one thread than thread-cache slots
-    "page-tail-pointer",     // deallocate_pages(tail of a run, ...) is accepted
+    "slab-huge-size",         // allocate(SIZE_MAX - k, a > 8) wraps to a tiny object
+    "slab-bad-alignment",     // alignment 0 / 3 / 12 accepted on the warm fast path
+    "slab-mismatch-message",  // checked mode names the wrong problem for a size mismatch
+    "slab-trim-report",       // slab_resource::trim() returns less than it gave back
+    "slab-many-resources",    // more live resources in one thread than thread-cache slots
+    "page-tail-pointer",      // deallocate_pages(tail of a run, ...) is accepted
 };
 
 inline bool defect_enabled(std::string_view name) {
@@ -60,8 +60,8 @@ inline bool defect_enabled(std::string_view name) {
   std::fflush(stderr);
   std::abort();
 }
-#define FUZZ_CHECK(cond, ...)                                                      \
-  do {                                                                             \
+#define FUZZ_CHECK(cond, ...)                                                     \
+  do {                                                                            \
     if (!(cond)) ::bsalloc_fuzz::fail(std::string(#cond " :: ") + (__VA_ARGS__)); \
   } while (0)
 
@@ -70,7 +70,9 @@ inline std::string hex(const void* p) {
   std::snprintf(buf, sizeof buf, "%p", p);
   return buf;
 }
-inline std::string num(std::size_t v) { return std::to_string(v); }
+inline std::string num(std::size_t v) {
+  return std::to_string(v);
+}
 
 // ---------------------------------------------------------------------------------------------
 // The shadow model: every live block with its size, alignment and fill byte.
@@ -216,8 +218,8 @@ class checking_upstream : public std::pmr::memory_resource {
   }
   void do_deallocate(void* p, std::size_t bytes, std::size_t alignment) override {
     auto it = live_.find(reinterpret_cast<std::uintptr_t>(p));
-    FUZZ_CHECK(it != live_.end(), "upstream: deallocate(" + hex(p) + ", " + num(bytes) +
-                                      ") of nothing it handed out");
+    FUZZ_CHECK(it != live_.end(),
+               "upstream: deallocate(" + hex(p) + ", " + num(bytes) + ") of nothing it handed out");
     FUZZ_CHECK(it->second.first == bytes && it->second.second == alignment,
                "upstream: deallocate(" + hex(p) + ", " + num(bytes) + ", " + num(alignment) +
                    ") of a block allocated as (" + num(it->second.first) + ", " +

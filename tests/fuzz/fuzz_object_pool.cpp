@@ -53,7 +53,8 @@ struct harness {
     FUZZ_CHECK(s.bytes_reserved == s.slabs * s.slab_bytes, "bytes_reserved != slabs * slab_bytes");
     FUZZ_CHECK(s.slabs * s.objects_per_slab >= s.objects_in_use, "more objects than slots");
     FUZZ_CHECK(s.empty_slabs <= 1, "more than one cached empty slab");
-    FUZZ_CHECK(s.handles == handles.size(), "handles " + num(s.handles) + " != " + num(handles.size()));
+    FUZZ_CHECK(s.handles == handles.size(),
+               "handles " + num(s.handles) + " != " + num(handles.size()));
     FUZZ_CHECK(up.live_bytes() >= s.bytes_reserved, "upstream holds less than the slabs");
     try {
       pool().check_invariants();
@@ -88,7 +89,8 @@ struct harness {
     if (construct) {
       // The constructor wrote the pattern: check it, then register (add() writes it again).
       for (std::size_t i = 0; i < T::written; ++i)
-        FUZZ_CHECK(reinterpret_cast<std::uint8_t*>(p)[i] == pattern_at(fill, i), "constructor bytes");
+        FUZZ_CHECK(reinterpret_cast<std::uint8_t*>(p)[i] == pattern_at(fill, i),
+                   "constructor bytes");
     }
     model.add(p, sizeof(T), alignof(T), fill, construct ? 1 : 0);
   }
@@ -103,9 +105,15 @@ struct harness {
       return;
     }
     switch (in.ConsumeIntegralInRange<int>(0, 3)) {
-      case 0: handles[in.ConsumeIntegralInRange<std::size_t>(0, handles.size() - 1)].destroy(p); break;
-      case 1: pool_t::dispose(p); break;
-      case 2: { typename pool_t::pointer owner(p); } break;
+      case 0:
+        handles[in.ConsumeIntegralInRange<std::size_t>(0, handles.size() - 1)].destroy(p);
+        break;
+      case 1:
+        pool_t::dispose(p);
+        break;
+      case 2: {
+        typename pool_t::pointer owner(p);
+      } break;
       default: {
         typename pool_t::pointer owner(p);
         owner.reset();
@@ -116,11 +124,15 @@ struct harness {
 
   void op_handles() {
     if (in.ConsumeBool() || handles.size() == 1) {
-      if (handles.size() < 8) handles.push_back(handles[in.ConsumeIntegralInRange<std::size_t>(0, handles.size() - 1)]);
+      if (handles.size() < 8)
+        handles.push_back(handles[in.ConsumeIntegralInRange<std::size_t>(0, handles.size() - 1)]);
     } else {
-      handles.erase(handles.begin() + static_cast<std::ptrdiff_t>(in.ConsumeIntegralInRange<std::size_t>(1, handles.size() - 1)));
+      handles.erase(handles.begin() +
+                    static_cast<std::ptrdiff_t>(
+                        in.ConsumeIntegralInRange<std::size_t>(1, handles.size() - 1)));
     }
-    for (const auto& h : handles) FUZZ_CHECK(h == pool() && h.use_count() == handles.size(), "handle count");
+    for (const auto& h : handles)
+      FUZZ_CHECK(h == pool() && h.use_count() == handles.size(), "handle count");
   }
 
   void op_trim() {
@@ -128,7 +140,8 @@ struct harness {
     const std::size_t given = pool().trim();
     const auto after = pool().stats();
     FUZZ_CHECK(given == before.empty_slabs * before.slab_bytes, "trim returned " + num(given));
-    FUZZ_CHECK(after.empty_slabs == 0 && after.slabs + before.empty_slabs == before.slabs, "trim kept the empty slab");
+    FUZZ_CHECK(after.empty_slabs == 0 && after.slabs + before.empty_slabs == before.slabs,
+               "trim kept the empty slab");
   }
 
   void op_probe() {
@@ -136,7 +149,8 @@ struct harness {
     FUZZ_CHECK(!pool().owns(&outside), "owns() true for a global");
     if (model.empty()) return;
     auto it = model.pick(in.ConsumeIntegral<std::size_t>());
-    FUZZ_CHECK(pool().owns(reinterpret_cast<const std::byte*>(it->first) + in.ConsumeIntegralInRange<std::size_t>(0, sizeof(T) - 1)),
+    FUZZ_CHECK(pool().owns(reinterpret_cast<const std::byte*>(it->first) +
+                           in.ConsumeIntegralInRange<std::size_t>(0, sizeof(T) - 1)),
                "owns() false inside a live object");
   }
 
@@ -144,13 +158,35 @@ struct harness {
     std::size_t ops = 0;
     while (in.remaining_bytes() > 0 && ops < 3000) {
       switch (in.ConsumeIntegralInRange<int>(0, 15)) {
-        case 0: case 1: case 2: case 3: op_make(true); break;
-        case 4: case 5: op_make(false); break;
-        case 6: case 7: case 8: case 9: case 10: op_free(); break;
-        case 11: op_handles(); break;
-        case 12: op_trim(); break;
-        case 13: op_probe(); break;
-        case 14: check_stats(); break;
+        case 0:
+        case 1:
+        case 2:
+        case 3:
+          op_make(true);
+          break;
+        case 4:
+        case 5:
+          op_make(false);
+          break;
+        case 6:
+        case 7:
+        case 8:
+        case 9:
+        case 10:
+          op_free();
+          break;
+        case 11:
+          op_handles();
+          break;
+        case 12:
+          op_trim();
+          break;
+        case 13:
+          op_probe();
+          break;
+        case 14:
+          check_stats();
+          break;
         case 15:
           if (in.ConsumeBool())
             model.verify_all();
@@ -170,7 +206,8 @@ struct harness {
       model.verify_all();
       model.forget_all();
       handles.clear();
-      for (T* p : objs) pool_t::dispose(p);  // raw slots hold bytes only: T is trivially destructible
+      for (T* p : objs)
+        pool_t::dispose(p);  // raw slots hold bytes only: T is trivially destructible
     } else {
       while (!model.empty()) {
         T* p = reinterpret_cast<T*>(model.pick(0)->first);
@@ -188,8 +225,11 @@ void run_one(FuzzedDataProvider& in) {
   static_assert(std::is_trivially_destructible_v<T>);
   const bool fixed = in.ConsumeBool();
   std::optional<bsalloc::page_resource> pages;
-  if (fixed) pages.emplace(std::span<std::byte>(buffer, in.ConsumeIntegralInRange<std::size_t>(std::size_t{64} << 10, sizeof buffer)));
-  checking_upstream up(fixed ? static_cast<std::pmr::memory_resource*>(&*pages) : &bsalloc::global_page_resource());
+  if (fixed)
+    pages.emplace(std::span<std::byte>(
+        buffer, in.ConsumeIntegralInRange<std::size_t>(std::size_t{64} << 10, sizeof buffer)));
+  checking_upstream up(fixed ? static_cast<std::pmr::memory_resource*>(&*pages)
+                             : &bsalloc::global_page_resource());
   if (in.ConsumeIntegralInRange<int>(0, 3) == 0) {
     up.fail_mask = in.ConsumeIntegral<std::uint64_t>();
     if (in.ConsumeBool()) up.fail_from = in.ConsumeIntegralInRange<std::size_t>(0, 100);
@@ -217,10 +257,18 @@ void run_one(FuzzedDataProvider& in) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   FuzzedDataProvider in(data, size);
   switch (in.ConsumeIntegralInRange<int>(0, 3)) {
-    case 0: run_one<payload<1>, bsalloc::null_lock, 4096>(in); break;
-    case 1: run_one<payload<48>, bsalloc::yield_lock, bsalloc::auto_slab_bytes>(in); break;
-    case 2: run_one<payload<200, 64>, std::mutex, 16384>(in); break;
-    default: run_one<payload<3000>, bsalloc::yield_lock, bsalloc::auto_slab_bytes>(in); break;
+    case 0:
+      run_one<payload<1>, bsalloc::null_lock, 4096>(in);
+      break;
+    case 1:
+      run_one<payload<48>, bsalloc::yield_lock, bsalloc::auto_slab_bytes>(in);
+      break;
+    case 2:
+      run_one<payload<200, 64>, std::mutex, 16384>(in);
+      break;
+    default:
+      run_one<payload<3000>, bsalloc::yield_lock, bsalloc::auto_slab_bytes>(in);
+      break;
   }
   return 0;
 }
