@@ -98,6 +98,26 @@ struct harness {
     return false;
   }
 
+  // Can a free block serve `order` under a constraint: in the region whose pages lie in `span`
+  // (any region if none), its lowest 2^order pages ending at or below `below`? Walks every block
+  // of those regions with find_block.
+  bool could_serve(unsigned order, std::uintptr_t below,
+                   const std::optional<span_rec>& span) const {
+    for (const auto& r : res.stats().regions) {
+      if (span && (r.start < span->lo || r.start >= span->hi)) continue;
+      for (std::uintptr_t q = r.start; q < r.start + r.bytes;) {
+        const auto info = res.find_block(reinterpret_cast<void*>(q));
+        FUZZ_CHECK(info.has_value(), "find_block found nothing inside a region");
+        const auto head = reinterpret_cast<std::uintptr_t>(info->head);
+        if (info->state == bsalloc::block_state::free && info->order >= order &&
+            head + (page_size << order) <= below)
+          return true;
+        q = head + (page_size << info->order);
+      }
+    }
+    return false;
+  }
+
   void op_allocate(bool via_pmr) {
     std::size_t count;
     switch (in.ConsumeIntegralInRange<int>(0, 9)) {
@@ -156,6 +176,10 @@ struct harness {
         FUZZ_CHECK(!grows || res.stats().regions.size() == bsalloc::max_regions,
                    "OS mode that grows refused " + num(count) + " pages");
         FUZZ_CHECK(!servable, "bad_alloc for order " + num(order) + " with a free block to serve");
+      } else if (constrained && !bad_region && !bad_alignment) {
+        FUZZ_CHECK(!could_serve(order, where.below, in_span),
+                   "constrained bad_alloc (order " + num(order) + ", below " +
+                       hex(reinterpret_cast<void*>(where.below)) + ") with a free block to serve");
       }
       return;
     }
