@@ -7,6 +7,7 @@
 // operations; at the end every byte must be back upstream, whether the objects or the handles
 // went last.
 #include <bsalloc/object_pool.hpp>
+#include <bsalloc/slab_resource.hpp>
 
 #include <memory>
 #include <mutex>
@@ -223,13 +224,25 @@ struct harness {
 template <class T, class Lock, std::size_t SlabBytes>
 void run_one(FuzzedDataProvider& in) {
   static_assert(std::is_trivially_destructible_v<T>);
-  const bool fixed = in.ConsumeBool();
+  // Upstream: the global page_resource, a page_resource over a fixed buffer, or a
+  // slab_resource (its large path must give the slab-size alignment the pool needs).
+  const int kind = in.ConsumeIntegralInRange<int>(0, 2);
+  const bool fixed = kind == 1;
   std::optional<bsalloc::page_resource> pages;
-  if (fixed)
+  std::optional<bsalloc::slab_resource> slabs;
+  std::pmr::memory_resource* under = &bsalloc::global_page_resource();
+  if (kind == 1) {
     pages.emplace(std::span<std::byte>(
         buffer, in.ConsumeIntegralInRange<std::size_t>(std::size_t{64} << 10, sizeof buffer)));
-  checking_upstream up(fixed ? static_cast<std::pmr::memory_resource*>(&*pages)
-                             : &bsalloc::global_page_resource());
+    under = &*pages;
+  } else if (kind == 2) {
+    bsalloc::slab_resource_options k;
+    k.checked = in.ConsumeBool();
+    k.thread_cache = in.ConsumeBool();
+    slabs.emplace(std::pmr::pool_options{}, k);
+    under = &*slabs;
+  }
+  checking_upstream up(under);
   if (in.ConsumeIntegralInRange<int>(0, 3) == 0) {
     up.fail_mask = in.ConsumeIntegral<std::uint64_t>();
     if (in.ConsumeBool()) up.fail_from = in.ConsumeIntegralInRange<std::size_t>(0, 100);
@@ -250,6 +263,12 @@ void run_one(FuzzedDataProvider& in) {
   FUZZ_CHECK(up.live_count() == 0, "the pool left " + num(up.live_count()) + " blocks (" +
                                        num(up.live_bytes()) + " bytes) upstream");
   if (pages) pages->check_invariants();
+  if (slabs) {
+    const auto st = slabs->stats();
+    FUZZ_CHECK(st.objects_in_use == 0 && st.large_objects == 0,
+               "the pool left objects in its slab_resource upstream");
+    slabs->check_invariants();
+  }
 }
 
 }  // namespace
