@@ -33,8 +33,10 @@ void judge(const child_result& r, const expectation& e, const void* p, const std
   }
   FUZZ_CHECK(r.aborted, what + ": not aborted (status " + num(static_cast<std::size_t>(r.status)) +
                             "); stderr:\n" + r.err);
-  FUZZ_CHECK(r.err.find(who) != std::string::npos, what + ": message does not name the resource: " + r.err);
-  FUZZ_CHECK(r.err.find(hex(p)) != std::string::npos, what + ": message does not name " + hex(p) + ": " + r.err);
+  FUZZ_CHECK(r.err.find(who) != std::string::npos,
+             what + ": message does not name the resource: " + r.err);
+  FUZZ_CHECK(r.err.find(hex(p)) != std::string::npos,
+             what + ": message does not name " + hex(p) + ": " + r.err);
   if (defect_enabled("slab-mismatch-message"))
     FUZZ_CHECK(r.err.find(e.problem) != std::string::npos,
                what + ": message does not say \"" + e.problem + "\": " + r.err);
@@ -42,9 +44,12 @@ void judge(const child_result& r, const expectation& e, const void* p, const std
 
 std::size_t pick_size(FuzzedDataProvider& in) {
   switch (in.ConsumeIntegralInRange<int>(0, 7)) {
-    case 0: return in.ConsumeIntegralInRange<std::size_t>(1025, 70000);
-    case 1: return in.ConsumeIntegralInRange<std::size_t>(129, 1024);
-    default: return in.ConsumeIntegralInRange<std::size_t>(1, 128);
+    case 0:
+      return in.ConsumeIntegralInRange<std::size_t>(1025, 70000);
+    case 1:
+      return in.ConsumeIntegralInRange<std::size_t>(129, 1024);
+    default:
+      return in.ConsumeIntegralInRange<std::size_t>(1, 128);
   }
 }
 
@@ -55,7 +60,8 @@ void slab_case(FuzzedDataProvider& in) {
   knobs.min_slab_bytes = pow2(in, 12, 16);
   knobs.caches = in.ConsumeIntegralInRange<std::size_t>(1, 2);
   std::pmr::pool_options pool;
-  pool.largest_required_pool_block = in.ConsumeBool() ? 0 : in.ConsumeIntegralInRange<std::size_t>(1, 70000);
+  pool.largest_required_pool_block =
+      in.ConsumeBool() ? 0 : in.ConsumeIntegralInRange<std::size_t>(1, 70000);
   checking_upstream up(&bsalloc::global_page_resource());
   {
     bsalloc::slab_resource res(pool, knobs, &up);
@@ -106,7 +112,8 @@ void slab_case(FuzzedDataProvider& in) {
       const int cls = class_of(bytes, align);
       if (kind == 2) {  // interior pointer, right size
         if (bytes < 16 || cls < 0) return;
-        p = static_cast<std::byte*>(p) + 8 * in.ConsumeIntegralInRange<std::size_t>(1, (bytes - 8) / 8);
+        p = static_cast<std::byte*>(p) +
+            8 * in.ConsumeIntegralInRange<std::size_t>(1, (bytes - 8) / 8);
         e.problem = "not the start of an object";
         what = "interior pointer";
       } else if (kind == 3) {  // a size of another class (or small for large and back)
@@ -168,7 +175,8 @@ void pool_case(FuzzedDataProvider& in) {
       live.erase(live.begin() + static_cast<std::ptrdiff_t>(k));
     }
   }
-  std::erase_if(freed, [&](node* f) { return std::find(live.begin(), live.end(), f) != live.end(); });
+  std::erase_if(freed,
+                [&](node* f) { return std::find(live.begin(), live.end(), f) != live.end(); });
   node* theirs = other.make(node{1, 2, 3}).release();
   void* p = nullptr;
   std::string what;
@@ -187,7 +195,8 @@ void pool_case(FuzzedDataProvider& in) {
     call = [&] { pool.destroy(theirs); };
   } else if (kind == 2) {
     if (!live.empty()) {
-      auto* q = reinterpret_cast<std::byte*>(live[in.ConsumeIntegralInRange<std::size_t>(0, live.size() - 1)]) +
+      auto* q = reinterpret_cast<std::byte*>(
+                    live[in.ConsumeIntegralInRange<std::size_t>(0, live.size() - 1)]) +
                 in.ConsumeIntegralInRange<std::size_t>(1, sizeof(node) - 1);
       p = q, what = "interior pointer";
       call = [&, q] { pool.deallocate(reinterpret_cast<node*>(q)); };

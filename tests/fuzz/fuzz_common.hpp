@@ -2,6 +2,7 @@
 // What the fuzz targets share: the known-defect switches, the shadow model of live blocks, a
 // checking upstream (counts, verifies and can fail on demand) and a forked child for the cases
 // that must abort. See docs/fuzzing.md.
+#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,6 +18,7 @@
 #include <string>
 #include <string_view>
 
+#include <fmt/format.h>
 #include <fuzzer/FuzzedDataProvider.h>
 
 namespace bsalloc_fuzz {
@@ -28,12 +30,12 @@ namespace bsalloc_fuzz {
 // then delete it here. The list is documented in docs/fuzzing.md; keep the two in step.
 // ---------------------------------------------------------------------------------------------
 inline constexpr const char* known_defects[] = {
-    "slab-huge-size",        // allocate(SIZE_MAX - k, a > 8) wraps to a tiny object
-    "slab-bad-alignment",    // alignment 0 / 3 / 12 accepted on the warm fast path
-    "slab-mismatch-message", // checked mode names the wrong problem for a size mismatch
-    "slab-trim-report",      // slab_resource::trim() returns less than it gave back
-    "slab-many-resources",   // more live resources in one thread than thread-cache slots
-    "page-tail-pointer",     // deallocate_pages(tail of a run, ...) is accepted
+    "slab-huge-size",         // allocate(SIZE_MAX - k, a > 8) wraps to a tiny object
+    "slab-bad-alignment",     // alignment 0 / 3 / 12 accepted on the warm fast path
+    "slab-mismatch-message",  // checked mode names the wrong problem for a size mismatch
+    "slab-trim-report",       // slab_resource::trim() returns less than it gave back
+    "slab-many-resources",    // more live resources in one thread than thread-cache slots
+    "page-tail-pointer",      // deallocate_pages(tail of a run, ...) is accepted
 };
 
 inline bool defect_enabled(std::string_view name) {
@@ -58,8 +60,8 @@ inline bool defect_enabled(std::string_view name) {
   std::fflush(stderr);
   std::abort();
 }
-#define FUZZ_CHECK(cond, ...)                                                      \
-  do {                                                                             \
+#define FUZZ_CHECK(cond, ...)                                                     \
+  do {                                                                            \
     if (!(cond)) ::bsalloc_fuzz::fail(std::string(#cond " :: ") + (__VA_ARGS__)); \
   } while (0)
 
@@ -68,7 +70,9 @@ inline std::string hex(const void* p) {
   std::snprintf(buf, sizeof buf, "%p", p);
   return buf;
 }
-inline std::string num(std::size_t v) { return std::to_string(v); }
+inline std::string num(std::size_t v) {
+  return std::to_string(v);
+}
 
 // ---------------------------------------------------------------------------------------------
 // The shadow model: every live block with its size, alignment and fill byte.
@@ -214,8 +218,8 @@ class checking_upstream : public std::pmr::memory_resource {
   }
   void do_deallocate(void* p, std::size_t bytes, std::size_t alignment) override {
     auto it = live_.find(reinterpret_cast<std::uintptr_t>(p));
-    FUZZ_CHECK(it != live_.end(), "upstream: deallocate(" + hex(p) + ", " + num(bytes) +
-                                      ") of nothing it handed out");
+    FUZZ_CHECK(it != live_.end(),
+               "upstream: deallocate(" + hex(p) + ", " + num(bytes) + ") of nothing it handed out");
     FUZZ_CHECK(it->second.first == bytes && it->second.second == alignment,
                "upstream: deallocate(" + hex(p) + ", " + num(bytes) + ", " + num(alignment) +
                    ") of a block allocated as (" + num(it->second.first) + ", " +
@@ -276,6 +280,48 @@ child_result run_in_child(F f) {
   r.aborted = WIFSIGNALED(r.status) && WTERMSIG(r.status) == SIGABRT;
   r.exited_zero = WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0;
   return r;
+}
+
+// Moves the calling thread between CPUs, so that one thread exercises per-core caches and remote
+// frees; restores the affinity it found when destroyed.
+class cpu_hopper {
+ public:
+  cpu_hopper() { ok_ = ::sched_getaffinity(0, sizeof saved_, &saved_) == 0; }
+  ~cpu_hopper() {
+    if (ok_ && moved_) ::sched_setaffinity(0, sizeof saved_, &saved_);
+  }
+  cpu_hopper(const cpu_hopper&) = delete;
+  cpu_hopper& operator=(const cpu_hopper&) = delete;
+  // Pins the thread to the n-th allowed CPU (n modulo their count).
+  void hop(std::size_t n) {
+    if (!ok_) return;
+    const int count = CPU_COUNT(&saved_);
+    if (count < 2) return;
+    int want = static_cast<int>(n % static_cast<std::size_t>(count));
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (!CPU_ISSET(cpu, &saved_)) continue;
+      if (want-- == 0) {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(cpu, &one);
+        moved_ = ::sched_setaffinity(0, sizeof one, &one) == 0 || moved_;
+        return;
+      }
+    }
+  }
+
+ private:
+  cpu_set_t saved_{};
+  bool ok_ = false;
+  bool moved_ = false;
+};
+
+// The stats printed both ways, as a user would: neither may throw, JSON is one object.
+template <class Stats>
+void print_stats(const Stats& s) {
+  const std::string text = fmt::format("{}", s), json = fmt::format("{:j}", s);
+  FUZZ_CHECK(!text.empty(), "empty stats text");
+  FUZZ_CHECK(json.size() >= 2 && json.front() == '{' && json.back() == '}', "stats JSON: " + json);
 }
 
 // A power of two from 2^lo to 2^hi.

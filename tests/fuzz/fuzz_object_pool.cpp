@@ -7,6 +7,7 @@
 // operations; at the end every byte must be back upstream, whether the objects or the handles
 // went last.
 #include <bsalloc/object_pool.hpp>
+#include <bsalloc/slab_resource.hpp>
 
 #include <memory>
 #include <mutex>
@@ -53,7 +54,8 @@ struct harness {
     FUZZ_CHECK(s.bytes_reserved == s.slabs * s.slab_bytes, "bytes_reserved != slabs * slab_bytes");
     FUZZ_CHECK(s.slabs * s.objects_per_slab >= s.objects_in_use, "more objects than slots");
     FUZZ_CHECK(s.empty_slabs <= 1, "more than one cached empty slab");
-    FUZZ_CHECK(s.handles == handles.size(), "handles " + num(s.handles) + " != " + num(handles.size()));
+    FUZZ_CHECK(s.handles == handles.size(),
+               "handles " + num(s.handles) + " != " + num(handles.size()));
     FUZZ_CHECK(up.live_bytes() >= s.bytes_reserved, "upstream holds less than the slabs");
     try {
       pool().check_invariants();
@@ -88,7 +90,8 @@ struct harness {
     if (construct) {
       // The constructor wrote the pattern: check it, then register (add() writes it again).
       for (std::size_t i = 0; i < T::written; ++i)
-        FUZZ_CHECK(reinterpret_cast<std::uint8_t*>(p)[i] == pattern_at(fill, i), "constructor bytes");
+        FUZZ_CHECK(reinterpret_cast<std::uint8_t*>(p)[i] == pattern_at(fill, i),
+                   "constructor bytes");
     }
     model.add(p, sizeof(T), alignof(T), fill, construct ? 1 : 0);
   }
@@ -103,9 +106,15 @@ struct harness {
       return;
     }
     switch (in.ConsumeIntegralInRange<int>(0, 3)) {
-      case 0: handles[in.ConsumeIntegralInRange<std::size_t>(0, handles.size() - 1)].destroy(p); break;
-      case 1: pool_t::dispose(p); break;
-      case 2: { typename pool_t::pointer owner(p); } break;
+      case 0:
+        handles[in.ConsumeIntegralInRange<std::size_t>(0, handles.size() - 1)].destroy(p);
+        break;
+      case 1:
+        pool_t::dispose(p);
+        break;
+      case 2: {
+        typename pool_t::pointer owner(p);
+      } break;
       default: {
         typename pool_t::pointer owner(p);
         owner.reset();
@@ -116,11 +125,15 @@ struct harness {
 
   void op_handles() {
     if (in.ConsumeBool() || handles.size() == 1) {
-      if (handles.size() < 8) handles.push_back(handles[in.ConsumeIntegralInRange<std::size_t>(0, handles.size() - 1)]);
+      if (handles.size() < 8)
+        handles.push_back(handles[in.ConsumeIntegralInRange<std::size_t>(0, handles.size() - 1)]);
     } else {
-      handles.erase(handles.begin() + static_cast<std::ptrdiff_t>(in.ConsumeIntegralInRange<std::size_t>(1, handles.size() - 1)));
+      handles.erase(handles.begin() +
+                    static_cast<std::ptrdiff_t>(
+                        in.ConsumeIntegralInRange<std::size_t>(1, handles.size() - 1)));
     }
-    for (const auto& h : handles) FUZZ_CHECK(h == pool() && h.use_count() == handles.size(), "handle count");
+    for (const auto& h : handles)
+      FUZZ_CHECK(h == pool() && h.use_count() == handles.size(), "handle count");
   }
 
   void op_trim() {
@@ -128,7 +141,8 @@ struct harness {
     const std::size_t given = pool().trim();
     const auto after = pool().stats();
     FUZZ_CHECK(given == before.empty_slabs * before.slab_bytes, "trim returned " + num(given));
-    FUZZ_CHECK(after.empty_slabs == 0 && after.slabs + before.empty_slabs == before.slabs, "trim kept the empty slab");
+    FUZZ_CHECK(after.empty_slabs == 0 && after.slabs + before.empty_slabs == before.slabs,
+               "trim kept the empty slab");
   }
 
   void op_probe() {
@@ -136,7 +150,8 @@ struct harness {
     FUZZ_CHECK(!pool().owns(&outside), "owns() true for a global");
     if (model.empty()) return;
     auto it = model.pick(in.ConsumeIntegral<std::size_t>());
-    FUZZ_CHECK(pool().owns(reinterpret_cast<const std::byte*>(it->first) + in.ConsumeIntegralInRange<std::size_t>(0, sizeof(T) - 1)),
+    FUZZ_CHECK(pool().owns(reinterpret_cast<const std::byte*>(it->first) +
+                           in.ConsumeIntegralInRange<std::size_t>(0, sizeof(T) - 1)),
                "owns() false inside a live object");
   }
 
@@ -144,14 +159,41 @@ struct harness {
     std::size_t ops = 0;
     while (in.remaining_bytes() > 0 && ops < 3000) {
       switch (in.ConsumeIntegralInRange<int>(0, 15)) {
-        case 0: case 1: case 2: case 3: op_make(true); break;
-        case 4: case 5: op_make(false); break;
-        case 6: case 7: case 8: case 9: case 10: op_free(); break;
-        case 11: op_handles(); break;
-        case 12: op_trim(); break;
-        case 13: op_probe(); break;
-        case 14: check_stats(); break;
-        case 15: model.verify_all(); break;
+        case 0:
+        case 1:
+        case 2:
+        case 3:
+          op_make(true);
+          break;
+        case 4:
+        case 5:
+          op_make(false);
+          break;
+        case 6:
+        case 7:
+        case 8:
+        case 9:
+        case 10:
+          op_free();
+          break;
+        case 11:
+          op_handles();
+          break;
+        case 12:
+          op_trim();
+          break;
+        case 13:
+          op_probe();
+          break;
+        case 14:
+          check_stats();
+          break;
+        case 15:
+          if (in.ConsumeBool())
+            model.verify_all();
+          else
+            print_stats(pool().stats());
+          break;
       }
       if (++ops % 16 == 0) check_stats();
     }
@@ -165,7 +207,8 @@ struct harness {
       model.verify_all();
       model.forget_all();
       handles.clear();
-      for (T* p : objs) pool_t::dispose(p);  // raw slots hold bytes only: T is trivially destructible
+      for (T* p : objs)
+        pool_t::dispose(p);  // raw slots hold bytes only: T is trivially destructible
     } else {
       while (!model.empty()) {
         T* p = reinterpret_cast<T*>(model.pick(0)->first);
@@ -181,10 +224,25 @@ struct harness {
 template <class T, class Lock, std::size_t SlabBytes>
 void run_one(FuzzedDataProvider& in) {
   static_assert(std::is_trivially_destructible_v<T>);
-  const bool fixed = in.ConsumeBool();
+  // Upstream: the global page_resource, a page_resource over a fixed buffer, or a
+  // slab_resource (its large path must give the slab-size alignment the pool needs).
+  const int kind = in.ConsumeIntegralInRange<int>(0, 2);
+  const bool fixed = kind == 1;
   std::optional<bsalloc::page_resource> pages;
-  if (fixed) pages.emplace(std::span<std::byte>(buffer, in.ConsumeIntegralInRange<std::size_t>(std::size_t{64} << 10, sizeof buffer)));
-  checking_upstream up(fixed ? static_cast<std::pmr::memory_resource*>(&*pages) : &bsalloc::global_page_resource());
+  std::optional<bsalloc::slab_resource> slabs;
+  std::pmr::memory_resource* under = &bsalloc::global_page_resource();
+  if (kind == 1) {
+    pages.emplace(std::span<std::byte>(
+        buffer, in.ConsumeIntegralInRange<std::size_t>(std::size_t{64} << 10, sizeof buffer)));
+    under = &*pages;
+  } else if (kind == 2) {
+    bsalloc::slab_resource_options k;
+    k.checked = in.ConsumeBool();
+    k.thread_cache = in.ConsumeBool();
+    slabs.emplace(std::pmr::pool_options{}, k);
+    under = &*slabs;
+  }
+  checking_upstream up(under);
   if (in.ConsumeIntegralInRange<int>(0, 3) == 0) {
     up.fail_mask = in.ConsumeIntegral<std::uint64_t>();
     if (in.ConsumeBool()) up.fail_from = in.ConsumeIntegralInRange<std::size_t>(0, 100);
@@ -205,6 +263,12 @@ void run_one(FuzzedDataProvider& in) {
   FUZZ_CHECK(up.live_count() == 0, "the pool left " + num(up.live_count()) + " blocks (" +
                                        num(up.live_bytes()) + " bytes) upstream");
   if (pages) pages->check_invariants();
+  if (slabs) {
+    const auto st = slabs->stats();
+    FUZZ_CHECK(st.objects_in_use == 0 && st.large_objects == 0,
+               "the pool left objects in its slab_resource upstream");
+    slabs->check_invariants();
+  }
 }
 
 }  // namespace
@@ -212,10 +276,18 @@ void run_one(FuzzedDataProvider& in) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   FuzzedDataProvider in(data, size);
   switch (in.ConsumeIntegralInRange<int>(0, 3)) {
-    case 0: run_one<payload<1>, bsalloc::null_lock, 4096>(in); break;
-    case 1: run_one<payload<48>, bsalloc::yield_lock, bsalloc::auto_slab_bytes>(in); break;
-    case 2: run_one<payload<200, 64>, std::mutex, 16384>(in); break;
-    default: run_one<payload<3000>, bsalloc::yield_lock, bsalloc::auto_slab_bytes>(in); break;
+    case 0:
+      run_one<payload<1>, bsalloc::null_lock, 4096>(in);
+      break;
+    case 1:
+      run_one<payload<48>, bsalloc::yield_lock, bsalloc::auto_slab_bytes>(in);
+      break;
+    case 2:
+      run_one<payload<200, 64>, std::mutex, 16384>(in);
+      break;
+    default:
+      run_one<payload<3000>, bsalloc::yield_lock, bsalloc::auto_slab_bytes>(in);
+      break;
   }
   return 0;
 }

@@ -72,8 +72,8 @@ struct harness {
     }
     for (unsigned k = 0; k <= bsalloc::max_order; ++k) blocks_pages += s.free_blocks[k] << k;
     FUZZ_CHECK(free_pages * page_size == s.free_bytes, "region free pages != free_bytes");
-    FUZZ_CHECK(blocks_pages == free_pages, "free blocks hold " + num(blocks_pages) +
-                                               " pages, regions say " + num(free_pages));
+    FUZZ_CHECK(blocks_pages == free_pages,
+               "free blocks hold " + num(blocks_pages) + " pages, regions say " + num(free_pages));
     FUZZ_CHECK(total * page_size == s.managed_bytes, "region pages != managed_bytes");
     // Every caller region is still managed.
     for (const auto& sp : spans) {
@@ -98,12 +98,37 @@ struct harness {
     return false;
   }
 
+  // Can a free block serve `order` under a constraint: in the region whose pages lie in `span`
+  // (any region if none), its lowest 2^order pages ending at or below `below`? Walks every block
+  // of those regions with find_block.
+  bool could_serve(unsigned order, std::uintptr_t below,
+                   const std::optional<span_rec>& span) const {
+    for (const auto& r : res.stats().regions) {
+      if (span && (r.start < span->lo || r.start >= span->hi)) continue;
+      for (std::uintptr_t q = r.start; q < r.start + r.bytes;) {
+        const auto info = res.find_block(reinterpret_cast<void*>(q));
+        FUZZ_CHECK(info.has_value(), "find_block found nothing inside a region");
+        const auto head = reinterpret_cast<std::uintptr_t>(info->head);
+        if (info->state == bsalloc::block_state::free && info->order >= order &&
+            head + (page_size << order) <= below)
+          return true;
+        q = head + (page_size << info->order);
+      }
+    }
+    return false;
+  }
+
   void op_allocate(bool via_pmr) {
     std::size_t count;
     switch (in.ConsumeIntegralInRange<int>(0, 9)) {
-      case 0: count = 0; break;
-      case 1: count = in.ConsumeIntegralInRange<std::size_t>(17, 300); break;
-      default: count = in.ConsumeIntegralInRange<std::size_t>(1, 16);
+      case 0:
+        count = 0;
+        break;
+      case 1:
+        count = in.ConsumeIntegralInRange<std::size_t>(17, 300);
+        break;
+      default:
+        count = in.ConsumeIntegralInRange<std::size_t>(1, 16);
     }
     std::size_t alignment = in.ConsumeBool() ? page_size : pow2(in, 0, 22);
     bool bad_alignment = false;
@@ -139,16 +164,22 @@ struct harness {
       else
         p = res.allocate_pages(count, alignment, where);
     } catch (const std::invalid_argument&) {
-      FUZZ_CHECK(bad_alignment || bad_region,
-                 "allocate_pages(" + num(count) + ", " + num(alignment) +
-                     ") threw invalid_argument for a good request");
+      FUZZ_CHECK(bad_alignment || bad_region, "allocate_pages(" + num(count) + ", " +
+                                                  num(alignment) +
+                                                  ") threw invalid_argument for a good request");
       return;
     } catch (const std::bad_alloc&) {
       FUZZ_CHECK(!bad_alignment,
                  "bad alignment " + num(alignment) + " gave bad_alloc, not invalid_argument");
       if (!constrained && !bad_alignment) {
-        FUZZ_CHECK(!grows, "OS mode that grows refused " + num(count) + " pages");
+        // Growing stops only at the region cap (max_regions, a documented limit).
+        FUZZ_CHECK(!grows || res.stats().regions.size() == bsalloc::max_regions,
+                   "OS mode that grows refused " + num(count) + " pages");
         FUZZ_CHECK(!servable, "bad_alloc for order " + num(order) + " with a free block to serve");
+      } else if (constrained && !bad_region && !bad_alignment) {
+        FUZZ_CHECK(!could_serve(order, where.below, in_span),
+                   "constrained bad_alloc (order " + num(order) + ", below " +
+                       hex(reinterpret_cast<void*>(where.below)) + ") with a free block to serve");
       }
       return;
     }
@@ -197,7 +228,8 @@ struct harness {
     const int kind = in.ConsumeIntegralInRange<int>(0, 5);
     if (kind == 0) {  // double free of a recently freed head, not handed out again
       if (freed.empty()) return;
-      p = reinterpret_cast<void*>(freed[in.ConsumeIntegralInRange<std::size_t>(0, freed.size() - 1)]);
+      p = reinterpret_cast<void*>(
+          freed[in.ConsumeIntegralInRange<std::size_t>(0, freed.size() - 1)]);
       count = in.ConsumeIntegralInRange<std::size_t>(1, 8);
       // A freed page that is now inside another live block would be an interior pointer: that
       // case is kind 2's. Only if no live block covers it.
@@ -258,10 +290,13 @@ struct harness {
     const std::size_t slot = in.ConsumeIntegralInRange<std::size_t>(0, slots - 1);
     const bool spill = in.ConsumeIntegralInRange<int>(0, 5) == 0;  // may overlap the next slot
     auto* base = arena + fixed_bytes + slot * slot_bytes;
-    const std::size_t off = in.ConsumeIntegralInRange<std::size_t>(0, spill ? slot_bytes : 3 * page_size);
-    std::size_t len = in.ConsumeIntegralInRange<std::size_t>(0, slot_bytes - std::min(off, slot_bytes));
+    const std::size_t off =
+        in.ConsumeIntegralInRange<std::size_t>(0, spill ? slot_bytes : 3 * page_size);
+    std::size_t len =
+        in.ConsumeIntegralInRange<std::size_t>(0, slot_bytes - std::min(off, slot_bytes));
     if (spill) len = in.ConsumeIntegralInRange<std::size_t>(0, 2 * slot_bytes);
-    if (base + off + len > arena + arena_bytes) len = static_cast<std::size_t>(arena + arena_bytes - (base + off));
+    if (base + off + len > arena + arena_bytes)
+      len = static_cast<std::size_t>(arena + arena_bytes - (base + off));
     std::uintptr_t lo, hi;
     const auto b = reinterpret_cast<std::uintptr_t>(base + off);
     const std::size_t pages = whole_pages(b, b + len, lo, hi);
@@ -278,9 +313,8 @@ struct harness {
       spans.push_back({lo, hi, index});
       FUZZ_CHECK(res.stats().regions.size() == regions_before + 1, "region count did not grow");
     } catch (const std::invalid_argument& e) {
-      FUZZ_CHECK(pages < 2 || overlaps,
-                 std::string("add_region of a disjoint region of ") + num(pages) +
-                     " pages refused: " + e.what());
+      FUZZ_CHECK(pages < 2 || overlaps, std::string("add_region of a disjoint region of ") +
+                                            num(pages) + " pages refused: " + e.what());
     } catch (const std::length_error&) {
       FUZZ_CHECK(regions_before == bsalloc::max_regions, "length_error below max_regions");
     }
@@ -292,7 +326,8 @@ struct harness {
     FUZZ_CHECK(s.dirty_free_bytes == 0, "dirty bytes left after trim: " + num(s.dirty_free_bytes));
     if (!os_mode) FUZZ_CHECK(given == 0, "trim of caller memory gave back " + num(given));
     for (const auto& r : s.regions)
-      FUZZ_CHECK(!r.os_backed || r.free_pages != r.total_pages, "a wholly free OS region survived trim");
+      FUZZ_CHECK(!r.os_backed || r.free_pages != r.total_pages,
+                 "a wholly free OS region survived trim");
   }
 
   void op_release() {
@@ -301,7 +336,8 @@ struct harness {
     allocated_pages = 0;
     freed.clear();
     const auto s = res.stats();
-    FUZZ_CHECK(s.allocated_bytes == 0 && s.free_bytes == s.managed_bytes, "release left allocations");
+    FUZZ_CHECK(s.allocated_bytes == 0 && s.free_bytes == s.managed_bytes,
+               "release left allocations");
     FUZZ_CHECK(s.os_mapped_bytes == 0, "release left OS regions mapped");
     for (const auto& r : s.regions) FUZZ_CHECK(!r.os_backed, "an OS region survived release");
     FUZZ_CHECK(s.regions.size() == spans.size() + (os_mode ? 0 : 1),
@@ -313,7 +349,8 @@ struct harness {
     auto it = model.pick(in.ConsumeIntegral<std::size_t>());
     const std::size_t pages = it->second.size / page_size;
     const std::size_t k = in.ConsumeIntegralInRange<std::size_t>(0, pages - 1);
-    auto* q = reinterpret_cast<std::byte*>(it->first) + k * page_size + in.ConsumeIntegralInRange<std::size_t>(0, page_size - 1);
+    auto* q = reinterpret_cast<std::byte*>(it->first) + k * page_size +
+              in.ConsumeIntegralInRange<std::size_t>(0, page_size - 1);
     const auto info = res.find_block(q);
     FUZZ_CHECK(info && info->state == bsalloc::block_state::allocated, "live page not allocated");
     const auto h = reinterpret_cast<std::uintptr_t>(info->head);
@@ -328,16 +365,44 @@ struct harness {
     std::size_t ops = 0;
     while (in.remaining_bytes() > 0 && ops < 2000) {
       switch (in.ConsumeIntegralInRange<int>(0, 15)) {
-        case 0: case 1: case 2: case 3: op_allocate(false); break;
-        case 4: op_allocate(true); break;
-        case 5: case 6: case 7: op_free(false); break;
-        case 8: op_free(true); break;
-        case 9: op_misuse(); break;
-        case 10: op_add_region(); break;
-        case 11: op_probe(); break;
-        case 12: check_stats(); break;
-        case 13: model.verify_all(); break;
-        case 14: op_trim(); break;
+        case 0:
+        case 1:
+        case 2:
+        case 3:
+          op_allocate(false);
+          break;
+        case 4:
+          op_allocate(true);
+          break;
+        case 5:
+        case 6:
+        case 7:
+          op_free(false);
+          break;
+        case 8:
+          op_free(true);
+          break;
+        case 9:
+          op_misuse();
+          break;
+        case 10:
+          op_add_region();
+          break;
+        case 11:
+          op_probe();
+          break;
+        case 12:
+          check_stats();
+          break;
+        case 13:
+          if (in.ConsumeBool())
+            model.verify_all();
+          else
+            print_stats(res.stats());
+          break;
+        case 14:
+          op_trim();
+          break;
         case 15:
           if (in.ConsumeIntegralInRange<int>(0, 3) == 0) op_release();
           break;
@@ -370,8 +435,8 @@ struct harness {
         ++minimal;
       }
     }
-    FUZZ_CHECK(blocks == minimal, "everything freed but " + num(blocks) +
-                                      " free blocks where " + num(minimal) + " would tile");
+    FUZZ_CHECK(blocks == minimal, "everything freed but " + num(blocks) + " free blocks where " +
+                                      num(minimal) + " would tile");
   }
 };
 
@@ -391,7 +456,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     h.run();
   } else {
     const std::size_t off = in.ConsumeIntegralInRange<std::size_t>(0, 2 * page_size);
-    const std::size_t len = in.ConsumeIntegralInRange<std::size_t>(2 * page_size + page_size, fixed_bytes - off);
+    const std::size_t len =
+        in.ConsumeIntegralInRange<std::size_t>(2 * page_size + page_size, fixed_bytes - off);
     bsalloc::page_resource res(std::span<std::byte>(arena + off, len));
     harness h{in, res, false, false, {}, {}, 0, {}};
     h.run();

@@ -39,10 +39,19 @@ struct harness {
   FuzzedDataProvider& in;
   bsalloc::slab_resource& res;
   checking_upstream& up;
-  bool upstream_may_fail;  // a fixed buffer or injected failures
-  shadow model;            // tag: the slab class, or -1 for large
-  std::size_t largest;     // options().largest_required_pool_block
+  bool upstream_may_fail;      // a fixed buffer or injected failures
+  shadow model;                // tag: the slab class, or -1 for large
+  std::size_t largest;         // options().largest_required_pool_block
   std::size_t last_bytes = 8;  // the size of the last allocate or deallocate
+  cpu_hopper cpus{};
+  // Other resources used at the same time, each with its own upstream and model: one at most,
+  // or (slab-many-resources) more than there are thread-cache slots.
+  struct other {
+    checking_upstream up{&bsalloc::global_page_resource()};
+    std::unique_ptr<bsalloc::slab_resource> res;
+    shadow model;
+  };
+  std::vector<std::unique_ptr<other>> others{};
 
   int class_of(std::size_t bytes, std::size_t align) const {
     const int c = bsalloc::slab_resource::size_class(bytes, align);
@@ -71,10 +80,12 @@ struct harness {
                "large_objects " + num(s.large_objects) + " != model " + num(large));
     FUZZ_CHECK(s.large_bytes == large_bytes,
                "large_bytes " + num(s.large_bytes) + " != model " + num(large_bytes));
-    FUZZ_CHECK(s.bytes_in_use == small_bytes + large_bytes,
-               "bytes_in_use " + num(s.bytes_in_use) + " != model " + num(small_bytes + large_bytes));
-    FUZZ_CHECK(s.bytes_reserved == up.live_bytes(),
-               "bytes_reserved " + num(s.bytes_reserved) + " != held upstream " + num(up.live_bytes()));
+    FUZZ_CHECK(
+        s.bytes_in_use == small_bytes + large_bytes,
+        "bytes_in_use " + num(s.bytes_in_use) + " != model " + num(small_bytes + large_bytes));
+    FUZZ_CHECK(
+        s.bytes_reserved == up.live_bytes(),
+        "bytes_reserved " + num(s.bytes_reserved) + " != held upstream " + num(up.live_bytes()));
     for (const auto& k : s.classes) {
       const auto it = per_size.find(k.object_size);
       const std::size_t want = it == per_size.end() ? 0 : it->second;
@@ -95,21 +106,33 @@ struct harness {
 
   std::size_t pick_size() {
     switch (in.ConsumeIntegralInRange<int>(0, 15)) {
-      case 0: return 0;
-      case 1: return in.ConsumeIntegralInRange<std::size_t>(1025, 70000);
-      case 2: return in.ConsumeIntegralInRange<std::size_t>(70000, std::size_t{1} << 20);
-      case 3: return pow2(in, 3, 16) + in.ConsumeIntegralInRange<std::size_t>(0, 2) - 1;
-      case 4: return in.ConsumeIntegralInRange<std::size_t>(129, 1024);
-      default: return in.ConsumeIntegralInRange<std::size_t>(1, 128);
+      case 0:
+        return 0;
+      case 1:
+        return in.ConsumeIntegralInRange<std::size_t>(1025, 70000);
+      case 2:
+        return in.ConsumeIntegralInRange<std::size_t>(70000, std::size_t{1} << 20);
+      case 3:
+        return pow2(in, 3, 16) + in.ConsumeIntegralInRange<std::size_t>(0, 2) - 1;
+      case 4:
+        return in.ConsumeIntegralInRange<std::size_t>(129, 1024);
+      default:
+        return in.ConsumeIntegralInRange<std::size_t>(1, 128);
     }
   }
   std::size_t pick_align() {
     switch (in.ConsumeIntegralInRange<int>(0, 15)) {
-      case 0: return pow2(in, 5, 12);
-      case 1: return pow2(in, 13, 16);
-      case 2: case 3: return 16;
-      case 4: return alignof(std::max_align_t);
-      default: return pow2(in, 0, 3);
+      case 0:
+        return pow2(in, 5, 12);
+      case 1:
+        return pow2(in, 13, 16);
+      case 2:
+      case 3:
+        return 16;
+      case 4:
+        return alignof(std::max_align_t);
+      default:
+        return pow2(in, 0, 3);
     }
   }
 
@@ -121,7 +144,8 @@ struct harness {
       bytes = in.ConsumeIntegralInRange<std::size_t>(std::size_t{1} << 33, std::size_t{1} << 62);
       kind = huge;
     } else if (odd == 1 && defect_enabled("slab-huge-size")) {  // at the top of size_t
-      bytes = std::numeric_limits<std::size_t>::max() - in.ConsumeIntegralInRange<std::size_t>(0, 5000);
+      bytes =
+          std::numeric_limits<std::size_t>::max() - in.ConsumeIntegralInRange<std::size_t>(0, 5000);
       kind = huge;
     } else if (odd == 2 && defect_enabled("slab-bad-alignment")) {
       align = in.PickValueInArray<std::size_t>({0, 3, 6, 12, 24, 48, 100});
@@ -133,21 +157,26 @@ struct harness {
     const auto before = res.stats();
     void* p = nullptr;
     try {
-      p = kind == bad_align ? (res.*(&exposer::do_allocate))(bytes, align) : res.allocate(bytes, align);
+      p = kind == bad_align ? (res.*(&exposer::do_allocate))(bytes, align)
+                            : res.allocate(bytes, align);
     } catch (const std::bad_alloc&) {
-      FUZZ_CHECK(kind != bad_align, "alignment " + num(align) + ": bad_alloc, not invalid_argument");
+      FUZZ_CHECK(kind != bad_align,
+                 "alignment " + num(align) + ": bad_alloc, not invalid_argument");
       FUZZ_CHECK(kind == huge || up.failures() > failures,
-                 "allocate(" + num(bytes) + ", " + num(align) + ") threw bad_alloc but the upstream never refused");
+                 "allocate(" + num(bytes) + ", " + num(align) +
+                     ") threw bad_alloc but the upstream never refused");
       const auto after = res.stats();
       FUZZ_CHECK(after.objects_in_use == before.objects_in_use &&
                      after.large_objects == before.large_objects,
                  "a failed allocate changed what is in use");
       return;
     } catch (const std::invalid_argument&) {
-      FUZZ_CHECK(kind == bad_align, "allocate(" + num(bytes) + ", " + num(align) + ") threw invalid_argument");
+      FUZZ_CHECK(kind == bad_align,
+                 "allocate(" + num(bytes) + ", " + num(align) + ") threw invalid_argument");
       return;
     }
-    FUZZ_CHECK(kind == good, "allocate(" + num(bytes) + ", " + num(align) + ") succeeded: " + hex(p));
+    FUZZ_CHECK(kind == good,
+               "allocate(" + num(bytes) + ", " + num(align) + ") succeeded: " + hex(p));
     model.add(p, bytes, align, in.ConsumeIntegral<std::uint8_t>(),
               static_cast<std::size_t>(static_cast<std::ptrdiff_t>(cls)));
     last_bytes = bytes;
@@ -166,7 +195,8 @@ struct harness {
     const auto before = res.stats();
     const std::size_t given = res.trim();
     const auto after = res.stats();
-    FUZZ_CHECK(after.cached_objects == 0, "trim left " + num(after.cached_objects) + " cached objects");
+    FUZZ_CHECK(after.cached_objects == 0,
+               "trim left " + num(after.cached_objects) + " cached objects");
     FUZZ_CHECK(after.bytes_reserved <= before.bytes_reserved, "trim grew the reserve");
     if (defect_enabled("slab-trim-report"))
       FUZZ_CHECK(given == before.bytes_reserved - after.bytes_reserved,
@@ -187,15 +217,73 @@ struct harness {
     FUZZ_CHECK(up.live_count() == 0, "release left " + num(up.live_count()) + " blocks upstream");
   }
 
+  void op_other() {
+    const std::size_t most = defect_enabled("slab-many-resources") ? 40 : 1;
+    const int what = in.ConsumeIntegralInRange<int>(0, 3);
+    if (others.empty() || (what == 0 && others.size() < most)) {
+      auto o = std::make_unique<other>();
+      bsalloc::slab_resource_options k = res.knobs();
+      k.caches = 1;
+      o->res = std::make_unique<bsalloc::slab_resource>(std::pmr::pool_options{}, k, &o->up);
+      others.push_back(std::move(o));
+      return;
+    }
+    other& o = *others[in.ConsumeIntegralInRange<std::size_t>(0, others.size() - 1)];
+    if (what == 1) {  // destroy one: its upstream must get everything back
+      auto it =
+          std::find_if(others.begin(), others.end(), [&](const auto& x) { return x.get() == &o; });
+      o.model.verify_all();
+      o.res.reset();
+      FUZZ_CHECK(o.up.live_count() == 0, "a destroyed second resource left blocks upstream");
+      others.erase(it);
+    } else if (what == 2 || o.model.empty()) {
+      const std::size_t bytes = in.ConsumeIntegralInRange<std::size_t>(0, 2048);
+      const std::size_t align = pow2(in, 0, 6);
+      o.model.add(o.res->allocate(bytes, align), bytes, align, in.ConsumeIntegral<std::uint8_t>());
+    } else {
+      const std::uintptr_t a = o.model.pick(in.ConsumeIntegral<std::size_t>())->first;
+      const live_block lb = o.model.remove(a);
+      o.res->deallocate(reinterpret_cast<void*>(a), lb.size, lb.align);
+    }
+  }
+
   void run() {
     std::size_t ops = 0;
     while (in.remaining_bytes() > 0 && ops < 3000) {
-      switch (in.ConsumeIntegralInRange<int>(0, 15)) {
-        case 0: case 1: case 2: case 3: case 4: case 5: op_allocate(); break;
-        case 6: case 7: case 8: case 9: case 10: op_free(); break;
-        case 11: check_stats(); break;
-        case 12: model.verify_all(); break;
-        case 13: op_trim(); break;
+      switch (in.ConsumeIntegralInRange<int>(0, 17)) {
+        case 0:
+        case 1:
+        case 2:
+        case 3:
+        case 4:
+        case 5:
+          op_allocate();
+          break;
+        case 6:
+        case 7:
+        case 8:
+        case 9:
+        case 10:
+          op_free();
+          break;
+        case 11:
+          check_stats();
+          break;
+        case 12:
+          if (in.ConsumeBool())
+            model.verify_all();
+          else
+            print_stats(res.stats());
+          break;
+        case 16:
+          cpus.hop(in.ConsumeIntegral<std::uint8_t>());
+          break;
+        case 17:
+          op_other();
+          break;
+        case 13:
+          op_trim();
+          break;
         case 14:
           if (in.ConsumeIntegralInRange<int>(0, 7) == 0) op_release();
           break;
@@ -211,7 +299,8 @@ struct harness {
               break;
             }
             model.add(p, bytes, align ? align : 1, static_cast<std::uint8_t>(i),
-                      static_cast<std::size_t>(static_cast<std::ptrdiff_t>(class_of(bytes, align ? align : 1))));
+                      static_cast<std::size_t>(
+                          static_cast<std::ptrdiff_t>(class_of(bytes, align ? align : 1))));
           }
           break;
         }
@@ -220,6 +309,12 @@ struct harness {
     }
     check_stats();
     model.verify_all();
+    for (auto& o : others) {
+      o->model.verify_all();
+      o->res.reset();
+      FUZZ_CHECK(o->up.live_count() == 0, "a second resource left blocks upstream");
+    }
+    others.clear();
   }
 };
 
@@ -241,9 +336,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   knobs.remote_queue_capacity = in.ConsumeIntegralInRange<std::size_t>(1, 64);
   std::pmr::pool_options pool;
   switch (in.ConsumeIntegralInRange<int>(0, 3)) {
-    case 0: pool.largest_required_pool_block = 0; break;
-    case 1: pool.largest_required_pool_block = in.ConsumeIntegralInRange<std::size_t>(1, 256); break;
-    default: pool.largest_required_pool_block = in.ConsumeIntegralInRange<std::size_t>(1, 1 << 17);
+    case 0:
+      pool.largest_required_pool_block = 0;
+      break;
+    case 1:
+      pool.largest_required_pool_block = in.ConsumeIntegralInRange<std::size_t>(1, 256);
+      break;
+    default:
+      pool.largest_required_pool_block = in.ConsumeIntegralInRange<std::size_t>(1, 1 << 17);
   }
   pool.max_blocks_per_chunk = in.ConsumeIntegral<std::size_t>();
 
@@ -258,7 +358,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::pmr::memory_resource* under = nullptr;
   bool fixed = false;
   switch (kind) {
-    case 0: under = &bsalloc::global_page_resource(); break;
+    case 0:
+      under = &bsalloc::global_page_resource();
+      break;
     case 1: {
       bsalloc::page_resource_options o;
       o.os_region_bytes = pow2(in, 16, 22);
@@ -269,7 +371,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       break;
     }
     case 2: {
-      const std::size_t len = in.ConsumeIntegralInRange<std::size_t>(std::size_t{16} << 10, buffer_bytes);
+      const std::size_t len =
+          in.ConsumeIntegralInRange<std::size_t>(std::size_t{16} << 10, buffer_bytes);
       pages.emplace(std::span<std::byte>(buffer, len));
       under = &*pages;
       fixed = true;
@@ -296,7 +399,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     harness h{in, *res, up, up.failing() || fixed, {}, res->options().largest_required_pool_block};
     FUZZ_CHECK(h.largest <= bsalloc::slab_resource::max_pool_block, "largest class above 64 KiB");
     if (pool.largest_required_pool_block)
-      FUZZ_CHECK(h.largest >= std::min(pool.largest_required_pool_block, bsalloc::slab_resource::max_pool_block),
+      FUZZ_CHECK(h.largest >= std::min(pool.largest_required_pool_block,
+                                       bsalloc::slab_resource::max_pool_block),
                  "largest_required_pool_block " + num(pool.largest_required_pool_block) +
                      " not honoured: " + num(h.largest));
     h.run();
