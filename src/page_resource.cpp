@@ -201,7 +201,17 @@ void page_resource::grow(unsigned order) {
 
 void* page_resource::allocate_pages(std::size_t count, std::size_t alignment,
                                     page_constraint where) {
-  if (!std::has_single_bit(alignment))
+  // Fast path: a cached run of exactly `count` pages, page alignment, no constraint.
+  if (cores_ && count - 1 < max_cached_run_pages && alignment <= page_size &&
+      (alignment & (alignment - 1)) == 0 && where.region == any_region &&
+      where.below == std::numeric_limits<std::uintptr_t>::max())
+    if (void* p = cache_take(count)) return p;
+  return allocate_slow(count, alignment, where);
+}
+
+void* page_resource::allocate_slow(std::size_t count, std::size_t alignment,
+                                   page_constraint where) {
+  if (alignment == 0 || (alignment & (alignment - 1)) != 0)
     throw std::invalid_argument(
         fmt::format("bsalloc::page_resource: alignment {} is not a power of two", alignment));
   if (count == 0) count = 1;
@@ -213,7 +223,8 @@ void* page_resource::allocate_pages(std::size_t count, std::size_t alignment,
   const bool unconstrained =
       where.region == any_region && where.below == std::numeric_limits<std::uintptr_t>::max();
   // A cached run of `count` pages is aligned to 2^run_order(count) pages (its buddy block).
-  if (cores_ && unconstrained && count <= max_cached_run_pages && order == run_order(count))
+  if (cores_ && unconstrained && count <= max_cached_run_pages && order == run_order(count) &&
+      alignment > page_size)
     if (void* p = cache_take(count)) return p;
   if (where.region != any_region) {
     std::lock_guard lock(mutex_);
@@ -280,12 +291,24 @@ std::uint32_t page_resource::checked_run(std::uintptr_t addr, std::size_t count,
 
 void page_resource::deallocate_pages(void* p, std::size_t count) {
   if (count == 0) count = 1;
-  const auto addr = reinterpret_cast<std::uintptr_t>(p);
+  // Fast path: p is the head of a live run of `count` pages (the page map says it is ours, its
+  // head meta says the rest; a live run's head is stable without the lock), to the run cache.
   if (cores_ && count <= max_cached_run_pages) {
-    std::size_t ri;
-    checked_run(addr, count, ri, "deallocate_pages");  // no lock: p is live, its head stable
-    if (cache_put(p, count)) return;
+    const page_map_hit hit = page_map_find(p);
+    if (hit.owner == this) [[likely]] {
+      const region& r = regions_[hit.region];
+      const auto addr = reinterpret_cast<std::uintptr_t>(p);
+      page_meta& m = r.meta[(addr - r.base) >> page_shift];
+      if (addr % page_size == 0 && m.state == meta_allocated && (m.flags & flag_run_head) &&
+          !m.cached && m.next == count && cache_put(p, count, &m))
+        return;
+    }
   }
+  deallocate_slow(p, count);
+}
+
+void page_resource::deallocate_slow(void* p, std::size_t count) {
+  const auto addr = reinterpret_cast<std::uintptr_t>(p);
   bool purge_now;
   {
     std::lock_guard lock(mutex_);

@@ -297,7 +297,10 @@ class page_resource : public std::pmr::memory_resource {
   void free_run_locked(region& r, std::uint32_t index, std::uint32_t count);
   bool should_purge_locked();
   void* cache_take(std::size_t count) noexcept;
-  bool cache_put(void* p, std::size_t count) noexcept;  // p validated
+  bool cache_put(void* p, std::size_t count, page_meta* head) noexcept;  // p validated
+  [[gnu::noinline]] void* allocate_slow(std::size_t count, std::size_t alignment,
+                                        page_constraint where);
+  [[gnu::noinline]] void deallocate_slow(void* p, std::size_t count);
   std::size_t cached_pages() const noexcept;
   void drain_caches(bool all);
   void clear_core(std::size_t c) noexcept;
