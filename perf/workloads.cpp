@@ -33,6 +33,13 @@ extern "C" [[gnu::noinline]] void bsalloc_bench_deallocate(std::pmr::memory_reso
 }
 
 namespace bench {
+
+// perf/workloads_page.cpp
+workload_result large_touch64(peer& pe, const params& pa);
+workload_result large_threads1(peer& pe, const params& pa);
+workload_result large_threads8(peer& pe, const params& pa);
+workload_result containers_mix(peer& pe, const params& pa);
+
 namespace {
 
 using clock_type = std::chrono::steady_clock;
@@ -495,6 +502,10 @@ constexpr workload table[] = {
     {"threads_many", "threads", true, true, false, 40'000'000, threads_many},
     {"footprint", "footprint", false, false, false, 0, footprint},
     {"fastpath", "callgrind", true, false, false, 100'000, fastpath},
+    {"large_touch64", "mixed_large", false, false, true, 2'000'000, large_touch64},
+    {"large_threads1", "threads", false, false, true, 2'000'000, large_threads1},
+    {"large_threads8", "threads", false, true, true, 2'000'000, large_threads8},
+    {"containers_mix", "containers", true, false, false, 8'000'000, containers_mix},
 };
 
 }  // namespace
