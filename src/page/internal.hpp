@@ -6,6 +6,7 @@
 //   page_map.cpp   process-wide address -> (page_resource, region), two-level radix
 //   buddy.cpp      free lists, split, merge, runs (lock held)
 //   run_cache.cpp  per-core cache of freed runs in front of the buddy lock
+//   regions.cpp    add_region, OS regions (grow), region insertion and removal
 //   purge.cpp      purge policy, trim, release, background purger
 //   registry.cpp   live resources and the fork handlers
 //   invariants.cpp check_invariants(), stats()
