@@ -100,7 +100,7 @@ void* page_resource::allocate_slow(std::size_t count, std::size_t alignment,
   }
   const bool may_grow = options_.grow_from_os && unconstrained;
   bool drained = !cores_;
-  for (int attempt = 0;; ++attempt) {
+  for (;;) {
     {
       std::lock_guard lock(mutex_);
       if (void* p = try_allocate_locked(count, order, where)) return p;
@@ -110,8 +110,10 @@ void* page_resource::allocate_slow(std::size_t count, std::size_t alignment,
       drain_caches(true);
       continue;
     }
-    if (!may_grow || attempt >= 4) throw std::bad_alloc();
-    grow(order);  // outside the lock: mmap
+    if (!may_grow) throw std::bad_alloc();
+    // A new region, and the run from it in the same critical section: a trim() on another
+    // thread cannot unmap it as wholly free in between.
+    return grow(count, order);
   }
 }
 
@@ -147,7 +149,8 @@ std::uint32_t page_resource::checked_run(std::uintptr_t addr, std::size_t count,
   if (!(m.flags & flag_run_head))
     throw_bad_pointer(what, p, count,
                       "pointer is inside an allocation, not its start (a tail pointer)");
-  if (m.cached) throw_bad_pointer(what, p, count, "the run was already freed (double free)");
+  if (cached_mark(m.cached))
+    throw_bad_pointer(what, p, count, "the run was already freed (double free)");
   if (count != 0 && m.next != count)
     throw_bad_pointer(
         what, p, count,
@@ -166,7 +169,7 @@ void page_resource::deallocate_pages(void* p, std::size_t count) {
       const auto addr = reinterpret_cast<std::uintptr_t>(p);
       page_meta& m = r.meta[(addr - r.base) >> page_shift];
       if (addr % page_size == 0 && m.state == meta_allocated && (m.flags & flag_run_head) &&
-          !m.cached && m.next == count && cache_put(p, count, &m))
+          !cached_mark(m.cached) && m.next == count && cache_put(p, count, &m))
         return;
     }
   }
@@ -238,7 +241,7 @@ std::optional<run_info> page_resource::find_run(const void* p) const {
       (reinterpret_cast<std::uintptr_t>(b->head) - r.base) >> page_shift);
   const page_meta& head = r.meta[r.meta[index].prev];
   return run_info{reinterpret_cast<void*>(page_addr(r, r.meta[index].prev)), head.next, b->region,
-                  head.cached != 0};
+                  cached_mark(head.cached) != 0};
 }
 
 std::optional<block_info> page_resource::find_block_locked(const void* p) const {
@@ -258,7 +261,7 @@ std::optional<block_info> page_resource::find_block_locked(const void* p) const 
     const auto state = m.state == meta_free      ? block_state::free
                        : m.state == meta_purging ? block_state::purging
                                                  : block_state::allocated;
-    const bool cached = m.state == meta_allocated && r.meta[m.prev].cached;
+    const bool cached = m.state == meta_allocated && cached_mark(r.meta[m.prev].cached);
     return block_info{reinterpret_cast<void*>(head_abs << page_shift),
                       m.order,
                       state,

@@ -324,7 +324,7 @@ class page_resource : public std::pmr::memory_resource {
   void free_block(region& r, std::uint32_t index, unsigned order, bool dirty);
   void push_free(region& r, std::uint32_t index, unsigned order, bool dirty);
   void remove_free(region& r, std::uint32_t index, unsigned order);
-  void grow(unsigned order);
+  void* grow(std::size_t count, unsigned order);  // a new OS region and the run from it
   std::size_t purge(std::size_t keep_bytes, unsigned min_block_order);
   unsigned policy_min_order() const noexcept;
   static bool unmap_region(region& r) noexcept;

@@ -100,6 +100,16 @@ inline unsigned run_order(std::size_t count) {
   return static_cast<unsigned>(std::bit_width(count - 1));
 }
 
+// The run-cache mark of a run head: written under a core lock, read without it (fast path,
+// lookups), so always through atomic_ref (relaxed: the locks and the run's hand-over order
+// everything else).
+inline std::uint8_t cached_mark(const std::uint8_t& c) noexcept {
+  return std::atomic_ref(const_cast<std::uint8_t&>(c)).load(std::memory_order_relaxed);
+}
+inline void set_cached_mark(std::uint8_t& c, std::uint8_t v) noexcept {
+  std::atomic_ref(c).store(v, std::memory_order_relaxed);
+}
+
 // ---- OS layer (os.cpp) ----------------------------------------------------------------------
 /// Anonymous private read-write mapping, MAP_NORESERVE; nullptr on failure.
 void* os_map(std::size_t bytes) noexcept;

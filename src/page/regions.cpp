@@ -96,7 +96,7 @@ bool page_resource::unmap_region(region& r) noexcept {
   return true;
 }
 
-void page_resource::grow(unsigned order) {
+void* page_resource::grow(std::size_t count, unsigned order) {
   std::size_t made;
   {
     std::lock_guard lock(mutex_);
@@ -131,8 +131,9 @@ void page_resource::grow(unsigned order) {
     unmap_region(r);
     throw std::bad_alloc();
   }
+  std::size_t ri;
   try {
-    insert_region(r);
+    ri = insert_region(r);
   } catch (...) {
     lock.unlock();
     unmap_region(r);
@@ -141,6 +142,9 @@ void page_resource::grow(unsigned order) {
   os_mapped_bytes_ += r.os_map_bytes;
   ++os_maps_;
   ++os_regions_made_;
+  void* p = try_allocate_locked(count, order, page_constraint{.region = ri});
+  assert(p != nullptr);  // the region is wholly free and at least 2^order pages
+  return p;
 }
 
 }  // namespace bsalloc

@@ -44,8 +44,8 @@ void* page_resource::cache_take(std::size_t count) noexcept {
   std::uint8_t& n = c.count[count];
   if (n == 0) return nullptr;
   const core_cache::entry e = c.bin(count)[--n];
-  assert(e.head->cached == 1 && e.head->next == count);  // C1
-  e.head->cached = 0;
+  assert(cached_mark(e.head->cached) == 1 && e.head->next == count);  // C1
+  set_cached_mark(e.head->cached, 0);
   c.pages.store(c.pages.load(std::memory_order_relaxed) - count, std::memory_order_relaxed);
   return e.run;
 }
@@ -57,7 +57,7 @@ bool page_resource::cache_put(void* p, std::size_t count, page_meta* head) noexc
   const std::size_t pages = c.pages.load(std::memory_order_relaxed);
   if (n == bin_capacity(count) || ((pages + count) << page_shift) > options_.cache_bytes_per_core)
     return false;
-  head->cached = 1;
+  set_cached_mark(head->cached, 1);
   c.bin(count)[n++] = {p, head};
   c.pages.store(pages + count, std::memory_order_relaxed);
   return true;
@@ -84,7 +84,7 @@ void page_resource::drain_caches(bool) {
         if (n == 0) continue;
         std::copy_n(cores_[c].bin(count), n, batch.begin());
         // Out of the cache: plain allocated runs now, owned by this thread (C1 holds).
-        for (std::size_t i = 0; i < n; ++i) batch[i].head->cached = 0;
+        for (std::size_t i = 0; i < n; ++i) set_cached_mark(batch[i].head->cached, 0);
         cores_[c].count[count] = 0;
         cores_[c].pages.store(cores_[c].pages.load(std::memory_order_relaxed) - n * count,
                               std::memory_order_relaxed);
@@ -150,8 +150,7 @@ void page_resource::after_fork_child() noexcept {
 
 std::size_t page_resource::check_cache_locked() const {
   std::size_t heads = 0;
-  for (std::size_t c = 0; c < core_count_; ++c) {
-    std::lock_guard lock(cores_[c].lock);
+  for (std::size_t c = 0; c < core_count_; ++c) {  // every core lock held by the caller
     std::size_t pages = 0;
     for (std::size_t count = 1; count <= max_cached_run_pages; ++count) {
       for (std::size_t i = 0; i < cores_[c].count[count]; ++i) {
@@ -164,7 +163,7 @@ std::size_t page_resource::check_cache_locked() const {
         const region& r = regions_[ri];
         const page_meta& m = r.meta[(addr - r.base) >> page_shift];
         if (&m != e.head || m.state != meta_allocated || !(m.flags & flag_run_head) ||
-            m.cached != 1 || m.next != count)
+            cached_mark(m.cached) != 1 || m.next != count)
           throw std::logic_error(fmt::format(
               "bsalloc::page_resource invariant broken: C1: cached run {} (bin {} of core {}) "
               "is not a live run of that count marked cached",
