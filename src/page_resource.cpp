@@ -189,14 +189,28 @@ void page_resource::deallocate_slow(void* p, std::size_t count) {
   if (purge_now) purge(options_.retain_bytes / 2, policy_min_order());
 }
 
-void page_resource::deallocate_run(void* p) {
+std::size_t page_resource::live_run_pages(const void* p) const noexcept {
+  // Without the lock: the head of a live run does not change until its owner frees it.
+  const page_map_hit hit = page_map_find(p);
+  if (hit.owner != this) return 0;
+  const region& r = regions_[hit.region];
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
-  std::size_t ri;
-  std::size_t count;
-  {
+  const page_meta& m = r.meta[(addr - r.base) >> page_shift];
+  if (addr % page_size != 0 || m.state != meta_allocated || !(m.flags & flag_run_head) ||
+      cached_mark(m.cached))
+    return 0;
+  return m.next;
+}
+
+void page_resource::deallocate_run(void* p) {
+  std::size_t count = live_run_pages(p);
+  if (count == 0) {  // not a live run head: the locked check names the problem
     std::lock_guard lock(mutex_);
-    const std::uint32_t index = checked_run(addr, 0, ri, "deallocate_run");
-    count = regions_[ri].meta[index].next;
+    std::size_t ri;
+    checked_run(reinterpret_cast<std::uintptr_t>(p), 0, ri, "deallocate_run");
+    count = regions_[ri]
+                .meta[(reinterpret_cast<std::uintptr_t>(p) - regions_[ri].base) >> page_shift]
+                .next;
   }
   deallocate_pages(p, count);
 }
@@ -220,6 +234,7 @@ page_resource* page_resource::owner_of(const void* p) noexcept {
 }
 
 std::size_t page_resource::usable_size(const void* p) const {
+  if (const std::size_t n = live_run_pages(p)) return n << page_shift;
   std::size_t ri;
   std::lock_guard lock(mutex_);
   const std::uint32_t index =

@@ -294,6 +294,7 @@ class page_resource : public std::pmr::memory_resource {
   // The run head at p, validated; throws naming p (and count, if nonzero) otherwise.
   std::uint32_t checked_run(std::uintptr_t addr, std::size_t count, std::size_t& ri,
                             const char* what) const;
+  std::size_t live_run_pages(const void* p) const noexcept;  // 0: not a live run head
   void free_run_locked(region& r, std::uint32_t index, std::uint32_t count);
   bool should_purge_locked();
   void* cache_take(std::size_t count) noexcept;
