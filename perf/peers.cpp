@@ -119,7 +119,9 @@ class page_peer final : public peer {
   std::string stats() override { return bsalloc::to_string(pages_.stats()); }
 
  private:
-  bsalloc::page_resource pages_;
+  // As global_page_resource() is configured: with the per-core run cache.
+  bsalloc::page_resource pages_{
+      bsalloc::page_resource_options{.cache_bytes_per_core = std::size_t{4} << 20}};
 };
 
 class slab_peer final : public peer {

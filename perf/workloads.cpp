@@ -42,6 +42,11 @@ workload_result frame_free_frames(peer& pe, const params& pa);
 workload_result budget_lifo(peer& pe, const params& pa);
 // perf/workloads_many.cpp
 workload_result many_resources(peer& pe, const params& pa);
+// perf/workloads_page.cpp
+workload_result large_touch64(peer& pe, const params& pa);
+workload_result large_threads1(peer& pe, const params& pa);
+workload_result large_threads8(peer& pe, const params& pa);
+workload_result containers_mix(peer& pe, const params& pa);
 
 namespace {
 
@@ -511,6 +516,10 @@ constexpr workload table[] = {
     {"frame_slab", "engine", false, false, false, 20'000'000, frame_slab_frames},
     {"frame_free", "engine", false, false, false, 20'000'000, frame_free_frames},
     {"budget_lifo", "engine", false, false, false, 40'000'000, budget_lifo},
+    {"large_touch64", "mixed_large", false, false, true, 2'000'000, large_touch64},
+    {"large_threads1", "threads", false, false, true, 2'000'000, large_threads1},
+    {"large_threads8", "threads", false, true, true, 2'000'000, large_threads8},
+    {"containers_mix", "containers", true, false, false, 8'000'000, containers_mix},
 };
 
 }  // namespace

@@ -62,146 +62,22 @@ page_resource::~page_resource() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Regions
-// ---------------------------------------------------------------------------------------------
-
-std::size_t page_resource::add_region(std::span<std::byte> memory) {
-  const auto begin = reinterpret_cast<std::uintptr_t>(memory.data());
-  const auto end = begin + memory.size();
-  if (memory.data() == nullptr || end < begin)
-    throw std::invalid_argument(
-        fmt::format("bsalloc::page_resource::add_region({}, {} bytes): not a valid memory range",
-                    static_cast<const void*>(memory.data()), memory.size()));
-  const std::uintptr_t lo = align_up(begin, page_size);
-  const std::uintptr_t hi = align_down(end, page_size);
-  const std::size_t total = hi > lo ? (hi - lo) >> page_shift : 0;
-  // m managed pages need ceil(12 m / page) pages of metadata in front of them.
-  std::size_t managed = total * page_size / (page_size + sizeof(page_meta));
-  auto meta_pages = [](std::size_t m) {
-    return (m * sizeof(page_meta) + page_size - 1) / page_size;
-  };
-  while (managed > 0 && managed + meta_pages(managed) > total) --managed;
-  managed = std::min<std::size_t>(managed, no_page - 1);
-  if (managed == 0)
-    throw std::invalid_argument(fmt::format(
-        "bsalloc::page_resource::add_region({}, {} bytes): too small to hold one page and its "
-        "metadata (needs at least {} bytes of whole pages)",
-        static_cast<const void*>(memory.data()), memory.size(), 2 * page_size));
-
-  region r;
-  r.meta = reinterpret_cast<page_meta*>(lo);
-  r.base = lo + (meta_pages(managed) << page_shift);
-  r.pages = static_cast<std::uint32_t>(managed);
-  r.span_begin = lo;
-  r.span_end = r.base + (managed << page_shift);
-
-  std::lock_guard lock(mutex_);
-  for (const auto& o : regions_) {
-    if (o.in_use && r.span_begin < o.span_end && o.span_begin < r.span_end)
-      throw std::invalid_argument(fmt::format(
-          "bsalloc::page_resource::add_region({}, {} bytes): overlaps the managed region "
-          "[{:#x}, {:#x})",
-          static_cast<const void*>(memory.data()), memory.size(), o.span_begin, o.span_end));
-  }
-  for (std::uintptr_t a = r.span_begin; a < r.span_end; a += page_size)
-    if (page_map_find(reinterpret_cast<const void*>(a)).owner != nullptr)
-      throw std::invalid_argument(fmt::format(
-          "bsalloc::page_resource::add_region({}, {} bytes): page {:#x} is managed by another "
-          "page_resource",
-          static_cast<const void*>(memory.data()), memory.size(), a));
-  if (region_count_ == max_regions)
-    throw std::length_error(fmt::format(
-        "bsalloc::page_resource::add_region: already {} regions (max_regions)", max_regions));
-  std::memset(r.meta, 0, managed * sizeof(page_meta));  // checked: inside the caller's span
-  return insert_region(r);
-}
-
-std::size_t page_resource::insert_region(const region& r) {
-  std::size_t slot = 0;
-  while (regions_[slot].in_use) ++slot;       // region_count_ < max_regions: a slot is free
-  page_map_set(r.base, r.pages, this, slot);  // may throw: nothing changed yet
-  regions_[slot] = r;
-  regions_[slot].in_use = true;
-  ++region_count_;
-  init_region(regions_[slot]);
-  managed_pages_ += r.pages;
-  return slot;
-}
-
-void page_resource::remove_region(std::size_t ri, bool clear_map) noexcept {
-  region& r = regions_[ri];
-  if (clear_map) page_map_clear(r.base, r.pages);
-  managed_pages_ -= r.pages;
-  --region_count_;
-  r = region{};
-}
-
-std::size_t page_resource::region_of(std::uintptr_t addr) const noexcept {
-  const page_map_hit hit = page_map_find(reinterpret_cast<const void*>(addr));
-  return hit.owner == this ? hit.region : any_region;
-}
-
-bool page_resource::unmap_region(region& r) noexcept {
-  if (!r.os_map) return true;
-  if (!os_unmap(r.os_map, r.os_map_bytes)) return false;
-  r.os_map = nullptr;
-  return true;
-}
-
-void page_resource::grow(unsigned order) {
-  std::size_t made;
-  {
-    std::lock_guard lock(mutex_);
-    made = os_regions_made_;
-  }
-  std::size_t bytes = std::max<std::size_t>(options_.os_region_bytes, page_size);
-  bytes <<= std::min<std::size_t>(made / 4, 6);  // geometric growth keeps the region count low
-  bytes = std::bit_ceil(std::max(bytes, page_size << order));
-  const std::size_t pages = std::min<std::size_t>(bytes >> page_shift, no_page - 1);
-  // One mapping: the pages, aligned to their own size (2 MiB at least: huge pages), then the
-  // metadata right behind them.
-  const std::size_t meta_bytes = align_up(pages * sizeof(page_meta), page_size);
-  const std::size_t align = std::max<std::size_t>(bytes, std::size_t{2} << 20);
-  void* raw = os_map_aligned(bytes + meta_bytes, align);
-  if (!raw) throw std::bad_alloc();
-  const auto base = reinterpret_cast<std::uintptr_t>(raw);
-  if (options_.huge_pages) os_hugepage(raw, bytes);
-
-  region r;
-  r.base = base;
-  r.pages = static_cast<std::uint32_t>(pages);
-  r.meta = reinterpret_cast<page_meta*>(base + bytes);  // fresh mapping: all zero, meta_none
-  r.span_begin = base;
-  r.span_end = base + bytes + meta_bytes;
-  r.os_backed = true;
-  r.os_map = raw;
-  r.os_map_bytes = bytes + meta_bytes;
-
-  std::unique_lock lock(mutex_);
-  if (region_count_ == max_regions) {
-    lock.unlock();
-    unmap_region(r);
-    throw std::bad_alloc();
-  }
-  try {
-    insert_region(r);
-  } catch (...) {
-    lock.unlock();
-    unmap_region(r);
-    throw;
-  }
-  os_mapped_bytes_ += r.os_map_bytes;
-  ++os_maps_;
-  ++os_regions_made_;
-}
-
-// ---------------------------------------------------------------------------------------------
 // Allocation
 // ---------------------------------------------------------------------------------------------
 
 void* page_resource::allocate_pages(std::size_t count, std::size_t alignment,
                                     page_constraint where) {
-  if (!std::has_single_bit(alignment))
+  // Fast path: a cached run of exactly `count` pages, page alignment, no constraint.
+  if (cores_ && count - 1 < max_cached_run_pages && alignment <= page_size &&
+      (alignment & (alignment - 1)) == 0 && where.region == any_region &&
+      where.below == std::numeric_limits<std::uintptr_t>::max())
+    if (void* p = cache_take(count)) return p;
+  return allocate_slow(count, alignment, where);
+}
+
+void* page_resource::allocate_slow(std::size_t count, std::size_t alignment,
+                                   page_constraint where) {
+  if (alignment == 0 || (alignment & (alignment - 1)) != 0)
     throw std::invalid_argument(
         fmt::format("bsalloc::page_resource: alignment {} is not a power of two", alignment));
   if (count == 0) count = 1;
@@ -213,7 +89,8 @@ void* page_resource::allocate_pages(std::size_t count, std::size_t alignment,
   const bool unconstrained =
       where.region == any_region && where.below == std::numeric_limits<std::uintptr_t>::max();
   // A cached run of `count` pages is aligned to 2^run_order(count) pages (its buddy block).
-  if (cores_ && unconstrained && count <= max_cached_run_pages && order == run_order(count))
+  if (cores_ && unconstrained && count <= max_cached_run_pages && order == run_order(count) &&
+      alignment > page_size)
     if (void* p = cache_take(count)) return p;
   if (where.region != any_region) {
     std::lock_guard lock(mutex_);
@@ -223,7 +100,7 @@ void* page_resource::allocate_pages(std::size_t count, std::size_t alignment,
   }
   const bool may_grow = options_.grow_from_os && unconstrained;
   bool drained = !cores_;
-  for (int attempt = 0;; ++attempt) {
+  for (;;) {
     {
       std::lock_guard lock(mutex_);
       if (void* p = try_allocate_locked(count, order, where)) return p;
@@ -233,8 +110,10 @@ void* page_resource::allocate_pages(std::size_t count, std::size_t alignment,
       drain_caches(true);
       continue;
     }
-    if (!may_grow || attempt >= 4) throw std::bad_alloc();
-    grow(order);  // outside the lock: mmap
+    if (!may_grow) throw std::bad_alloc();
+    // A new region, and the run from it in the same critical section: a trim() on another
+    // thread cannot unmap it as wholly free in between.
+    return grow(count, order);
   }
 }
 
@@ -270,7 +149,8 @@ std::uint32_t page_resource::checked_run(std::uintptr_t addr, std::size_t count,
   if (!(m.flags & flag_run_head))
     throw_bad_pointer(what, p, count,
                       "pointer is inside an allocation, not its start (a tail pointer)");
-  if (m.cached) throw_bad_pointer(what, p, count, "the run was already freed (double free)");
+  if (cached_mark(m.cached))
+    throw_bad_pointer(what, p, count, "the run was already freed (double free)");
   if (count != 0 && m.next != count)
     throw_bad_pointer(
         what, p, count,
@@ -280,12 +160,24 @@ std::uint32_t page_resource::checked_run(std::uintptr_t addr, std::size_t count,
 
 void page_resource::deallocate_pages(void* p, std::size_t count) {
   if (count == 0) count = 1;
-  const auto addr = reinterpret_cast<std::uintptr_t>(p);
+  // Fast path: p is the head of a live run of `count` pages (the page map says it is ours, its
+  // head meta says the rest; a live run's head is stable without the lock), to the run cache.
   if (cores_ && count <= max_cached_run_pages) {
-    std::size_t ri;
-    checked_run(addr, count, ri, "deallocate_pages");  // no lock: p is live, its head stable
-    if (cache_put(p, count)) return;
+    const page_map_hit hit = page_map_find(p);
+    if (hit.owner == this) [[likely]] {
+      const region& r = regions_[hit.region];
+      const auto addr = reinterpret_cast<std::uintptr_t>(p);
+      page_meta& m = r.meta[(addr - r.base) >> page_shift];
+      if (addr % page_size == 0 && m.state == meta_allocated && (m.flags & flag_run_head) &&
+          !cached_mark(m.cached) && m.next == count && cache_put(p, count, &m))
+        return;
+    }
   }
+  deallocate_slow(p, count);
+}
+
+void page_resource::deallocate_slow(void* p, std::size_t count) {
+  const auto addr = reinterpret_cast<std::uintptr_t>(p);
   bool purge_now;
   {
     std::lock_guard lock(mutex_);
@@ -297,14 +189,28 @@ void page_resource::deallocate_pages(void* p, std::size_t count) {
   if (purge_now) purge(options_.retain_bytes / 2, policy_min_order());
 }
 
-void page_resource::deallocate_run(void* p) {
+std::size_t page_resource::live_run_pages(const void* p) const noexcept {
+  // Without the lock: the head of a live run does not change until its owner frees it.
+  const page_map_hit hit = page_map_find(p);
+  if (hit.owner != this) return 0;
+  const region& r = regions_[hit.region];
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
-  std::size_t ri;
-  std::size_t count;
-  {
+  const page_meta& m = r.meta[(addr - r.base) >> page_shift];
+  if (addr % page_size != 0 || m.state != meta_allocated || !(m.flags & flag_run_head) ||
+      cached_mark(m.cached))
+    return 0;
+  return m.next;
+}
+
+void page_resource::deallocate_run(void* p) {
+  std::size_t count = live_run_pages(p);
+  if (count == 0) {  // not a live run head: the locked check names the problem
     std::lock_guard lock(mutex_);
-    const std::uint32_t index = checked_run(addr, 0, ri, "deallocate_run");
-    count = regions_[ri].meta[index].next;
+    std::size_t ri;
+    checked_run(reinterpret_cast<std::uintptr_t>(p), 0, ri, "deallocate_run");
+    count = regions_[ri]
+                .meta[(reinterpret_cast<std::uintptr_t>(p) - regions_[ri].base) >> page_shift]
+                .next;
   }
   deallocate_pages(p, count);
 }
@@ -328,6 +234,7 @@ page_resource* page_resource::owner_of(const void* p) noexcept {
 }
 
 std::size_t page_resource::usable_size(const void* p) const {
+  if (const std::size_t n = live_run_pages(p)) return n << page_shift;
   std::size_t ri;
   std::lock_guard lock(mutex_);
   const std::uint32_t index =
@@ -349,7 +256,7 @@ std::optional<run_info> page_resource::find_run(const void* p) const {
       (reinterpret_cast<std::uintptr_t>(b->head) - r.base) >> page_shift);
   const page_meta& head = r.meta[r.meta[index].prev];
   return run_info{reinterpret_cast<void*>(page_addr(r, r.meta[index].prev)), head.next, b->region,
-                  head.cached != 0};
+                  cached_mark(head.cached) != 0};
 }
 
 std::optional<block_info> page_resource::find_block_locked(const void* p) const {
@@ -369,7 +276,7 @@ std::optional<block_info> page_resource::find_block_locked(const void* p) const 
     const auto state = m.state == meta_free      ? block_state::free
                        : m.state == meta_purging ? block_state::purging
                                                  : block_state::allocated;
-    const bool cached = m.state == meta_allocated && r.meta[m.prev].cached;
+    const bool cached = m.state == meta_allocated && cached_mark(r.meta[m.prev].cached);
     return block_info{reinterpret_cast<void*>(head_abs << page_shift),
                       m.order,
                       state,

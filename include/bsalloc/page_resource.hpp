@@ -294,10 +294,14 @@ class page_resource : public std::pmr::memory_resource {
   // The run head at p, validated; throws naming p (and count, if nonzero) otherwise.
   std::uint32_t checked_run(std::uintptr_t addr, std::size_t count, std::size_t& ri,
                             const char* what) const;
+  std::size_t live_run_pages(const void* p) const noexcept;  // 0: not a live run head
   void free_run_locked(region& r, std::uint32_t index, std::uint32_t count);
   bool should_purge_locked();
   void* cache_take(std::size_t count) noexcept;
-  bool cache_put(void* p, std::size_t count) noexcept;  // p validated
+  bool cache_put(void* p, std::size_t count, page_meta* head) noexcept;  // p validated
+  [[gnu::noinline]] void* allocate_slow(std::size_t count, std::size_t alignment,
+                                        page_constraint where);
+  [[gnu::noinline]] void deallocate_slow(void* p, std::size_t count);
   std::size_t cached_pages() const noexcept;
   void drain_caches(bool all);
   void clear_core(std::size_t c) noexcept;
@@ -321,7 +325,7 @@ class page_resource : public std::pmr::memory_resource {
   void free_block(region& r, std::uint32_t index, unsigned order, bool dirty);
   void push_free(region& r, std::uint32_t index, unsigned order, bool dirty);
   void remove_free(region& r, std::uint32_t index, unsigned order);
-  void grow(unsigned order);
+  void* grow(std::size_t count, unsigned order);  // a new OS region and the run from it
   std::size_t purge(std::size_t keep_bytes, unsigned min_block_order);
   unsigned policy_min_order() const noexcept;
   static bool unmap_region(region& r) noexcept;

@@ -6,6 +6,7 @@
 //   page_map.cpp   process-wide address -> (page_resource, region), two-level radix
 //   buddy.cpp      free lists, split, merge, runs (lock held)
 //   run_cache.cpp  per-core cache of freed runs in front of the buddy lock
+//   regions.cpp    add_region, OS regions (grow), region insertion and removal
 //   purge.cpp      purge policy, trim, release, background purger
 //   registry.cpp   live resources and the fork handlers
 //   invariants.cpp check_invariants(), stats()
@@ -27,8 +28,19 @@
 namespace bsalloc {
 
 namespace detail {
-constexpr std::size_t bin_capacity = 8;  // runs per run-cache bin
+// Runs a run-cache bin of `pages`-page runs holds: 32 of one page down to 4 of 16 pages or more
+// (about 64 pages' worth where that is at least 4 runs).
+constexpr std::size_t bin_capacity(std::size_t pages) {
+  return std::clamp<std::size_t>(64 / pages, 4, 32);
 }
+constexpr std::size_t max_bin_capacity = 32;
+// Where bin n starts in a core's entry array.
+constexpr auto bin_offsets = [] {
+  std::array<std::size_t, max_cached_run_pages + 2> off{};
+  for (std::size_t n = 1; n <= max_cached_run_pages; ++n) off[n + 1] = off[n] + bin_capacity(n);
+  return off;
+}();
+}  // namespace detail
 
 // One core's run cache (run_cache.cpp): bins by page count, under its own lock.
 
@@ -40,7 +52,9 @@ struct alignas(64) page_resource::core_cache {
   yield_lock lock;
   std::atomic<std::size_t> pages{0};  // written under lock; read by the policy without it
   std::array<std::uint8_t, max_cached_run_pages + 1> count{};
-  std::array<std::array<entry, detail::bin_capacity>, max_cached_run_pages + 1> bins;
+  std::array<entry, detail::bin_offsets[max_cached_run_pages + 1]> entries;
+  entry* bin(std::size_t n) noexcept { return &entries[detail::bin_offsets[n]]; }
+  const entry* bin(std::size_t n) const noexcept { return &entries[detail::bin_offsets[n]]; }
 };
 
 // The background purger's thread (purge.cpp).
@@ -86,6 +100,16 @@ inline unsigned run_order(std::size_t count) {
   return static_cast<unsigned>(std::bit_width(count - 1));
 }
 
+// The run-cache mark of a run head: written under a core lock, read without it (fast path,
+// lookups), so always through atomic_ref (relaxed: the locks and the run's hand-over order
+// everything else).
+inline std::uint8_t cached_mark(const std::uint8_t& c) noexcept {
+  return std::atomic_ref(const_cast<std::uint8_t&>(c)).load(std::memory_order_relaxed);
+}
+inline void set_cached_mark(std::uint8_t& c, std::uint8_t v) noexcept {
+  std::atomic_ref(c).store(v, std::memory_order_relaxed);
+}
+
 // ---- OS layer (os.cpp) ----------------------------------------------------------------------
 /// Anonymous private read-write mapping, MAP_NORESERVE; nullptr on failure.
 void* os_map(std::size_t bytes) noexcept;
@@ -107,7 +131,28 @@ struct page_map_hit {
   page_resource* owner;  // nullptr: not bsalloc memory
   std::size_t region;
 };
-page_map_hit page_map_find(const void* p) noexcept;
+constexpr unsigned page_map_address_bits = 47;
+constexpr unsigned page_map_leaf_bits = 18;  // a leaf covers 1 GiB
+constexpr std::size_t page_map_root_entries =
+    std::size_t{1} << (page_map_address_bits - page_shift - page_map_leaf_bits);
+// An entry packs (owner address << 8) | (region + 1); 0 means "not bsalloc memory".
+static_assert(max_regions < 255);
+extern std::atomic<std::uint64_t*> page_map_root[page_map_root_entries];
+
+inline page_map_hit page_map_find(const void* p) noexcept {
+  const std::uint64_t pfn = reinterpret_cast<std::uintptr_t>(p) >> page_shift;
+  if (pfn >> (page_map_address_bits - page_shift)) [[unlikely]]
+    return {nullptr, any_region};
+  const std::uint64_t* leaf =
+      page_map_root[pfn >> page_map_leaf_bits].load(std::memory_order_acquire);
+  if (!leaf) return {nullptr, any_region};
+  const std::uint64_t e =
+      std::atomic_ref(
+          const_cast<std::uint64_t&>(leaf[pfn & ((std::uint64_t{1} << page_map_leaf_bits) - 1)]))
+          .load(std::memory_order_acquire);
+  if (e == 0) return {nullptr, any_region};
+  return {reinterpret_cast<page_resource*>(e >> 8), static_cast<std::size_t>(e & 0xff) - 1};
+}
 
 // ---- registry (registry.cpp) ----------------------------------------------------------------
 void register_resource(page_resource* r);

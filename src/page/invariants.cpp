@@ -34,6 +34,14 @@ page_resource_stats page_resource::stats() const {
 
 void page_resource::check_invariants() const {
   std::lock_guard lock(mutex_);
+  // Every core lock too, for the whole walk: the cached marks of run heads change under them.
+  for (std::size_t c = 0; c < core_count_; ++c) cores_[c].lock.lock();
+  struct unlock_cores {
+    const page_resource* r;
+    ~unlock_cores() {
+      for (std::size_t c = r->core_count_; c-- > 0;) r->cores_[c].lock.unlock();
+    }
+  } unlock{this};
   auto fail = [](std::size_t ri, std::size_t page, const char* what) {
     throw std::logic_error(fmt::format(
         "bsalloc::page_resource invariant broken (region {}, page {}): {}", ri, page, what));
@@ -87,10 +95,10 @@ void page_resource::check_invariants() const {
           if (m.next == 0) fail(ri, i, "I8: run head without a page count");
           run_head = i;
           run_left = m.next;
-          if (m.cached) ++cached_heads;
+          if (cached_mark(m.cached)) ++cached_heads;
         } else if (run_left == 0) {
           fail(ri, i, "I8: allocated block outside every run (no run head)");
-        } else if (m.cached) {
+        } else if (cached_mark(m.cached)) {
           fail(ri, i, "I8: cached mark on a block that is not a run head");
         }
         if (m.prev != run_head) fail(ri, i, "I8: block does not record its run head");

@@ -17,19 +17,16 @@
 #include "internal.hpp"
 
 namespace bsalloc::detail {
+
+std::atomic<std::uint64_t*> page_map_root[page_map_root_entries];  // zero, committed lazily
+
 namespace {
 
-constexpr unsigned address_bits = 47;
-constexpr unsigned leaf_bits = 18;
-constexpr unsigned root_bits = address_bits - page_shift - leaf_bits;  // 17
+constexpr unsigned address_bits = page_map_address_bits;
+constexpr unsigned leaf_bits = page_map_leaf_bits;
 constexpr std::size_t leaf_entries = std::size_t{1} << leaf_bits;
-constexpr std::size_t root_entries = std::size_t{1} << root_bits;
-
-// An entry packs (owner address << 8) | (region + 1); 0 means "not bsalloc memory".
-static_assert(max_regions < 255);
-
-std::atomic<std::uint64_t*> root[root_entries];  // static storage: zero, committed lazily
-std::mutex leaf_mutex;                           // serialises leaf creation only
+auto& root = page_map_root;
+std::mutex leaf_mutex;  // serialises leaf creation only
 
 std::uint64_t* leaf_for(std::uint64_t pfn, bool create) {
   auto& slot = root[pfn >> leaf_bits];
@@ -65,18 +62,6 @@ void page_map_set(std::uintptr_t first, std::size_t pages, const page_resource* 
 void page_map_clear(std::uintptr_t first, std::size_t pages) noexcept {
   const std::uint64_t lo = first >> page_shift;
   for (std::uint64_t p = lo; p < lo + pages; ++p) store(p, 0);
-}
-
-page_map_hit page_map_find(const void* p) noexcept {
-  const std::uint64_t pfn = reinterpret_cast<std::uintptr_t>(p) >> page_shift;
-  if (pfn >> (address_bits - page_shift)) return {nullptr, any_region};
-  const std::uint64_t* leaf = root[pfn >> leaf_bits].load(std::memory_order_acquire);
-  if (!leaf) return {nullptr, any_region};
-  const std::uint64_t e =
-      std::atomic_ref(const_cast<std::uint64_t&>(leaf[pfn & (leaf_entries - 1)]))
-          .load(std::memory_order_acquire);
-  if (e == 0) return {nullptr, any_region};
-  return {reinterpret_cast<page_resource*>(e >> 8), static_cast<std::size_t>(e & 0xff) - 1};
 }
 
 }  // namespace bsalloc::detail

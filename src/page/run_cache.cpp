@@ -9,6 +9,9 @@
 //   C2  core.pages == sum over its bins of n x entries <= cache_bytes_per_core / page_size.
 // Lock order: mutex_ before any core lock; the cache paths never hold both.
 #include <sched.h>
+#if __has_include(<sys/rseq.h>)
+#include <sys/rseq.h>
+#endif
 
 #include <bsalloc/locks.hpp>
 
@@ -18,7 +21,18 @@ namespace bsalloc {
 using namespace detail;
 
 namespace {
+// The CPU this thread runs on: the kernel keeps it in the thread's rseq area (glibc 2.35
+// registers one), a load; sched_getcpu() where rseq is not registered.
 inline std::size_t current_cpu() noexcept {
+#if defined(__x86_64__) && defined(RSEQ_SIG)
+  if (__rseq_size != 0) {
+    const char* tp;
+    __asm__("mov %%fs:0, %0" : "=r"(tp));
+    const auto* rs = reinterpret_cast<const volatile struct rseq*>(tp + __rseq_offset);
+    const auto c = static_cast<int>(rs->cpu_id);
+    if (c >= 0) return static_cast<std::size_t>(c);
+  }
+#endif
   const int c = ::sched_getcpu();
   return c < 0 ? 0 : static_cast<std::size_t>(c);
 }
@@ -29,25 +43,22 @@ void* page_resource::cache_take(std::size_t count) noexcept {
   std::lock_guard lock(c.lock);
   std::uint8_t& n = c.count[count];
   if (n == 0) return nullptr;
-  const core_cache::entry e = c.bins[count][--n];
-  assert(e.head->cached == 1 && e.head->next == count);  // C1
-  e.head->cached = 0;
+  const core_cache::entry e = c.bin(count)[--n];
+  assert(cached_mark(e.head->cached) == 1 && e.head->next == count);  // C1
+  set_cached_mark(e.head->cached, 0);
   c.pages.store(c.pages.load(std::memory_order_relaxed) - count, std::memory_order_relaxed);
   return e.run;
 }
 
-bool page_resource::cache_put(void* p, std::size_t count) noexcept {
-  const auto addr = reinterpret_cast<std::uintptr_t>(p);
-  const region& r = regions_[page_map_find(p).region];  // validated by the caller
-  page_meta* head = &r.meta[(addr - r.base) >> page_shift];
+bool page_resource::cache_put(void* p, std::size_t count, page_meta* head) noexcept {
   core_cache& c = cores_[current_cpu() % core_count_];
   std::lock_guard lock(c.lock);
   std::uint8_t& n = c.count[count];
   const std::size_t pages = c.pages.load(std::memory_order_relaxed);
-  if (n == bin_capacity || ((pages + count) << page_shift) > options_.cache_bytes_per_core)
+  if (n == bin_capacity(count) || ((pages + count) << page_shift) > options_.cache_bytes_per_core)
     return false;
-  head->cached = 1;
-  c.bins[count][n++] = {p, head};
+  set_cached_mark(head->cached, 1);
+  c.bin(count)[n++] = {p, head};
   c.pages.store(pages + count, std::memory_order_relaxed);
   return true;
 }
@@ -63,7 +74,7 @@ void page_resource::drain_caches(bool) {
   // One core at a time: take its runs out under its lock (into a fixed array: no allocation,
   // which might come back here through a malloc built on this resource), then free them under
   // the buddy lock.
-  std::array<core_cache::entry, bin_capacity> batch;
+  std::array<core_cache::entry, max_bin_capacity> batch;
   for (std::size_t c = 0; c < core_count_; ++c) {
     for (std::size_t count = 1; count <= max_cached_run_pages; ++count) {
       std::size_t n;
@@ -71,9 +82,9 @@ void page_resource::drain_caches(bool) {
         std::lock_guard lock(cores_[c].lock);
         n = cores_[c].count[count];
         if (n == 0) continue;
-        std::copy_n(cores_[c].bins[count].begin(), n, batch.begin());
+        std::copy_n(cores_[c].bin(count), n, batch.begin());
         // Out of the cache: plain allocated runs now, owned by this thread (C1 holds).
-        for (std::size_t i = 0; i < n; ++i) batch[i].head->cached = 0;
+        for (std::size_t i = 0; i < n; ++i) set_cached_mark(batch[i].head->cached, 0);
         cores_[c].count[count] = 0;
         cores_[c].pages.store(cores_[c].pages.load(std::memory_order_relaxed) - n * count,
                               std::memory_order_relaxed);
@@ -139,12 +150,11 @@ void page_resource::after_fork_child() noexcept {
 
 std::size_t page_resource::check_cache_locked() const {
   std::size_t heads = 0;
-  for (std::size_t c = 0; c < core_count_; ++c) {
-    std::lock_guard lock(cores_[c].lock);
+  for (std::size_t c = 0; c < core_count_; ++c) {  // every core lock held by the caller
     std::size_t pages = 0;
     for (std::size_t count = 1; count <= max_cached_run_pages; ++count) {
       for (std::size_t i = 0; i < cores_[c].count[count]; ++i) {
-        const auto& e = cores_[c].bins[count][i];
+        const auto& e = cores_[c].bin(count)[i];
         const auto addr = reinterpret_cast<std::uintptr_t>(e.run);
         const std::size_t ri = region_of(addr);
         if (ri == any_region)
@@ -153,7 +163,7 @@ std::size_t page_resource::check_cache_locked() const {
         const region& r = regions_[ri];
         const page_meta& m = r.meta[(addr - r.base) >> page_shift];
         if (&m != e.head || m.state != meta_allocated || !(m.flags & flag_run_head) ||
-            m.cached != 1 || m.next != count)
+            cached_mark(m.cached) != 1 || m.next != count)
           throw std::logic_error(fmt::format(
               "bsalloc::page_resource invariant broken: C1: cached run {} (bin {} of core {}) "
               "is not a live run of that count marked cached",
