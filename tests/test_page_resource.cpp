@@ -506,3 +506,28 @@ TEST_CASE("global_page_resource and fmt stats") {
   CHECK(json.find("\"allocated_bytes\":" + std::to_string(g.stats().allocated_bytes)) !=
         std::string::npos);
 }
+
+TEST_CASE("stats say what sits in the run cache, per core, and what is free but purged") {
+  bsalloc::page_resource_options opt;
+  opt.cache_bytes_per_core = std::size_t{1} << 20;
+  opt.purge_interval = std::chrono::milliseconds{0};
+  bsalloc::page_resource res(opt);
+  void* p = res.allocate_pages(4);
+  res.deallocate_pages(p, 4);  // into the run cache of this core
+  const auto s = res.stats();
+  CHECK(s.cached_bytes == 4 * bsalloc::page_size);
+  std::size_t per_core = 0;
+  for (const std::size_t b : s.core_cached_bytes) per_core += b;
+  CHECK(per_core == s.cached_bytes);
+  const std::string text = fmt::format("{}", s);
+  CHECK(text.find("run cache: 16.0 KiB resident") != std::string::npos);
+  const std::string json = fmt::format("{:j}", s);
+  CHECK(json.find("\"cached_bytes\":16384") != std::string::npos);
+  CHECK(json.find("\"free_purged_bytes\":" + std::to_string(s.free_purged_bytes)) !=
+        std::string::npos);
+  CHECK(json.find("\"core_cached_bytes\":[") != std::string::npos);
+  res.trim();  // cached runs go back to the buddy lists and are purged
+  const auto t = res.stats();
+  CHECK(t.cached_bytes == 0);
+  CHECK(t.free_purged_bytes >= 4 * bsalloc::page_size);
+}
