@@ -72,6 +72,9 @@ struct slab_resource_options {
   std::size_t min_slab_bytes = std::size_t{64} << 10;
   /// Per-thread front cache. Off: every call goes to the core cache under its lock.
   bool thread_cache = true;
+  /// How far one thread's cache (per resource) may grow its bins above their initial limits,
+  /// in bytes across all classes. Bins that grew and went quiet shrink back.
+  std::size_t thread_cache_bytes = std::size_t{2} << 20;
   /// Detect double free, foreign pointers and size/alignment mismatches (against the size and
   /// alignment each allocation asked for); abort with a message naming the pointer and the
   /// problem. Costs an atomic bit flip and a lookup per call, 4 bytes and a bit per object.
@@ -110,8 +113,10 @@ struct slab_resource_stats {
   std::size_t thread_caches = 0;
   std::size_t thread_caches_created = 0;  ///< ever (one per thread and resource, if never lost)
   std::size_t core_caches = 0;            ///< core caches created (on the first use of their CPU)
-  std::size_t cached_objects = 0;         ///< free objects sitting in thread caches
-  std::vector<slab_class_stats> classes;  ///< classes with any slab or any peak
+  std::size_t thread_cache_grown_bytes = 0;  ///< thread caches' growth, each <= thread_cache_bytes
+  std::size_t bin_shrinks = 0;               ///< bins shrunk back after their class went quiet
+  std::size_t cached_objects = 0;            ///< free objects sitting in thread caches
+  std::vector<slab_class_stats> classes;     ///< classes with any slab or any peak
   std::vector<slab_core_stats> cores;
 };
 
