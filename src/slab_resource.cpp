@@ -240,6 +240,7 @@ void* slab_resource::allocate_slow(std::size_t bytes, std::size_t alignment) {
   if (detail::thread_cache* tc = detail::cache_for(st)) {
     st.tick(*tc);
     detail::bin& b = tc->bins[static_cast<std::size_t>(c)];
+    b.flags |= detail::bin_active;  // in checked mode every call comes here
     if (b.head) {
       p = b.head;
       b.head = *static_cast<void**>(p);
@@ -247,7 +248,7 @@ void* slab_resource::allocate_slow(std::size_t bytes, std::size_t alignment) {
     } else {
       void* chain = nullptr;
       const std::uint32_t got = st.refill(c, std::max<std::uint32_t>(1, b.limit / 2u), chain);
-      b.flags |= detail::bin_refilled | detail::bin_active;
+      b.flags |= detail::bin_refilled;
       p = chain;
       b.head = *static_cast<void**>(chain);
       b.count.store(got - 1, std::memory_order_relaxed);
@@ -276,6 +277,7 @@ void slab_resource::deallocate_slow(void* p, std::size_t bytes, std::size_t alig
   if (detail::thread_cache* tc = detail::cache_for(st)) {
     st.tick(*tc);
     detail::bin& b = tc->bins[static_cast<std::size_t>(c)];
+    b.flags |= detail::bin_active;
     *static_cast<void**>(p) = b.head;
     b.head = p;
     const std::uint32_t n = b.count.load(std::memory_order_relaxed) + 1;
@@ -283,7 +285,6 @@ void slab_resource::deallocate_slow(void* p, std::size_t bytes, std::size_t alig
       b.count.store(n, std::memory_order_relaxed);
       return;
     }
-    b.flags |= detail::bin_active;
     const auto& g = st.geom[static_cast<std::size_t>(c)];
     if (b.limit < g.cache_max && (b.flags & detail::bin_refilled)) {
       // A bin that overflows and that its thread also refills (it allocates this class too)
