@@ -35,6 +35,10 @@
 //   S3  per class: sum of used over all slabs == objects held by users + objects in thread caches
 //       + objects in remote messages not drained yet.
 //   S4  per core and class, empty slabs <= options().max_empty_slabs_per_class.
+//   T1  per thread cache: every bin holds at most its limit; the bytes by which limits grew
+//       above their initial values add up to at most knobs().thread_cache_bytes.
+//   L1  the large records: one per live large block, in an open-addressing table never over
+//       half full.
 //
 // Thread safety: allocate/deallocate from any thread. release(), the destructor and
 // check_invariants() need that no other thread uses the resource at the same time. Calls to an
@@ -161,7 +165,7 @@ class slab_resource : public std::pmr::memory_resource {
   std::size_t trim();
 
   slab_resource_stats stats() const;
-  /// Verifies S1–S4; throws std::logic_error naming the broken invariant.
+  /// Verifies S1–S4, T1 and L1; throws std::logic_error naming the broken invariant.
   void check_invariants() const;
 
   /// The class that serves (bytes, alignment), or -1 when the upstream does (or the alignment

@@ -28,12 +28,15 @@ std::size_t slab_state::current_core() const {
 // Lock held. An object comes back into its slab (owned by `core`).
 void slab_state::put_back(core_cache& core, void* p, int c, slab_list& returns) {
   slab* s = slab_of(p, c);
+  BSALLOC_ASSERT(s->magic == slab_magic && s->cls == c && s->res == this, "S2 (slab of p)");
+  BSALLOC_ASSERT(core_if(s->owner) == &core && s->used > 0, "S1/S2 (put back to its owner)");
   *static_cast<void**>(p) = s->free;
   s->free = p;
   BSALLOC_POISON_FREE(p, geom[static_cast<std::size_t>(c)].size);
   --s->used;
   auto& l = core.cls[static_cast<std::size_t>(c)];
   if (s->list == list_full) move(l, s, list_partial);
+  BSALLOC_ASSERT(s->list != list_full, "S2 (a slab with a free object is not full)");
   if (s->used == 0) {
     if (l.empty_count < knobs.max_empty_slabs_per_class) {
       move(l, s, list_empty);
@@ -103,8 +106,10 @@ std::uint32_t slab_state::take(core_cache& core, int c, std::uint32_t n, void*& 
       chain = p;
       ++got;
     }
+    BSALLOC_ASSERT(s->used + s->untouched <= s->capacity, "S1 (take)");
     if (!s->free && !s->untouched) move(l, s, list_full);
   }
+  BSALLOC_ASSERT(l.empty_count <= knobs.max_empty_slabs_per_class, "S4");
   core.counters.allocations += got;
   return got;
 }

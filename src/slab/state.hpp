@@ -41,6 +41,22 @@
 #define BSALLOC_UNPOISON(p, size) ((void)0)
 #endif
 
+// Debug builds check invariants inline, at the points that maintain them (tests also call the
+// check_invariants() walks). Release builds compile the checks away.
+#ifndef BSALLOC_ASSERT
+#ifdef NDEBUG
+#define BSALLOC_ASSERT(cond, what) ((void)0)
+#else
+#include <cstdio>
+#include <cstdlib>
+#define BSALLOC_ASSERT(cond, what)                                                                \
+  ((cond) ? (void)0                                                                               \
+          : (std::fprintf(stderr, "bsalloc: invariant %s broken at %s:%d (%s)\n", what, __FILE__, \
+                          __LINE__, #cond),                                                       \
+             std::abort()))
+#endif
+#endif
+
 namespace bsalloc::detail {
 
 constexpr std::uint32_t slab_magic = 0xb5a1ab5au;

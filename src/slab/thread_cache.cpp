@@ -155,6 +155,8 @@ void slab_state::scavenge(thread_cache& tc) {
     const auto& g = geom[static_cast<std::size_t>(c)];
     if (b.limit <= g.cache_limit) continue;
     const std::uint32_t lower = std::max<std::uint32_t>(g.cache_limit, b.limit / 2u);
+    BSALLOC_ASSERT(tc.grown_bytes.load(std::memory_order_relaxed) >= (b.limit - lower) * g.size,
+                   "T1 (grown bytes cover every grown bin)");
     tc.grown_bytes.fetch_sub((b.limit - lower) * g.size, std::memory_order_relaxed);
     b.limit = static_cast<std::uint16_t>(lower);
     b.flags = 0;
