@@ -355,6 +355,7 @@ slab_resource_stats slab_resource::stats() const {
     std::lock_guard lock(core->lock);
     s.cores[ci] = core->counters;
     s.cores[ci].remote_overflows = core->overflows.load(std::memory_order_relaxed);
+    s.cores[ci].remote_frees_sent = core->remote_sent.load(std::memory_order_relaxed);
     for (int c = 0; c < st.classes; ++c)
       slabs[static_cast<std::size_t>(c)] += core->cls[static_cast<std::size_t>(c)].slabs;
   }

@@ -144,6 +144,7 @@ struct alignas(64) core_cache {
   std::array<std::atomic<void*>, class_count> overflow{};  // Treiber stacks of objects
   std::array<std::atomic<std::uint64_t>, 2> overflow_mask{};
   std::atomic<std::size_t> overflows{0};
+  std::atomic<std::size_t> remote_sent{0};  // objects this core's threads posted elsewhere
 };
 
 struct slab_list {  // slabs to give back upstream once no lock is held
