@@ -238,7 +238,9 @@ void* slab_resource::allocate_slow(std::size_t bytes, std::size_t alignment) {
   }
   void* p;
   if (detail::thread_cache* tc = detail::cache_for(st)) {
+    st.tick(*tc);
     detail::bin& b = tc->bins[static_cast<std::size_t>(c)];
+    b.flags |= detail::bin_active;  // in checked mode every call comes here
     if (b.head) {
       p = b.head;
       b.head = *static_cast<void**>(p);
@@ -246,7 +248,7 @@ void* slab_resource::allocate_slow(std::size_t bytes, std::size_t alignment) {
     } else {
       void* chain = nullptr;
       const std::uint32_t got = st.refill(c, std::max<std::uint32_t>(1, b.limit / 2u), chain);
-      b.refilled = 1;
+      b.flags |= detail::bin_refilled;
       p = chain;
       b.head = *static_cast<void**>(chain);
       b.count.store(got - 1, std::memory_order_relaxed);
@@ -273,7 +275,9 @@ void slab_resource::deallocate_slow(void* p, std::size_t bytes, std::size_t alig
   }
   BSALLOC_POISON_FREE(p, st.geom[static_cast<std::size_t>(c)].size);
   if (detail::thread_cache* tc = detail::cache_for(st)) {
+    st.tick(*tc);
     detail::bin& b = tc->bins[static_cast<std::size_t>(c)];
+    b.flags |= detail::bin_active;
     *static_cast<void**>(p) = b.head;
     b.head = p;
     const std::uint32_t n = b.count.load(std::memory_order_relaxed) + 1;
@@ -281,27 +285,25 @@ void slab_resource::deallocate_slow(void* p, std::size_t bytes, std::size_t alig
       b.count.store(n, std::memory_order_relaxed);
       return;
     }
-    const std::uint32_t most = st.geom[static_cast<std::size_t>(c)].cache_max;
-    if (b.limit < most && b.refilled) {
+    const auto& g = st.geom[static_cast<std::size_t>(c)];
+    if (b.limit < g.cache_max && (b.flags & detail::bin_refilled)) {
       // A bin that overflows and that its thread also refills (it allocates this class too)
-      // grows first, so bursts of the same objects stay in the thread cache. A thread that only
-      // frees keeps the small limit and hands objects back promptly.
-      b.limit = static_cast<std::uint16_t>(std::min<std::uint32_t>(most, b.limit * 2u));
-      b.refilled = 0;
-      b.count.store(n, std::memory_order_relaxed);
-      return;
+      // grows first, so bursts of the same objects stay in the thread cache — within the
+      // thread cache's growth budget. A thread that only frees keeps the small limit and hands
+      // objects back promptly.
+      const std::uint32_t grown = std::min<std::uint32_t>(g.cache_max, b.limit * 2u);
+      const std::size_t added = (grown - b.limit) * g.size;
+      if (tc->grown_bytes.load(std::memory_order_relaxed) + added <= st.knobs.thread_cache_bytes) {
+        tc->grown_bytes.fetch_add(added, std::memory_order_relaxed);
+        b.limit = static_cast<std::uint16_t>(grown);
+        b.flags = static_cast<std::uint16_t>(b.flags & ~detail::bin_refilled);
+        b.count.store(n, std::memory_order_relaxed);
+        return;
+      }
     }
     // Over the limit: keep the newest half, give back the older rest.
-    const std::uint32_t keep = b.limit / 2;
-    void* cut = b.head;
-    for (std::uint32_t i = 1; i < keep; ++i) cut = *static_cast<void**>(cut);
-    void* rest = keep ? *static_cast<void**>(cut) : b.head;
-    if (keep)
-      *static_cast<void**>(cut) = nullptr;
-    else
-      b.head = nullptr;
-    b.count.store(keep, std::memory_order_relaxed);
-    st.flush(c, rest, n - keep);
+    b.count.store(n, std::memory_order_relaxed);
+    st.trim_bin(*tc, c, std::max<std::uint32_t>(1, b.limit / 2u));
     return;
   }
   st.flush(c, p, 1);
@@ -336,12 +338,14 @@ slab_resource_stats slab_resource::stats() const {
     std::lock_guard lock(detail::registry_mutex());
     for (auto* tc = st.caches; tc; tc = tc->next) {
       ++s.thread_caches;
+      s.thread_cache_grown_bytes += tc->grown_bytes.load(std::memory_order_relaxed);
       for (int c = 0; c < st.classes; ++c)
         cached[static_cast<std::size_t>(c)] +=
             tc->bins[static_cast<std::size_t>(c)].count.load(std::memory_order_relaxed);
     }
   }
   s.thread_caches_created = st.caches_created.load(std::memory_order_relaxed);
+  s.bin_shrinks = st.bin_shrinks.load(std::memory_order_relaxed);
   std::array<std::size_t, class_count> slabs{};
   s.cores.resize(st.ncores);
   for (std::size_t ci = 0; ci < st.ncores; ++ci) {
@@ -351,6 +355,7 @@ slab_resource_stats slab_resource::stats() const {
     std::lock_guard lock(core->lock);
     s.cores[ci] = core->counters;
     s.cores[ci].remote_overflows = core->overflows.load(std::memory_order_relaxed);
+    s.cores[ci].remote_frees_sent = core->remote_sent.load(std::memory_order_relaxed);
     for (int c = 0; c < st.classes; ++c)
       slabs[static_cast<std::size_t>(c)] += core->cls[static_cast<std::size_t>(c)].slabs;
   }

@@ -250,7 +250,7 @@ TEST_CASE("checked mode: correct use passes, and the allocation bitmap stays con
   CHECK(up.outstanding == 0);
 }
 
-#ifdef BSALLOC_POOL_ASAN
+#ifdef BSALLOC_ASAN
 TEST_CASE("AddressSanitizer: a freed slot is poisoned, a use after free is reported") {
   object_pool<counted> pool;
   counted* p = pool.allocate();
@@ -667,7 +667,7 @@ TEST_CASE("an upstream that fails: the exception propagates and nothing changes"
 // Such an upstream breaks memory_resource::allocate's promise, which UndefinedBehaviorSanitizer
 // reports before the pool can: the test runs where UBSan does not (this project builds ASan and
 // UBSan together).
-#ifndef BSALLOC_POOL_ASAN
+#ifndef BSALLOC_ASAN
 namespace {
 // An upstream that ignores large alignments (as some pool resources do): 64 bytes past an
 // aligned block.

@@ -47,19 +47,10 @@
 #include <bsalloc/pool_ptr.hpp>
 #include <bsalloc/stats.hpp>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define BSALLOC_POOL_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define BSALLOC_POOL_ASAN 1
-#endif
-#endif
-#ifdef BSALLOC_POOL_ASAN
-#include <sanitizer/asan_interface.h>
-#endif
+#include <bsalloc/detail/config.hpp>  // BSALLOC_CHECKED_DEFAULT, BSALLOC_ASAN
 
-#ifndef BSALLOC_CHECKED_DEFAULT
-#define BSALLOC_CHECKED_DEFAULT 0
+#ifdef BSALLOC_ASAN
+#include <sanitizer/asan_interface.h>
 #endif
 
 namespace bsalloc {
@@ -119,14 +110,14 @@ std::string_view pool_type_name() noexcept {
 // AddressSanitizer: free slots are poisoned but for the link word, so a use after free of an
 // object in a pool is reported.
 inline void pool_poison(const void* p, std::size_t n) noexcept {
-#ifdef BSALLOC_POOL_ASAN
+#ifdef BSALLOC_ASAN
   ASAN_POISON_MEMORY_REGION(p, n);
 #else
   (void)p, (void)n;
 #endif
 }
 inline void pool_unpoison(const void* p, std::size_t n) noexcept {
-#ifdef BSALLOC_POOL_ASAN
+#ifdef BSALLOC_ASAN
   ASAN_UNPOISON_MEMORY_REGION(p, n);
 #else
   (void)p, (void)n;

@@ -8,6 +8,11 @@
 //
 // pool_ptr<Node> may be named while Node is incomplete (a tree or list node holding pointers
 // to its children): nothing about T is needed until a pool_ptr is destroyed or reset.
+//
+// This header depends on locks.hpp only (object_pool is declared, not defined): object_pool.hpp
+// includes it, not the other way round. Destroying or resetting a pool_ptr instantiates
+// object_pool<T, Lock, SlabBytes>::dispose, so include <bsalloc/object_pool.hpp> where that
+// happens (every pool_ptr comes from a pool, so its code has it already).
 
 #include <compare>
 #include <cstddef>
@@ -86,6 +91,3 @@ struct std::hash<bsalloc::pool_ptr<T, Lock, SlabBytes>> {
     return std::hash<T*>{}(p.get());
   }
 };
-
-// pool_ptr's members call object_pool<T, Lock, SlabBytes>::dispose: bring in its definition.
-#include <bsalloc/object_pool.hpp>

@@ -35,6 +35,10 @@
 //   S3  per class: sum of used over all slabs == objects held by users + objects in thread caches
 //       + objects in remote messages not drained yet.
 //   S4  per core and class, empty slabs <= options().max_empty_slabs_per_class.
+//   T1  per thread cache: every bin holds at most its limit; the bytes by which limits grew
+//       above their initial values add up to at most knobs().thread_cache_bytes.
+//   L1  the large records: one per live large block, in an open-addressing table never over
+//       half full.
 //
 // Thread safety: allocate/deallocate from any thread. release(), the destructor and
 // check_invariants() need that no other thread uses the resource at the same time. Calls to an
@@ -72,6 +76,9 @@ struct slab_resource_options {
   std::size_t min_slab_bytes = std::size_t{64} << 10;
   /// Per-thread front cache. Off: every call goes to the core cache under its lock.
   bool thread_cache = true;
+  /// How far one thread's cache (per resource) may grow its bins above their initial limits,
+  /// in bytes across all classes. Bins that grew and went quiet shrink back.
+  std::size_t thread_cache_bytes = std::size_t{2} << 20;
   /// Detect double free, foreign pointers and size/alignment mismatches (against the size and
   /// alignment each allocation asked for); abort with a message naming the pointer and the
   /// problem. Costs an atomic bit flip and a lookup per call, 4 bytes and a bit per object.
@@ -110,8 +117,10 @@ struct slab_resource_stats {
   std::size_t thread_caches = 0;
   std::size_t thread_caches_created = 0;  ///< ever (one per thread and resource, if never lost)
   std::size_t core_caches = 0;            ///< core caches created (on the first use of their CPU)
-  std::size_t cached_objects = 0;         ///< free objects sitting in thread caches
-  std::vector<slab_class_stats> classes;  ///< classes with any slab or any peak
+  std::size_t thread_cache_grown_bytes = 0;  ///< thread caches' growth, each <= thread_cache_bytes
+  std::size_t bin_shrinks = 0;               ///< bins shrunk back after their class went quiet
+  std::size_t cached_objects = 0;            ///< free objects sitting in thread caches
+  std::vector<slab_class_stats> classes;     ///< classes with any slab or any peak
   std::vector<slab_core_stats> cores;
 };
 
@@ -156,7 +165,7 @@ class slab_resource : public std::pmr::memory_resource {
   std::size_t trim();
 
   slab_resource_stats stats() const;
-  /// Verifies S1–S4; throws std::logic_error naming the broken invariant.
+  /// Verifies S1–S4, T1 and L1; throws std::logic_error naming the broken invariant.
   void check_invariants() const;
 
   /// The class that serves (bytes, alignment), or -1 when the upstream does (or the alignment

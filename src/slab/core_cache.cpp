@@ -28,12 +28,15 @@ std::size_t slab_state::current_core() const {
 // Lock held. An object comes back into its slab (owned by `core`).
 void slab_state::put_back(core_cache& core, void* p, int c, slab_list& returns) {
   slab* s = slab_of(p, c);
+  BSALLOC_ASSERT(s->magic == slab_magic && s->cls == c && s->res == this, "S2 (slab of p)");
+  BSALLOC_ASSERT(core_if(s->owner) == &core && s->used > 0, "S1/S2 (put back to its owner)");
   *static_cast<void**>(p) = s->free;
   s->free = p;
   BSALLOC_POISON_FREE(p, geom[static_cast<std::size_t>(c)].size);
   --s->used;
   auto& l = core.cls[static_cast<std::size_t>(c)];
   if (s->list == list_full) move(l, s, list_partial);
+  BSALLOC_ASSERT(s->list != list_full, "S2 (a slab with a free object is not full)");
   if (s->used == 0) {
     if (l.empty_count < knobs.max_empty_slabs_per_class) {
       move(l, s, list_empty);
@@ -103,8 +106,10 @@ std::uint32_t slab_state::take(core_cache& core, int c, std::uint32_t n, void*& 
       chain = p;
       ++got;
     }
+    BSALLOC_ASSERT(s->used + s->untouched <= s->capacity, "S1 (take)");
     if (!s->free && !s->untouched) move(l, s, list_full);
   }
+  BSALLOC_ASSERT(l.empty_count <= knobs.max_empty_slabs_per_class, "S4");
   core.counters.allocations += got;
   return got;
 }
@@ -178,34 +183,44 @@ std::size_t slab_state::flush(int c, void* chain, std::uint32_t n) {
   };
   std::array<group, 8> groups;
   std::size_t ngroups = 0;
+  // Sorted by owner with no lock held (a slab's owner never changes): remote objects are posted
+  // to their owners at once, and this core's lock is taken only if some object is its own.
+  void* mine = nullptr;
+  std::uint32_t local = 0;
+  for (void* p = chain; n--;) {
+    void* next = *static_cast<void**>(p);
+    const std::size_t owner = slab_of(p, c)->owner;
+    if (owner == ci) {
+      *static_cast<void**>(p) = mine;
+      mine = p;
+      ++local;
+    } else {
+      std::size_t g = 0;
+      while (g < ngroups && groups[g].owner != owner) ++g;
+      if (g == groups.size()) {  // more owners than groups: post the first one now
+        post(cc, groups[0].owner, c, groups[0].head, groups[0].tail, groups[0].count);
+        groups[0] = groups[--ngroups];
+        g = ngroups;
+      }
+      if (g == ngroups) groups[ngroups++] = {owner, nullptr, p, 0};
+      *static_cast<void**>(p) = groups[g].head;
+      groups[g].head = p;
+      ++groups[g].count;
+    }
+    p = next;
+  }
+  for (std::size_t g = 0; g < ngroups; ++g)
+    post(cc, groups[g].owner, c, groups[g].head, groups[g].tail, groups[g].count);
+  if (local == 0) return 0;
   slab_list returns;
   {
     std::lock_guard lock(cc.lock);
     drain(cc, returns);
-    std::uint32_t local = 0;
-    for (void* p = chain; n--;) {
+    for (void* p = mine; p;) {
       void* next = *static_cast<void**>(p);
-      const std::size_t owner = slab_of(p, c)->owner;
-      if (owner == ci) {
-        put_back(cc, p, c, returns);
-        ++local;
-      } else {
-        std::size_t g = 0;
-        while (g < ngroups && groups[g].owner != owner) ++g;
-        if (g == groups.size()) {  // more owners than groups: post the first one now
-          post(cc, groups[0].owner, c, groups[0].head, groups[0].tail, groups[0].count);
-          groups[0] = groups[--ngroups];
-          g = ngroups;
-        }
-        if (g == ngroups) groups[ngroups++] = {owner, nullptr, p, 0};
-        *static_cast<void**>(p) = groups[g].head;
-        groups[g].head = p;
-        ++groups[g].count;
-      }
+      put_back(cc, p, c, returns);
       p = next;
     }
-    for (std::size_t g = 0; g < ngroups; ++g)
-      post(cc, groups[g].owner, c, groups[g].head, groups[g].tail, groups[g].count);
     cc.counters.deallocations += local;
   }
   return return_slabs(returns);  // no lock held
@@ -216,7 +231,7 @@ std::size_t slab_state::flush(int c, void* chain, std::uint32_t n) {
 void slab_state::post(core_cache& from, std::size_t owner, int c, void* head, void* tail,
                       std::uint32_t count) {
   core_cache& to = *core_if(owner);
-  from.counters.remote_frees_sent += count;
+  from.remote_sent.fetch_add(count, std::memory_order_relaxed);
   if (to.inbox.bounded_push(remote_batch{head, count, static_cast<std::uint32_t>(c)})) return;
   to.overflows.fetch_add(1, std::memory_order_relaxed);
   auto& stack = to.overflow[static_cast<std::size_t>(c)];

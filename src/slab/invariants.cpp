@@ -64,6 +64,22 @@ void slab_resource::check_invariants() const {
   for (int c = 0; c < class_count; ++c)
     if (used[static_cast<std::size_t>(c)] != st.out[static_cast<std::size_t>(c)].load())
       fail(st.ncores, c, "S3: objects used in slabs != objects out of slabs");
+  {
+    std::lock_guard lock(detail::registry_mutex());
+    for (const detail::thread_cache* tc = st.caches; tc; tc = tc->next) {
+      std::size_t grown = 0;
+      for (int c = 0; c < st.classes; ++c) {
+        const auto& b = tc->bins[static_cast<std::size_t>(c)];
+        const auto& g = st.geom[static_cast<std::size_t>(c)];
+        if (b.limit > g.cache_limit) grown += (b.limit - g.cache_limit) * g.size;
+        if (b.count.load(std::memory_order_relaxed) > b.limit)
+          fail(st.ncores, c, "T1: a thread-cache bin holds more than its limit");
+      }
+      if (grown != tc->grown_bytes.load(std::memory_order_relaxed) ||
+          grown > st.knobs.thread_cache_bytes)
+        fail(st.ncores, -1, "T1: thread-cache growth miscounted or over thread_cache_bytes");
+    }
+  }
   std::lock_guard lock(st.large_lock);
   if (const char* broken = st.large.check()) fail(st.ncores, -1, broken);
 }

@@ -4,6 +4,8 @@
 #include <sys/mman.h>
 
 #include <bit>
+#include <cstdio>
+#include <cstdlib>
 
 namespace bsalloc::detail {
 namespace {
@@ -43,6 +45,9 @@ bool large_table::insert(const large_record& r) noexcept {
   while (slots_[i].p) i = (i + 1) & (cap_ - 1);
   slots_[i] = r;
   ++size_;
+#ifndef NDEBUG
+  if (size_ * 2 > cap_) std::abort();  // L1: never over half full
+#endif
   return true;
 }
 

@@ -41,6 +41,22 @@
 #define BSALLOC_UNPOISON(p, size) ((void)0)
 #endif
 
+// Debug builds check invariants inline, at the points that maintain them (tests also call the
+// check_invariants() walks). Release builds compile the checks away.
+#ifndef BSALLOC_ASSERT
+#ifdef NDEBUG
+#define BSALLOC_ASSERT(cond, what) ((void)0)
+#else
+#include <cstdio>
+#include <cstdlib>
+#define BSALLOC_ASSERT(cond, what)                                                                \
+  ((cond) ? (void)0                                                                               \
+          : (std::fprintf(stderr, "bsalloc: invariant %s broken at %s:%d (%s)\n", what, __FILE__, \
+                          __LINE__, #cond),                                                       \
+             std::abort()))
+#endif
+#endif
+
 namespace bsalloc::detail {
 
 constexpr std::uint32_t slab_magic = 0xb5a1ab5au;
@@ -83,15 +99,25 @@ struct class_geom {
 struct bin {
   void* head = nullptr;
   std::atomic<std::uint32_t> count{0};
-  std::uint16_t limit = 0;     // <= cache_max <= 2048; 0 for classes not in use and bad_class
-  std::uint16_t refilled = 0;  // refilled since the limit last grew
+  std::uint16_t limit = 0;  // <= cache_max <= 2048; 0 for classes not in use and bad_class
+  std::uint16_t flags = 0;  // bin_refilled | bin_active
 };
+enum : std::uint16_t {
+  bin_refilled = 1,  // refilled since the limit last grew
+  bin_active = 2,    // refilled or overflowed since the last scavenge
+};
+/// Slow-path visits of a thread cache between two looks for bins that went quiet.
+constexpr std::uint32_t scavenge_period = 256;
 
 struct thread_cache {
   slab_state* res;                        // registry_mutex
   thread_cache* prev;                     // registry_mutex: res->caches list
   thread_cache* next;                     // registry_mutex
   std::array<bin, class_count + 1> bins;  // owner thread; bins[bad_class] always empty
+  // Owner thread (atomic only for stats()): bytes the bins' limits grew above their initial
+  // limits, at most knobs.thread_cache_bytes.
+  std::atomic<std::size_t> grown_bytes{0};
+  std::uint32_t slow_calls = 0;  // owner thread
 };
 
 struct remote_batch {  // a chain of `count` objects of one class, linked through their first word
@@ -118,6 +144,7 @@ struct alignas(64) core_cache {
   std::array<std::atomic<void*>, class_count> overflow{};  // Treiber stacks of objects
   std::array<std::atomic<std::uint64_t>, 2> overflow_mask{};
   std::atomic<std::size_t> overflows{0};
+  std::atomic<std::size_t> remote_sent{0};  // objects this core's threads posted elsewhere
 };
 
 struct slab_list {  // slabs to give back upstream once no lock is held
@@ -179,6 +206,7 @@ struct slab_state {
   std::atomic<std::size_t> slab_bytes_reserved{0};
   std::atomic<std::size_t> caches_created{0};
   std::atomic<std::size_t> pins{0};  // exiting threads flushing a cache detached from `caches`
+  std::atomic<std::size_t> bin_shrinks{0};
 
   // registry_mutex.
   thread_cache* caches = nullptr;
@@ -231,6 +259,13 @@ struct slab_state {
   // -- thread caches (thread_cache.cpp) -------------------------------------------------------
   /// Everything in tc goes back; returns the bytes of slabs that went upstream meanwhile.
   std::size_t flush_cache(thread_cache& tc);
+  /// A slow-path visit of tc by its thread: now and then, bins that grew and went quiet shrink.
+  void tick(thread_cache& tc) {
+    if (++tc.slow_calls % scavenge_period == 0) scavenge(tc);
+  }
+  void scavenge(thread_cache& tc);
+  /// Bin c of tc keeps its newest `keep` objects (keep >= 1); the rest goes back.
+  void trim_bin(thread_cache& tc, int c, std::uint32_t keep);
 
   // -- large blocks (large.cpp) ---------------------------------------------------------------
   void* allocate_large(std::size_t bytes, std::size_t alignment);

@@ -130,6 +130,41 @@ std::size_t slab_state::flush_cache(thread_cache& tc) {
   return bytes;
 }
 
+void slab_state::trim_bin(thread_cache& tc, int c, std::uint32_t keep) {
+  bin& b = tc.bins[static_cast<std::size_t>(c)];
+  const std::uint32_t n = b.count.load(std::memory_order_relaxed);
+  if (n <= keep) return;
+  void* cut = b.head;
+  for (std::uint32_t i = 1; i < keep; ++i) cut = *static_cast<void**>(cut);
+  void* rest = *static_cast<void**>(cut);
+  *static_cast<void**>(cut) = nullptr;
+  b.count.store(keep, std::memory_order_relaxed);
+  flush(c, rest, n - keep);
+}
+
+// Bins whose limit grew and that saw no slow-path visit since the last look halve their limit
+// (down to the initial one) and give back what is over it: a class that went quiet does not keep
+// its burst's objects, and the slabs they pin, for ever.
+void slab_state::scavenge(thread_cache& tc) {
+  for (int c = 0; c < classes; ++c) {
+    bin& b = tc.bins[static_cast<std::size_t>(c)];
+    if (b.flags & bin_active) {
+      b.flags = static_cast<std::uint16_t>(b.flags & ~bin_active);
+      continue;
+    }
+    const auto& g = geom[static_cast<std::size_t>(c)];
+    if (b.limit <= g.cache_limit) continue;
+    const std::uint32_t lower = std::max<std::uint32_t>(g.cache_limit, b.limit / 2u);
+    BSALLOC_ASSERT(tc.grown_bytes.load(std::memory_order_relaxed) >= (b.limit - lower) * g.size,
+                   "T1 (grown bytes cover every grown bin)");
+    tc.grown_bytes.fetch_sub((b.limit - lower) * g.size, std::memory_order_relaxed);
+    b.limit = static_cast<std::uint16_t>(lower);
+    b.flags = 0;
+    bin_shrinks.fetch_add(1, std::memory_order_relaxed);
+    trim_bin(tc, c, lower);
+  }
+}
+
 void drop_caches(slab_state& st, bool destroying) {
   {
     std::lock_guard lock(registry_mutex());
