@@ -135,9 +135,9 @@ TEST_CASE("fork under load: 40 children allocate and free through every slab_res
   fork_under_load({&plain, &uncached, &checked, &serial}, 40);
 }
 
-// Over global_page_resource(): its own lock is the page layer's (fork handlers there); this
-// passes once both layers have theirs.
-TEST_CASE("fork under load over the default upstream" * doctest::may_fail() *
+// Over global_page_resource(): its own lock is the page layer's, taken by the page layer's
+// fork handlers.
+TEST_CASE("fork under load over the default upstream" *
           doctest::skip(sanitizer_malloc_forks_badly)) {
   slab_resource dflt;
   fork_under_load({&dflt}, 30);

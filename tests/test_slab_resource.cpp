@@ -196,6 +196,13 @@ TEST_CASE("std::pmr containers on a slab_resource") {
     CHECK(table.find("slab_resource:") != std::string::npos);
     const std::string json = fmt::format("{:j}", s);
     CHECK(json.find("\"objects_in_use\":" + std::to_string(s.objects_in_use)) != std::string::npos);
+    CHECK(s.core_caches >= 1);
+    CHECK(s.thread_caches_created >= 1);
+    CHECK(table.find(fmt::format("{} core caches; {} thread caches created", s.core_caches,
+                                 s.thread_caches_created)) != std::string::npos);
+    CHECK(json.find(fmt::format("\"thread_caches_created\":{},\"core_caches\":{},",
+                                s.thread_caches_created, s.core_caches)) != std::string::npos);
+    CHECK(json.find("\"bin_shrinks\":" + std::to_string(s.bin_shrinks)) != std::string::npos);
     res.check_invariants();
   }
   CHECK(pages.stats().allocated_bytes == 0);  // the destructor released everything
