@@ -1,10 +1,12 @@
 // bsalloc::page_resource — see include/bsalloc/page_resource.hpp for the glossary and
 // invariants, src/page/internal.hpp for how the page layer is split into files. This file:
 // construction, regions, and the public allocate / deallocate / lookup entry points.
+#include <bsalloc/out_of_memory.hpp>
 #include <bsalloc/page_resource.hpp>
 
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstring>
 #include <new>
 #include <stdexcept>
@@ -77,6 +79,14 @@ void* page_resource::allocate_pages(std::size_t count, std::size_t alignment,
 
 void* page_resource::allocate_slow(std::size_t count, std::size_t alignment,
                                    page_constraint where) {
+  return detail::allocate_or_report(
+      "page_resource", "", this, count > SIZE_MAX / page_size ? SIZE_MAX : count * page_size,
+      alignment, [&] { return allocate_attempt(count, alignment, where); },
+      [this] { return to_string(stats()); });
+}
+
+void* page_resource::allocate_attempt(std::size_t count, std::size_t alignment,
+                                      page_constraint where) {
   if (alignment == 0 || (alignment & (alignment - 1)) != 0)
     throw std::invalid_argument(
         fmt::format("bsalloc::page_resource: alignment {} is not a power of two", alignment));

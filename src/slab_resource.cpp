@@ -7,6 +7,7 @@
 //     alignment, a large request) goes to allocate_slow / deallocate_slow, which classify once
 //     with the overflow-safe size_class() and dispatch to the thread cache, the core caches or
 //     the large path.
+#include <bsalloc/out_of_memory.hpp>
 #include <bsalloc/slab_resource.hpp>
 
 #include <unistd.h>
@@ -226,6 +227,12 @@ slow:
 #undef BSALLOC_INLINE_CLASS
 
 void* slab_resource::allocate_slow(std::size_t bytes, std::size_t alignment) {
+  return detail::allocate_or_report(
+      "slab_resource", "", this, bytes, alignment,
+      [&] { return allocate_attempt(bytes, alignment); }, [this] { return to_string(stats()); });
+}
+
+void* slab_resource::allocate_attempt(std::size_t bytes, std::size_t alignment) {
   slab_state& st = *state_;
   if (!detail::power_of_two(alignment)) throw_bad_alignment(alignment);
   int c = detail::size_class(bytes, alignment);

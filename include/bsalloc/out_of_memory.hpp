@@ -8,6 +8,10 @@
 //     return drop_caches();  // true: something was freed, the request is retried once
 //   });
 //
+// Who reports: page_resource (its buffer or the OS is exhausted), slab_resource (its upstream
+// failed, unless that upstream is a bsalloc resource which reported it already), frame_arena
+// and budget_resource. A request that crosses several bsalloc layers is reported once, by the
+// lowest one that failed (detail::reported_bad_alloc carries that up).
 // Protocol (what every resource does, see detail::report_out_of_memory):
 //   1. a request fails;
 //   2. the handler is called with what was asked, by whom, and a stats snapshot;
@@ -21,6 +25,7 @@
 // out of the allocate call instead of std::bad_alloc).
 
 #include <cstddef>
+#include <new>
 #include <string>
 #include <string_view>
 
@@ -44,6 +49,13 @@ out_of_memory_handler get_out_of_memory_handler() noexcept;
 
 namespace detail {
 
+/// The std::bad_alloc a bsalloc resource throws once the request was reported (or nobody was
+/// there to report it to): a bsalloc resource above it lets it pass without reporting the same
+/// request again. Users catch it as std::bad_alloc.
+struct reported_bad_alloc : std::bad_alloc {
+  const char* what() const noexcept override { return "bsalloc: out of memory"; }
+};
+
 /// True when a handler is installed and this thread is not inside it already: only then is a
 /// report worth building (the stats snapshot costs).
 bool out_of_memory_reportable() noexcept;
@@ -65,6 +77,29 @@ bool report_out_of_memory(std::string_view type, std::string_view name, const vo
   info.resource = resource;
   info.stats = stats();
   return report_out_of_memory(info);
+}
+
+/// The protocol for a resource whose failures come from below (an upstream, the OS): runs
+/// `attempt()`; if it throws a std::bad_alloc that nobody reported yet, reports it and, if the
+/// handler returns true, runs `attempt()` once more. Every failure leaves as reported_bad_alloc.
+/// Call it with no lock held: `stats()` and the handler may need them.
+template <class Attempt, class StatsFn>
+auto allocate_or_report(std::string_view type, std::string_view name, const void* resource,
+                        std::size_t bytes, std::size_t alignment, Attempt&& attempt,
+                        StatsFn&& stats) -> decltype(attempt()) {
+  try {
+    return attempt();
+  } catch (const reported_bad_alloc&) {
+    throw;
+  } catch (const std::bad_alloc&) {
+    if (!report_out_of_memory(type, name, resource, bytes, alignment, stats))
+      throw reported_bad_alloc();
+  }
+  try {
+    return attempt();
+  } catch (const std::bad_alloc&) {
+    throw reported_bad_alloc();
+  }
 }
 
 }  // namespace detail

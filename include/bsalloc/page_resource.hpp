@@ -301,6 +301,8 @@ class page_resource : public std::pmr::memory_resource {
   bool cache_put(void* p, std::size_t count, page_meta* head) noexcept;  // p validated
   [[gnu::noinline]] void* allocate_slow(std::size_t count, std::size_t alignment,
                                         page_constraint where);
+  void* allocate_attempt(  // allocate_slow without the out-of-memory report
+      std::size_t count, std::size_t alignment, page_constraint where);
   [[gnu::noinline]] void deallocate_slow(void* p, std::size_t count);
   std::size_t cached_pages() const noexcept;
   void drain_caches(bool all);

@@ -182,6 +182,7 @@ class slab_resource : public std::pmr::memory_resource {
 
  private:
   [[gnu::noinline]] void* allocate_slow(std::size_t bytes, std::size_t alignment);
+  void* allocate_attempt(std::size_t bytes, std::size_t alignment);  // allocate_slow, unreported
   [[gnu::noinline]] void deallocate_slow(void* p, std::size_t bytes, std::size_t alignment);
 
   detail::slab_state* state_;

@@ -153,7 +153,7 @@ void* budget_resource::allocate_over(std::size_t bytes, std::size_t alignment) {
     in_use_.fetch_sub(bytes, std::memory_order_relaxed);
   }
   refused_.fetch_add(1, std::memory_order_relaxed);
-  throw std::bad_alloc();
+  throw detail::reported_bad_alloc();
 }
 
 budget_stats budget_resource::stats() const {

@@ -255,7 +255,7 @@ void* frame_arena::allocate_slow(std::size_t bytes, std::size_t alignment) {
                                       [this] { return to_string(stats()); }))
       break;
   }
-  throw std::bad_alloc();
+  throw detail::reported_bad_alloc();
 }
 
 frame_arena_stats frame_arena::stats() const noexcept {
