@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // A game loop on object pools: entities and projectiles come from their own typed slab caches
 // and live in pool_ptrs. Dead entities are handed to a clean-up thread, which destroys them
 // there: a pool_ptr frees its object on any thread, without a reference to its pool.

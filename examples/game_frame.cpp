@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // A game loop over one fixed buffer, on bsalloc's engine kit:
 //   - a frame_ring<2> for per-frame scratch (two frames in flight: the renderer reads the
 //     previous frame's draw list while the game builds the next one), reset in O(1);

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // page_resource under std::pmr containers, then its stats.
 #include <bsalloc/bsalloc.hpp>
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // std::pmr containers on a slab_resource: a vector of strings, an unordered_map, and the slab
 // stats while they live and after they are gone. Exits non-zero if a check fails.
 #include <bsalloc/page_resource.hpp>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // A server on bsalloc's engine kit. Four workers handle requests:
 //   - each worker has its own frame_arena for per-request scratch (parsed path, headers, the
 //     response being built), reset after every response in O(1);

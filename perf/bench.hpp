@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 // The benchmark program's parts: peers (the allocators measured, each behind one
 // std::pmr::memory_resource*) and workloads (what is measured). bsalloc_bench.cpp runs one

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // bsalloc_bench: runs one workload through one peer and prints one CSV line.
 //
 //   bsalloc_bench --peer NAME --workload NAME [--ops N] [--quick] [--seed S] [--size BYTES]

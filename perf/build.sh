@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Builds bsalloc_bench (RelWithDebInfo, in build-perf/) unless BSALLOC_BENCH names one, and
 # prints its path. Used by run.sh and callgrind.sh.
 set -euo pipefail

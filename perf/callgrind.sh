@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Instructions per allocate and per deallocate on the fast path, counted by callgrind (exact and
 # repeatable on a noisy machine). For each peer: bsalloc_bench --workload fastpath runs a warm-up,
 # then batches of 16 allocations freed newest first through two out-of-line probes; the probes'

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The peers: every allocator measured, each behind one std::pmr::memory_resource*.
 #include <dlfcn.h>
 #include <malloc.h>

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Runs bsalloc_bench over every (peer, workload), repeated, and reports medians.
 
 Each repetition runs every workload once per peer, peers in a fresh random order, one process

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The workloads. Each runs a fixed number of operations through one peer and times them with
 // steady_clock. Filling the large working sets of `mixed` and `large` is not timed; the small
 // windows of the churn workloads (at most 10 000 objects against millions of ops) are. Every

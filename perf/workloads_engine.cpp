@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The engine-kit workloads (issue 12): per-frame allocation with a bulk free at the end of each
 // frame, and a budget's overhead. Each takes the peer's resource as the *upstream* (of the
 // arena, the monotonic buffer, the slab_resource, the budget) or, for frame_free, uses it

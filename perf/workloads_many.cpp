@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // many_resources: one resource per subsystem, as engines and servers use pmr. 32 resources of the
 // peer's kind, one thread; each op picks a random resource, frees its oldest small object
 // (16..256 B) and allocates a new one there. Each resource keeps a window of 64 live objects.

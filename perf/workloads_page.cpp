@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The page layer's workloads (issue: large blocks, the container mix, scaling of large blocks
 // on many threads). Declared and listed in the table of workloads.cpp.
 //

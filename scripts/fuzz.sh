@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Fuzzes one target (or all) for a while, by hand:
 #
 #   scripts/fuzz.sh TARGET|all [SECONDS] [--merge] [-- extra libFuzzer flags]

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Draws memory over time from a bsalloc::memory_sampler file (one JSON line per frame):
 # one line per budget (bytes in use), its limit dashed in the same colour, and every extra
 # series (slab/page totals) as a thin line.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The non-template parts of bsalloc::object_pool: stats text and JSON, checked mode's verdicts.
 #include <bsalloc/object_pool.hpp>
 

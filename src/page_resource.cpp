@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // bsalloc::page_resource — see include/bsalloc/page_resource.hpp for the glossary and
 // invariants, src/page/internal.hpp for how the page layer is split into files. This file:
 // construction, regions, and the public allocate / deallocate / lookup entry points.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // bsalloc::slab_resource — the facade: construction, the inline fast path, dispatch to the
 // layers under src/slab/, whole-resource operations and stats. See slab_resource.hpp for the
 // glossary and invariants, src/slab/state.hpp for the layers and the lock order.

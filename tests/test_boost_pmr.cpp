@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // boost_pmr_adaptor: Boost.Container's pmr containers on every bsalloc resource.
 #include <bsalloc/boost_pmr.hpp>
 #include <bsalloc/budget.hpp>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // budget_resource and budget_report(): counting, limits, handlers, nesting, threads, printing.
 #include <bsalloc/budget.hpp>
 #include <bsalloc/frame_arena.hpp>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // frame_arena and frame_ring: bump allocation, O(1) reset, markers, fixed arenas running out,
 // debug fills, bulk-free events, ASan poisoning.
 #include <bsalloc/frame_arena.hpp>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The out-of-memory handler: installing, the report entry point, retry protocol, recursion.
 #include <bsalloc/frame_arena.hpp>
 #include <bsalloc/out_of_memory.hpp>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Regression tests for page_resource's reported defects: tail pointers accepted by
 // deallocate_pages, release() racing trim(), and fork() from a multi-threaded parent.
 #include <bsalloc/page_resource.hpp>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The page layer's newer parts: the process page map, run metadata (usable_size, find_run,
 // deallocate_run), the run cache, in-place resize, fault injection in the OS layer, huge-page
 // alignment, the background purger, and what a large allocation makes resident.

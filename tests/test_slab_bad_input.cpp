@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // slab_resource: the bad-input contract on every path, the conformance findings (upstream calls
 // serialised, requests no class serves forwarded, max_blocks_per_chunk an upper bound), the
 // large path's out-of-band records and trim()'s count. Each case names the README row it backs.

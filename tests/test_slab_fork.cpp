@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // fork() while other threads allocate: the slab layer's locks are all taken around fork
 // (pthread_atfork), so a child can allocate and free through every slab_resource.
 #include <bsalloc/slab_resource.hpp>

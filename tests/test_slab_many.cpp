@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Many live slab_resources per thread: dense slots, each thread's table holds them all, so no
 // cache is ever evicted or rebuilt; caches of destroyed resources do not outlive them; core caches
 // are created on the first use of their CPU.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The thread cache's memory: bins grow for bursts only within the cache's growth budget, and
 // bins whose class went quiet shrink back, giving their objects (and the slabs they pin) back.
 #include <bsalloc/slab_resource.hpp>

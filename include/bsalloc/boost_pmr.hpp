@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 // bsalloc::boost_pmr_adaptor — Boost.Container's pmr containers on any std::pmr resource.
 //
@@ -17,6 +18,7 @@
 //
 // Thread safety and lifetime: those of the wrapped resource; the adaptor holds only a pointer,
 // which must outlive every container using the adaptor.
+#include <bsalloc/detail/requires_cxx20.hpp>  // first: one clear error before C++20
 
 #include <cstddef>
 #include <memory_resource>

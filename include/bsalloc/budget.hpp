@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 // bsalloc::budget_resource — a named byte budget over any upstream; bsalloc::budget_report()
 // shows every live budget.
@@ -25,6 +26,7 @@
 //   B1  in_use == sum of the sizes of live allocations; count == their number.
 //   B2  peak >= in_use; in_use <= limit unless the handler allowed an excess.
 // deallocate must be given the size that was allocated (as every memory_resource requires).
+#include <bsalloc/detail/requires_cxx20.hpp>  // first: one clear error before C++20
 
 #include <atomic>
 #include <cstddef>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 // Debug fills, ASan poisoning and bulk-free events: the tools that make use-after-free and
 // use-after-reset visible.
@@ -10,6 +11,7 @@
 //   bulk-free hook    set_bulk_free_hook(fn): told about every reset()/rewind()/release() that
 //                     frees many objects at once (profilers and sanitizers otherwise see them
 //                     as leaks: no per-object free ever happens).
+#include <bsalloc/detail/requires_cxx20.hpp>  // first: one clear error before C++20
 
 #include <cstddef>
 #include <cstring>

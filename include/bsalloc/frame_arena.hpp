@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 // bsalloc::frame_arena — bump allocation with an O(1) reset, the engine's per-frame scratch.
 //
@@ -34,6 +35,7 @@
 // Thread safety: none; one arena belongs to one thread at a time (like a frame).
 // Cost: allocate is a few instructions inline; reset() is O(1) — unless a debug fill or ASan is
 // on, which touch every byte freed.
+#include <bsalloc/detail/requires_cxx20.hpp>  // first: one clear error before C++20
 
 #include <array>
 #include <cstddef>

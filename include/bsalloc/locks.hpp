@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 // Lock policies for bsalloc's typed pools (object_pool<T, Lock>).
 //
@@ -14,6 +15,7 @@
 //   null_lock   no synchronisation at all, zero bytes, zero instructions. Whatever it guards
 //               may then be used by one thread at a time only; types built on it say so with
 //               `thread_safe == false`.
+#include <bsalloc/detail/requires_cxx20.hpp>  // first: one clear error before C++20
 
 #include <atomic>
 #include <chrono>

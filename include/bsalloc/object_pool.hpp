@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 // bsalloc::object_pool<T, Lock, SlabBytes> — a typed slab cache: each type its own slabs, objects
 // handed out as RAII pointers (pool_ptr) that can be freed from any thread without the pool.
@@ -27,6 +28,7 @@
 //
 // Lock order: a pool's lock, then (rarely: registry growth) the upstream resource's. Slabs are
 // taken from and given back to the upstream with the pool's lock released.
+#include <bsalloc/detail/requires_cxx20.hpp>  // first: one clear error before C++20
 
 #include <algorithm>
 #include <bit>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 // Out-of-memory reports: one process-wide handler, called by every bsalloc resource that is
 // about to throw std::bad_alloc.
@@ -23,6 +24,7 @@
 // recursion), it throws std::bad_alloc at once. The handler may be called from any thread,
 // concurrently; it must be thread-safe and should not throw (an exception it throws propagates
 // out of the allocate call instead of std::bad_alloc).
+#include <bsalloc/detail/requires_cxx20.hpp>  // first: one clear error before C++20
 
 #include <cstddef>
 #include <new>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 // bsalloc's process page map: which page_resource, if any, manages an address.
 //
@@ -5,6 +6,7 @@
 // from a caller) is recorded in one process-wide two-level radix table over the 47-bit user
 // address space. A lookup is two dependent loads and takes no lock, so it answers for any
 // pointer — "not bsalloc memory" included — in O(1): what free(p) without a size needs.
+#include <bsalloc/detail/requires_cxx20.hpp>  // first: one clear error before C++20
 
 namespace bsalloc {
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 // bsalloc::page_resource — a buddy page allocator that is a std::pmr::memory_resource.
 //
@@ -46,6 +47,7 @@
 // and are handed out again from there: large-block churn takes neither the buddy lock nor a
 // split or merge. Cached runs count as retained memory: the purge policy, trim() and
 // flush_cache() return them to the buddy lists.
+#include <bsalloc/detail/requires_cxx20.hpp>  // first: one clear error before C++20
 
 #include <array>
 #include <atomic>

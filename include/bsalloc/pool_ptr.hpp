@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 // bsalloc::pool_ptr<T, Lock, SlabBytes> — the owning pointer object_pool<T, Lock, SlabBytes>
 // hands out: move-only like std::unique_ptr, the size of one pointer. Its destructor runs ~T
@@ -13,6 +14,7 @@
 // includes it, not the other way round. Destroying or resetting a pool_ptr instantiates
 // object_pool<T, Lock, SlabBytes>::dispose, so include <bsalloc/object_pool.hpp> where that
 // happens (every pool_ptr comes from a pool, so its code has it already).
+#include <bsalloc/detail/requires_cxx20.hpp>  // first: one clear error before C++20
 
 #include <compare>
 #include <cstddef>

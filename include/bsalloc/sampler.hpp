@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 // bsalloc::memory_sampler — memory over time, one JSON line per frame (or interval), for
 // scripts/memchart.sh to draw: one line per budget, its limit dashed.
@@ -11,6 +12,7 @@
 //   {"frame":12,"t":0.2013,"budgets":[<budget_report() entries, as {:j}>],
 //    "series":{"slab reserved":1048576,...}}
 // Not thread-safe: sample from one thread (the series functions run on it).
+#include <bsalloc/detail/requires_cxx20.hpp>  // first: one clear error before C++20
 
 #include <cstddef>
 #include <cstdint>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 // bsalloc::slab_resource — per-core slab pools behind a small per-thread cache; a one-line swap
 // for std::pmr::synchronized_pool_resource.
@@ -46,6 +47,7 @@
 // new_delete_resource() and synchronized_pool_resource are known; see upstream_thread_safe).
 // fork() from a thread while others allocate is safe: every lock of the slab layer is taken
 // around it (pthread_atfork), and the child can allocate and free.
+#include <bsalloc/detail/requires_cxx20.hpp>  // first: one clear error before C++20
 
 #include <cstddef>
 #include <cstdint>

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # object_pool's compile-time checks: each misuse below must fail to compile with its own
 # static_assert message (and a correct use must compile), with g++ and with clang++.
 set -euo pipefail

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Perf smoke test: the quick mode of perf/run.sh over every peer and workload, with the
 # already-built bsalloc_bench of the normal build, plus a short callgrind count. Seconds, no
 # figure judged: it fails only if the benchmark program fails, so perf/ never rots.

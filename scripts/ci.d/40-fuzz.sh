@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Fuzzing step: builds every libFuzzer target of tests/fuzz (clang, ASan + UBSan), replays every
 # saved regression input and the seed corpus, then fuzzes each target for
 # BSALLOC_FUZZ_SECONDS (default 60) seconds, as many targets at once as there are cores. Fails on

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Valgrind step: the slab_resource and object_pool suites of the normal build run under
 # memcheck (definite leaks count as errors). Any error fails the step; so does a missing
 # valgrind or a missing test binary. About 30 s. With the memcheck client requests in the pools,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // budget_resource's slow paths, the registry of live budgets and the report's printers.
 #include <bsalloc/budget.hpp>
 #include <bsalloc/out_of_memory.hpp>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The bulk-free hook (see debug_fill.hpp).
 #include <bsalloc/debug_fill.hpp>
 

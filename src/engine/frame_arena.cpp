@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // frame_arena's slow paths: new chunks, rewind, release, debug fills and poisoning, stats.
 #include <bsalloc/frame_arena.hpp>
 #include <bsalloc/out_of_memory.hpp>

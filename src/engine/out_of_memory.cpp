@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The process-wide out-of-memory handler (see out_of_memory.hpp).
 #include <bsalloc/out_of_memory.hpp>
 

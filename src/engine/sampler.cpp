@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // memory_sampler: JSON lines of budget_report() and extra series.
 #include <bsalloc/sampler.hpp>
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The buddy core: free lists, split, merge, and runs of blocks. Every function here runs with
 // the resource's mutex held. Invariants I1–I8 (page_resource.hpp) are asserted inline in debug
 // builds at the points that maintain them; check_invariants() walks all of them.

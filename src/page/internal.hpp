@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 // Internals shared by the page layer's files (src/page_resource.cpp and src/page/*.cpp).
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // page_resource's introspection: stats() and check_invariants() (I1–I10, see the header).
 #include "internal.hpp"
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The page layer's OS interface: every mmap, madvise and munmap of bsalloc's page layer goes
 // through here, so that tests can make the Nth call fail (detail::os_fault_injection).
 #include <sys/mman.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The process page map: page frame number -> (page_resource, region), for every page that any
 // live page_resource manages. Two levels: a root of 2^17 leaf pointers (1 MiB, zero-initialised
 // static storage: the kernel commits it page by page as it is written), and leaves of 2^18

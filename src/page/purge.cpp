@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Giving memory back: the purge policy (rate-limited MADV_DONTNEED of free resident pages),
 // trim(), release(), and the opt-in background purger.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Regions: caller memory (add_region) and OS regions (grow), their insertion into the page map
 // and removal.
 #include <cstring>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Live page_resources and fork safety. Every page_resource registers here while it lives; the
 // pthread_atfork handlers (installed once, at static initialisation or with the first
 // resource, whichever comes first) take the registry's mutex and then every live resource's

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The run cache: per core (sched_getcpu() % core_count_), a bin of recently freed runs for each
 // page count 1..max_cached_run_pages, in front of the buddy lock. A deallocation of a run that
 // fits goes to its core's bin under the core's lock only; an allocation of that count takes the

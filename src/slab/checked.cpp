@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Checked mode: every slab registered, one allocation bit and one request record (bytes and
 // alignment as asked) per object after the slab header; each deallocate verified against them,
 // or against the large record. A verdict names the resource, the pointer, the size, the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Core caches: per CPU, per class the partial/full/empty slab lists under the core's lock, and
 // the lock-free inbox of remote frees. See state.hpp.
 #include <sched.h>

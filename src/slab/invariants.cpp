@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // slab_resource::check_invariants(): S1-S4 (slab_resource.hpp) and the large records' L1.
 #include <stdexcept>
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The large path: requests no class can serve go to the upstream, which decides (it throws what
 // it throws, std::bad_alloc for sizes it cannot serve). Nothing is written into the block: its
 // record (pointer, bytes, alignment) lives in large_table, out of band, so release() frees it and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // bsalloc::detail::large_table — see large_table.hpp.
 #include "large_table.hpp"
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 // The records of a slab_resource's large blocks (requests no class serves, passed to the
 // upstream): pointer, bytes, alignment, kept out of band so that nothing is written into the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 // Size classes: 8..64 B in steps of 8, then 8 classes per doubling up to 64 KiB (88 classes).
 // One lookup, overflow-safe, for the inline and the slow paths:

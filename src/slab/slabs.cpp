@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Slab mechanics and the upstream: new/return slabs, list links. See state.hpp.
 #include <new>
 

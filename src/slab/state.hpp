@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 // The slab layer's shared state: slab headers, geometry, core caches, thread caches, the large
 // records, checked mode — declared here, defined one concern per file under src/slab/:

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Thread caches: the per-thread slot table, the registry that links each resource's caches, the
 // flush at thread exit, and the fork handlers that make every lock of the slab layer safe across
 // fork(). See state.hpp.

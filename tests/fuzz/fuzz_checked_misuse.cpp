@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Fuzz target: misuse in checked mode, which must abort with a message naming the resource, the
 // pointer and the problem (README, "Bad input"). Each input builds a checked slab_resource (or
 // a checked object_pool), allocates and frees what the input says, then makes ONE bad call in a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 // What the fuzz targets share: the known-defect switches, the shadow model of live blocks, a
 // checking upstream (counts, verifies and can fail on demand) and a forked child for the cases

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Fuzz target: bsalloc::object_pool<T, Lock, SlabBytes> for four shapes of T (1 byte, 48 bytes,
 // 64-aligned, 3000 bytes), three lock policies, explicit and automatic slab sizes, checked or
 // not, over the global page_resource or a fixed buffer, with upstream failures on the calls the

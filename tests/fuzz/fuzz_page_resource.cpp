@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Fuzz target: bsalloc::page_resource over a fixed buffer or over OS regions.
 //
 // The input picks the setup (fixed buffer with its offset and length, or OS regions with their

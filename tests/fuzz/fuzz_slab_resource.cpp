@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Fuzz target: bsalloc::slab_resource under every option, over every kind of upstream.
 //
 // The input picks the knobs (thread cache, checked, largest_required_pool_block, min_slab_bytes,

@@ -1,5 +1,7 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 // Build-wide switches and small helpers shared by the slab layer (slab_resource, object_pool).
+#include <bsalloc/detail/requires_cxx20.hpp>  // first: one clear error before C++20
 
 #include <cstddef>
 
