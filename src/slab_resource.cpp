@@ -40,7 +40,14 @@ bool known_thread_safe(std::pmr::memory_resource* up) {
 
 [[noreturn]] void throw_bad_alignment(std::size_t alignment) {
   throw std::invalid_argument(
-      fmt::format("bsalloc::slab_resource: alignment {} is not a power of two", alignment));
+      fmt::format("bsalloc: slab_resource: alignment {} is not a power of two", alignment));
+}
+[[noreturn]] void throw_bad_alignment(const void* res, const void* p, std::size_t bytes,
+                                      std::size_t alignment) {
+  throw std::invalid_argument(
+      fmt::format("bsalloc: slab_resource {}: deallocate({}, {}, {}): alignment {} is not a power "
+                  "of two",
+                  res, p, bytes, alignment, alignment));
 }
 
 // Objects of `size` that fit in `slab_bytes` after the header.
@@ -273,7 +280,7 @@ void* slab_resource::allocate_attempt(std::size_t bytes, std::size_t alignment) 
 
 void slab_resource::deallocate_slow(void* p, std::size_t bytes, std::size_t alignment) {
   slab_state& st = *state_;
-  if (!detail::power_of_two(alignment)) throw_bad_alignment(alignment);
+  if (!detail::power_of_two(alignment)) throw_bad_alignment(this, p, bytes, alignment);
   int c = detail::size_class(bytes, alignment);
   if (c >= st.classes) c = -1;
   if (checked_) st.check_deallocate(p, bytes, alignment, c);

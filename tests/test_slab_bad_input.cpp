@@ -16,6 +16,7 @@
 #include <vector>
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include "support.hpp"
 
@@ -142,6 +143,25 @@ TEST_CASE("an alignment that is not a power of two throws invalid_argument on ev
       }
       r.check_invariants();
     }
+}
+
+TEST_CASE("a deallocate with a bad alignment names the resource, the pointer and the problem") {
+  for (bool checked : {false, true}) {
+    slab_resource r(std::pmr::pool_options{}, knobs(checked), std::pmr::new_delete_resource());
+    void* p = r.allocate(24, 8);
+    std::string what;
+    try {
+      r.deallocate(p, 24, 12);
+    } catch (const std::invalid_argument& e) {
+      what = e.what();
+    }
+    CHECK(what.find(fmt::format("slab_resource {}", static_cast<const void*>(&r))) !=
+          std::string::npos);
+    CHECK(what.find(fmt::format("deallocate({}, 24, 12)", p)) != std::string::npos);
+    CHECK(what.find("alignment 12 is not a power of two") != std::string::npos);
+    r.deallocate(p, 24, 8);  // nothing was lost
+    r.check_invariants();
+  }
 }
 
 // README row: size or alignment mismatch (checked mode), within one class too.
@@ -357,4 +377,20 @@ TEST_CASE("unchecked: a large block freed with a wrong size goes upstream as it 
   CHECK(up.last_bytes == 100000);
   CHECK(up.last_alignment == 32);
   CHECK(r.stats().large_objects == 0);
+}
+
+// Found by fuzz_checked_misuse (docs/fuzzing.md, F1): a large block freed twice after the
+// upstream gave its memory to a new slab was blamed on the size.
+TEST_CASE("checked: a double free of a large block whose memory became a slab is named as such") {
+  const auto result = run_in_child([] {
+    bsalloc::page_resource pages;  // a fresh upstream, so the reuse is deterministic
+    slab_resource res(std::pmr::pool_options{}, knobs(true), &pages);
+    void* big = res.allocate(66315, 1);  // above every class: a block from the upstream
+    res.deallocate(big, 66315, 1);
+    void* small = res.allocate(1100, 8);  // a new slab for its class, at big's address
+    (void)small;
+    res.deallocate(big, 66315, 1);
+  });
+  CHECK(result.aborted);
+  CHECK_MESSAGE(result.err.find("not a live allocation") != std::string::npos, result.err);
 }

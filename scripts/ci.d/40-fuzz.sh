@@ -11,7 +11,7 @@ out=${BSALLOC_OUT:-$root/build-ci}/fuzz
 seconds=${BSALLOC_FUZZ_SECONDS:-60}
 # Known-defect input classes to fuzz too (docs/fuzzing.md): add each name here once its fix is
 # merged; the environment variable overrides the list.
-enabled_defects=""
+enabled_defects="slab-huge-size,slab-bad-alignment,slab-mismatch-message,slab-trim-report,slab-many-resources,page-tail-pointer"
 export BSALLOC_FUZZ_KNOWN_DEFECTS="${BSALLOC_FUZZ_KNOWN_DEFECTS-$enabled_defects}"
 export ASAN_OPTIONS="abort_on_error=1:detect_leaks=1:quarantine_size_mb=64"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"

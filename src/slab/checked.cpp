@@ -88,7 +88,11 @@ void slab_state::check_deallocate(void* p, std::size_t bytes, std::size_t alignm
   if (slab* s = registered_slab(p)) {
     const auto& g = geom[s->cls];
     const std::size_t off = addr - reinterpret_cast<std::uintptr_t>(s);
-    if (off < g.offset || (off - g.offset) % g.size != 0 || (off - g.offset) / g.size >= g.capacity)
+    if (off < g.offset)  // e.g. a large block freed twice after its memory became this slab
+      bad(p, bytes, alignment,
+          "pointer is not a live allocation of this resource (it points into a slab header: a "
+          "double free or a foreign pointer)");
+    if ((off - g.offset) % g.size != 0 || (off - g.offset) / g.size >= g.capacity)
       bad(p, bytes, alignment, "pointer is not the start of an object");
     const std::size_t i = (off - g.offset) / g.size;
     const std::uint64_t bit = std::uint64_t{1} << (i % 64);

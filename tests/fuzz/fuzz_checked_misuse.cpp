@@ -8,11 +8,13 @@
 // good calls and checks that everything went back upstream.
 #include <bsalloc/object_pool.hpp>
 #include <bsalloc/slab_resource.hpp>
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <functional>
 #include <optional>
+#include <stdexcept>
 #include <vector>
 
 #include "fuzz_common.hpp"
@@ -23,6 +25,7 @@ using namespace bsalloc_fuzz;
 
 struct expectation {
   bool abort = true;
+  bool throws = false;       // std::invalid_argument, not an abort (the child exits 3 with what())
   const char* problem = "";  // a substring of the message (checked with slab-mismatch-message)
 };
 
@@ -32,8 +35,13 @@ void judge(const child_result& r, const expectation& e, const void* p, const std
     FUZZ_CHECK(r.exited_zero, what + ": a good call did not return normally; stderr:\n" + r.err);
     return;
   }
-  FUZZ_CHECK(r.aborted, what + ": not aborted (status " + num(static_cast<std::size_t>(r.status)) +
-                            "); stderr:\n" + r.err);
+  if (e.throws)
+    FUZZ_CHECK(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 3,
+               what + ": no std::invalid_argument (status " +
+                   num(static_cast<std::size_t>(r.status)) + "); stderr:\n" + r.err);
+  else
+    FUZZ_CHECK(r.aborted, what + ": not aborted (status " +
+                              num(static_cast<std::size_t>(r.status)) + "); stderr:\n" + r.err);
   FUZZ_CHECK(r.err.find(who) != std::string::npos,
              what + ": message does not name the resource: " + r.err);
   FUZZ_CHECK(r.err.find(hex(p)) != std::string::npos,
@@ -132,13 +140,22 @@ void slab_case(FuzzedDataProvider& in) {
       } else if (kind == 5) {  // not a power of two
         align = in.PickValueInArray<std::size_t>({0, 3, 12, 24, 48});
         e.problem = "not a power of two";
+        e.throws = true;  // the documented outcome in every mode: std::invalid_argument
         what = "bad alignment";
       } else {  // control: the right call
         e.abort = false;
         what = "good call";
       }
     }
-    const auto r = run_in_child([&] { res.deallocate(p, bytes, align); });
+    const auto r = run_in_child([&] {
+      try {
+        res.deallocate(p, bytes, align);
+      } catch (const std::invalid_argument& ex) {
+        std::fputs(ex.what(), stderr);
+        std::fflush(stderr);
+        std::_Exit(3);
+      }
+    });
     judge(r, e, p, what + " deallocate(" + hex(p) + ", " + num(bytes) + ", " + num(align) + ")",
           "bsalloc: slab_resource");
     // The parent never made the bad call: clean up with good ones.
