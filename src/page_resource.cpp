@@ -43,12 +43,9 @@ page_resource::page_resource(const page_resource_options& options) : options_(op
 page_resource::page_resource(std::span<std::byte> buffer)
     : page_resource(
           page_resource_options{.os_region_bytes = 0, .retain_bytes = 0, .grow_from_os = false}) {
-  try {
-    add_region(buffer);
-  } catch (...) {
-    unregister_resource(this);
-    throw;
-  }
+  // The delegated-to constructor has finished: if add_region throws, the destructor runs and
+  // unregisters this resource (once).
+  add_region(buffer);
 }
 
 page_resource::~page_resource() {

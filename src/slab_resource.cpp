@@ -8,6 +8,7 @@
 //     alignment, a large request) goes to allocate_slow / deallocate_slow, which classify once
 //     with the overflow-safe size_class() and dispatch to the thread cache, the core caches or
 //     the large path.
+#include <bsalloc/budget.hpp>
 #include <bsalloc/out_of_memory.hpp>
 #include <bsalloc/slab_resource.hpp>
 
@@ -33,6 +34,8 @@ namespace {
 std::atomic<std::uint64_t> next_resource_id{1};
 
 bool known_thread_safe(std::pmr::memory_resource* up) {
+  // A budget_resource counts with atomics and is as thread-safe as what it wraps.
+  while (auto* b = dynamic_cast<budget_resource*>(up)) up = b->upstream_resource();
   return up == std::pmr::new_delete_resource() || dynamic_cast<page_resource*>(up) != nullptr ||
          dynamic_cast<slab_resource*>(up) != nullptr ||
          dynamic_cast<std::pmr::synchronized_pool_resource*>(up) != nullptr;
@@ -283,7 +286,11 @@ void slab_resource::deallocate_slow(void* p, std::size_t bytes, std::size_t alig
   if (!detail::power_of_two(alignment)) throw_bad_alignment(this, p, bytes, alignment);
   int c = detail::size_class(bytes, alignment);
   if (c >= st.classes) c = -1;
-  if (checked_) st.check_deallocate(p, bytes, alignment, c);
+  const bool unlinked = checked_ && st.check_deallocate(p, bytes, alignment, c);
+  if (unlinked) {  // a large block, checked and unlinked: bytes and alignment are its own
+    st.up_deallocate(p, bytes, alignment);
+    return;
+  }
   if (c < 0) {
     st.deallocate_large(p, bytes, alignment);
     return;

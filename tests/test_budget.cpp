@@ -3,9 +3,11 @@
 #include <bsalloc/budget.hpp>
 #include <bsalloc/frame_arena.hpp>
 #include <bsalloc/out_of_memory.hpp>
+#include <bsalloc/page_resource.hpp>
 #include <bsalloc/sampler.hpp>
 #include <bsalloc/slab_resource.hpp>
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -13,6 +15,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory_resource>
 #include <mutex>
 #include <new>
@@ -146,6 +149,55 @@ TEST_CASE("budget_resource: a refusal reaches the out-of-memory handler, which m
     b.deallocate(p, 150, 8);
   }
   bsalloc::set_out_of_memory_handler(old);
+}
+
+TEST_CASE("budget_resource: a request near SIZE_MAX is refused without wrapping the count") {
+  bsalloc::budget_resource b{"huge", std::numeric_limits<std::size_t>::max(),
+                             std::pmr::new_delete_resource()};
+  void* p = b.allocate(100, 8);
+  CHECK_THROWS_AS((void)b.allocate(std::numeric_limits<std::size_t>::max() - 50, 8),
+                  std::bad_alloc);
+  CHECK(b.in_use() == 100);
+  CHECK(b.count() == 1);
+  b.check_invariants();
+  b.deallocate(p, 100, 8);
+  CHECK(b.in_use() == 0);
+}
+
+// A slab_resource over a budget over a page_resource is not serialised (the budget is as
+// thread-safe as its upstream), so an over-budget handler may trim the slab that called it — the
+// README's own pattern; serialised, that trim would wait for the lock its own caller holds.
+TEST_CASE("budget_resource: its handler may trim the slab_resource above it") {
+  const auto r = bsalloc_test::run_in_child([] {
+    ::alarm(30);  // a deadlock ends the child: the test fails instead of hanging
+    bsalloc::page_resource pages;
+    bsalloc::budget_resource b{"physics", std::size_t{512} << 10, &pages};
+    bsalloc::slab_resource_options knobs;
+    knobs.min_slab_bytes = 4096;
+    bsalloc::slab_resource slab(std::pmr::pool_options{}, knobs, &b);
+    int calls = 0;
+    b.set_over_budget_handler([&](const bsalloc::over_budget_info&) {
+      ++calls;
+      (void)slab.trim();  // frees empty slabs through the budget
+      return false;
+    });
+    std::vector<void*> held;
+    for (int round = 0; round < 3; ++round) {
+      std::vector<void*> other;  // an empty slab of another class, for the handler's trim()
+      for (int i = 0; i < 4; ++i) other.push_back(slab.allocate(3000, 8));
+      for (void* p : other) slab.deallocate(p, 3000, 8);
+      try {
+        for (;;) held.push_back(slab.allocate(1000, 8));
+      } catch (const std::bad_alloc&) {
+      }
+      for (void* p : held) slab.deallocate(p, 1000, 8);
+      held.clear();
+    }
+    if (calls < 3) std::_Exit(4);
+    std::_Exit(0);
+  });
+  CHECK_MESSAGE(WIFEXITED(r.status), r.err);
+  CHECK(WEXITSTATUS(r.status) == 0);
 }
 
 TEST_CASE("budget_resource: nested budgets count in both, and either refuses") {

@@ -113,6 +113,25 @@ TEST_CASE("frame_arena: a request larger than a chunk gets a chunk of its own") 
   a.check_invariants();
 }
 
+TEST_CASE("frame_arena: sizes and alignments no chunk can hold throw bad_alloc, nothing changes") {
+  counting_resource up;
+  bsalloc::frame_arena a{&up};
+  void* p = a.allocate(64, 16);
+  const auto before = a.stats();
+  constexpr std::size_t top = std::size_t{1} << 63;
+  for (const auto& [bytes, align] :
+       {std::pair{top, top}, std::pair{std::size_t{8}, top}, std::pair{SIZE_MAX, std::size_t{16}},
+        std::pair{SIZE_MAX / 2, std::size_t{4096}}}) {
+    CAPTURE(bytes);
+    CAPTURE(align);
+    CHECK_THROWS_AS((void)a.allocate(bytes, align), std::bad_alloc);
+    a.check_invariants();
+  }
+  CHECK(a.stats().used_bytes == before.used_bytes);
+  CHECK(a.stats().chunks == before.chunks);
+  a.deallocate(p, 64, 16);
+}
+
 TEST_CASE("frame_arena: deallocate gives back only the most recent allocation") {
   std::array<std::byte, 1024> buf{};
   bsalloc::frame_arena a{std::span{buf}};

@@ -11,6 +11,8 @@
 #include <chrono>
 #include <csignal>
 #include <cstring>
+#include <span>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -154,6 +156,9 @@ TEST_CASE("defect 2: release() racing trim() on another thread") {
 }
 
 TEST_CASE("fork from a multi-threaded parent: the child allocates through every page_resource") {
+  // A constructor that throws first must leave every other resource in the fork registry.
+  alignas(4096) static std::byte tiny[100];
+  CHECK_THROWS_AS(page_resource(std::span<std::byte>(tiny)), std::invalid_argument);
   page_resource own;
   page_resource cached(bsalloc::page_resource_options{.cache_bytes_per_core = 1 << 20});
   page_resource* all[] = {&own, &cached, &bsalloc::global_page_resource()};

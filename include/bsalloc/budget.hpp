@@ -136,6 +136,8 @@ class budget_resource : public std::pmr::memory_resource {
 
  protected:
   void* do_allocate(std::size_t bytes, std::size_t alignment) override {
+    if (bytes > (std::numeric_limits<std::size_t>::max() >> 2)) [[unlikely]]
+      return allocate_huge(bytes, alignment);  // a blind fetch_add could wrap in_use_
     const std::size_t now = in_use_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
     if (now > limit_.load(std::memory_order_relaxed) || now < bytes) [[unlikely]]
       return allocate_over(bytes, alignment);
@@ -170,6 +172,7 @@ class budget_resource : public std::pmr::memory_resource {
     return p;
   }
   [[gnu::noinline]] void* allocate_over(std::size_t bytes, std::size_t alignment);
+  [[gnu::noinline]] void* allocate_huge(std::size_t bytes, std::size_t alignment);
   [[gnu::noinline]] void raise_peak(std::size_t now) noexcept;
   [[gnu::noinline]] void track(void* p, std::size_t bytes, std::size_t alignment);
   [[gnu::noinline]] void untrack(void* p) noexcept;

@@ -43,8 +43,10 @@
 //
 // Thread safety: allocate/deallocate from any thread. release(), the destructor and
 // check_invariants() need that no other thread uses the resource at the same time. Calls to an
-// upstream that is not known to be thread-safe are serialised (bsalloc's own resources,
-// new_delete_resource() and synchronized_pool_resource are known; see upstream_thread_safe).
+// upstream that is not known to be thread-safe are serialised (page_resource, slab_resource, a
+// budget_resource over one of these, new_delete_resource() and synchronized_pool_resource are
+// known; see upstream_thread_safe). An out-of-memory or over-budget handler called from inside a
+// serialised upstream call runs under that lock: it must not call back into this slab_resource.
 // fork() from a thread while others allocate is safe: every lock of the slab layer is taken
 // around it (pthread_atfork), and the child can allocate and free.
 #include <bsalloc/detail/requires_cxx20.hpp>  // first: one clear error before C++20
@@ -86,8 +88,9 @@ struct slab_resource_options {
   /// problem. Costs an atomic bit flip and a lookup per call, 4 bytes and a bit per object.
   bool checked = BSALLOC_CHECKED_DEFAULT;
   /// The upstream may be called from several threads at once. Off (the default) calls are
-  /// serialised by a lock unless the upstream is one of bsalloc's resources,
-  /// std::pmr::new_delete_resource() or a std::pmr::synchronized_pool_resource.
+  /// serialised by a lock unless the upstream is a page_resource, a slab_resource, a
+  /// budget_resource over one of these, std::pmr::new_delete_resource() or a
+  /// std::pmr::synchronized_pool_resource.
   bool upstream_thread_safe = false;
 };
 

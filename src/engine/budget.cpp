@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <iterator>
+#include <limits>
 #include <mutex>
 #include <new>
 #include <stdexcept>
@@ -127,6 +128,20 @@ void budget_resource::raise_peak(std::size_t now) noexcept {
   std::size_t seen = peak_.load(std::memory_order_relaxed);
   while (now > seen && !peak_.compare_exchange_weak(seen, now, std::memory_order_relaxed)) {
   }
+}
+
+void* budget_resource::allocate_huge(std::size_t bytes, std::size_t alignment) {
+  // Reserve only what fits: no moment in which in_use_ has wrapped and others pass the limit.
+  std::size_t cur = in_use_.load(std::memory_order_relaxed);
+  do {
+    if (cur > std::numeric_limits<std::size_t>::max() - bytes) {
+      refused_.fetch_add(1, std::memory_order_relaxed);
+      throw detail::reported_bad_alloc();  // more than any address space
+    }
+  } while (!in_use_.compare_exchange_weak(cur, cur + bytes, std::memory_order_relaxed));
+  const std::size_t now = cur + bytes;
+  if (now > limit_.load(std::memory_order_relaxed)) return allocate_over(bytes, alignment);
+  return allocate_reserved(bytes, alignment, now);
 }
 
 void* budget_resource::allocate_over(std::size_t bytes, std::size_t alignment) {

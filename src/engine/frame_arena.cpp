@@ -201,11 +201,10 @@ void* frame_arena::try_chunk(chunk* c, std::size_t bytes, std::size_t alignment)
 void* frame_arena::add_chunk(std::size_t bytes, std::size_t alignment) {
   const std::size_t hdr = header_bytes();
   const std::size_t pad = alignment > chunk_alignment ? alignment - chunk_alignment : 0;
-  std::size_t total = next_chunk_bytes_;  // header included
-  if (total < hdr + pad + bytes) {
-    if (bytes > std::numeric_limits<std::size_t>::max() / 2 - hdr - pad) throw std::bad_alloc();
-    total = hdr + pad + bytes;
-  }
+  constexpr std::size_t half = std::numeric_limits<std::size_t>::max() / 2;
+  if (pad > half - hdr || bytes > half - hdr - pad) throw std::bad_alloc();  // no wrap below
+  std::size_t total = next_chunk_bytes_;                                     // header included
+  if (total < hdr + pad + bytes) total = hdr + pad + bytes;
   if (total >= page_size) total = (total + page_size - 1) & ~(page_size - 1);  // no tail waste
   const std::size_t usable = total - hdr;
   void* mem = upstream_->allocate(total, chunk_alignment);  // its std::bad_alloc propagates

@@ -158,5 +158,8 @@ inline page_map_hit page_map_find(const void* p) noexcept {
 // ---- registry (registry.cpp) ----------------------------------------------------------------
 void register_resource(page_resource* r);
 void unregister_resource(page_resource* r) noexcept;
+// Installs the page layer's pthread_atfork handlers (once). Layers above call it before installing
+// their own, so that their prepare handlers run first (reverse order of installation).
+void install_page_fork_handlers();
 
 }  // namespace bsalloc::detail

@@ -58,7 +58,9 @@ void child() noexcept {
   g.mutex.unlock();
 }
 
-void install_fork_handlers() {
+}  // namespace
+
+void install_page_fork_handlers() {
   static const bool installed = [] {
     (void)the_registry();
     return ::pthread_atfork(prepare, parent, child) == 0;
@@ -69,12 +71,12 @@ void install_fork_handlers() {
 // Early, so that layers above (which install theirs later) run their prepare handlers first:
 // pthread_atfork runs prepare handlers in reverse order of installation, and the slab layer's
 // locks come before the page layer's.
-[[maybe_unused]] const bool installed_at_startup = (install_fork_handlers(), true);
-
+namespace {
+[[maybe_unused]] const bool installed_at_startup = (install_page_fork_handlers(), true);
 }  // namespace
 
 void register_resource(page_resource* r) {
-  install_fork_handlers();
+  install_page_fork_handlers();
   registry& g = the_registry();
   std::lock_guard lock(g.mutex);
   page_access::prev(*r) = nullptr;
@@ -88,6 +90,7 @@ void unregister_resource(page_resource* r) noexcept {
   std::lock_guard lock(g.mutex);
   page_resource* const prev = page_access::prev(*r);
   page_resource* const next = page_access::next(*r);
+  if (prev == nullptr && g.head != r) return;  // not registered (any more): nothing to unlink
   if (prev)
     page_access::next(*prev) = next;
   else

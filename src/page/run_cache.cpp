@@ -16,6 +16,8 @@
 
 #include <bsalloc/locks.hpp>
 
+#include <atomic>
+
 #include "internal.hpp"
 
 namespace bsalloc {
@@ -58,7 +60,12 @@ bool page_resource::cache_put(void* p, std::size_t count, page_meta* head) noexc
   const std::size_t pages = c.pages.load(std::memory_order_relaxed);
   if (n == bin_capacity(count) || ((pages + count) << page_shift) > options_.cache_bytes_per_core)
     return false;
-  set_cached_mark(head->cached, 1);
+  // Claim the run: of two frees of it racing on the fast path (a double free), only one may
+  // cache it; the other goes to the slow path, which throws.
+  std::uint8_t unmarked = 0;
+  if (!std::atomic_ref(head->cached)
+           .compare_exchange_strong(unmarked, 1, std::memory_order_relaxed))
+    return false;
   c.bin(count)[n++] = {p, head};
   c.pages.store(pages + count, std::memory_order_relaxed);
   return true;

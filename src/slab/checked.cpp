@@ -81,7 +81,7 @@ void slab_state::mark_allocated(void* p, int c, std::size_t bytes, std::size_t a
 }
 
 // c: the class (bytes, alignment) maps to, -1 for the large path.
-void slab_state::check_deallocate(void* p, std::size_t bytes, std::size_t alignment, int c) {
+bool slab_state::check_deallocate(void* p, std::size_t bytes, std::size_t alignment, int c) {
   (void)c;
   std::lock_guard lock(checked_lock);
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
@@ -107,7 +107,7 @@ void slab_state::check_deallocate(void* p, std::size_t bytes, std::size_t alignm
           fmt::format("alignment does not match the allocation (alignment {})",
                       record_alignment(r)));
     bitmap(s)[i / 64].fetch_and(~bit, std::memory_order_relaxed);
-    return;
+    return false;
   }
   std::lock_guard large_guard(large_lock);
   if (const large_record* r = large.find(addr)) {
@@ -119,7 +119,13 @@ void slab_state::check_deallocate(void* p, std::size_t bytes, std::size_t alignm
       bad(p, bytes, alignment,
           fmt::format("alignment does not match the allocation (alignment {}, from the upstream)",
                       r->alignment));
-    return;
+    // Unlinked here, under the same lock as the check: of two racing frees of the block, the
+    // second finds no record and aborts as a double free.
+    large_record gone;
+    large.erase(addr, gone);
+    --large_objects;
+    large_bytes -= gone.bytes;
+    return true;
   }
   bad(p, bytes, alignment,
       "pointer is not a live allocation of this resource (foreign pointer or double free)");

@@ -4,7 +4,6 @@
 // record (pointer, bytes, alignment) lives in large_table, out of band, so release() frees it and
 // checked mode checks size and alignment.
 #include <new>
-#include <vector>
 
 #include "state.hpp"
 
@@ -41,15 +40,15 @@ void slab_state::deallocate_large(void* p, std::size_t bytes, std::size_t alignm
 }
 
 void slab_state::free_large() {
-  std::vector<large_record> blocks;
+  large_table blocks;  // taken out under the lock, freed outside it; no allocation (noexcept)
   {
     std::lock_guard lock(large_lock);
-    blocks.reserve(large.size());
-    large.for_each([&](const large_record& r) { blocks.push_back(r); });
-    large.reset();
+    blocks.swap(large);
     large_objects = large_bytes = 0;
   }
-  for (const auto& r : blocks) up_deallocate(reinterpret_cast<void*>(r.p), r.bytes, r.alignment);
+  blocks.for_each([&](const large_record& r) {
+    up_deallocate(reinterpret_cast<void*>(r.p), r.bytes, r.alignment);
+  });
 }
 
 }  // namespace bsalloc::detail

@@ -10,6 +10,7 @@
 // Thread safety: none; slab_state::large_lock guards it.
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 
 namespace bsalloc::detail {
 
@@ -39,6 +40,13 @@ class large_table {
       if (slots_[i].p) f(slots_[i]);
   }
   std::size_t size() const noexcept { return size_; }
+  /// Exchanges the contents of two tables.
+  void swap(large_table& other) noexcept {
+    std::swap(slots_, other.slots_);
+    std::swap(cap_, other.cap_);
+    std::swap(size_, other.size_);
+    std::swap(shift_, other.shift_);
+  }
   /// Forgets every record and gives the table's memory back.
   void reset() noexcept;
   /// Verifies the invariants; returns what is broken or nullptr.

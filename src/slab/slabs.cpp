@@ -63,7 +63,15 @@ slab* slab_state::new_slab(std::size_t core, int c) {
   s->tail = reinterpret_cast<char*>(s) + g.offset;
   s->prev = s->next = nullptr;
   s->res = this;
-  if (knobs.checked) init_checked(s);
+  if (knobs.checked) {
+    try {
+      init_checked(s);  // registers the slab: may throw std::bad_alloc
+    } catch (...) {
+      s->magic = 0;
+      up_deallocate(mem, g.slab_bytes, g.slab_bytes);
+      throw;
+    }
+  }
   slab_bytes_reserved.fetch_add(g.slab_bytes, std::memory_order_relaxed);
   return s;
 }

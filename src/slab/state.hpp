@@ -286,7 +286,9 @@ struct slab_state {
   void forget_checked(slab* s);
   slab* registered_slab(const void* p) const;  // checked_lock held
   void mark_allocated(void* p, int c, std::size_t bytes, std::size_t alignment);
-  void check_deallocate(void* p, std::size_t bytes, std::size_t alignment, int c);
+  // Aborts on a bad free. True when p was a large block: its record is already unlinked, the
+  // caller gives it upstream as it is.
+  bool check_deallocate(void* p, std::size_t bytes, std::size_t alignment, int c);
 };
 
 inline thread_cache* find_cache(const slab_state& st) {

@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "../page/internal.hpp"
 #include "state.hpp"
 
 namespace bsalloc::detail {
@@ -275,6 +276,7 @@ void fork_child() noexcept {
 
 void register_live(slab_state& st) {
   static const bool installed = [] {
+    install_page_fork_handlers();  // first: the slab layer's prepare must run before the page's
     ::pthread_atfork(fork_prepare, fork_parent, fork_child);
     return true;
   }();
