@@ -29,8 +29,9 @@ class BsallocConan(ConanFile):
     description = ("C++20 std::pmr allocator framework: buddy pages, per-core slabs, "
                    "typed pools")
     license = "Apache-2.0"
-    # The project's public address (also project(HOMEPAGE_URL) in CMakeLists.txt and URL in
-    # bsalloc.pc; scripts/check-recipe.py keeps the three equal).
+    # PLACEHOLDER: bsalloc has no public address yet. When it has one, put it here and in
+    # project(HOMEPAGE_URL) in CMakeLists.txt (bsalloc.pc's URL follows); scripts/check-recipe.py
+    # keeps the three equal.
     homepage = "https://github.com/bsalloc/bsalloc"
     url = "https://github.com/bsalloc/bsalloc"
     topics = ("allocator", "pmr", "memory-resource", "slab", "buddy", "memory-pool")
