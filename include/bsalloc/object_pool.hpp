@@ -365,7 +365,7 @@ class object_pool {
           return static_cast<T*>(p);
         }
       }
-      if (slot != detail::no_pool_slot) return static_cast<T*>(refill(c));
+      return static_cast<T*>(slot != detail::no_pool_slot ? refill(c) : allocate_miss(c));
     }
     return static_cast<T*>(allocate_locked(c));
   }
@@ -765,8 +765,16 @@ class object_pool {
           return;
         }
       }
-      if (c.key.home != detail::no_pool_slot && push_slow(c, p)) return;
+      release_miss(s, p);
+    } else {
+      free_slot(s, p);
     }
+  }
+
+  // Out of line so that the hit path above keeps no registers: the cache's slow path, or the
+  // lock for pools without a cache.
+  [[gnu::noinline]] static void release_miss(slab* s, void* p) noexcept {
+    if (s->owner->key.home != detail::no_pool_slot && push_slow(*s->owner, p)) return;
     free_slot(s, p);
   }
 
@@ -828,6 +836,8 @@ class object_pool {
 
   // The fast free missed (no entry yet, a stale one, a full one, or c is closed). True when p
   // went into this thread's cache; false: the caller gives it to the pool.
+  [[gnu::noinline]] static void* allocate_miss(control& c) { return allocate_locked(c); }
+
   [[gnu::noinline]] static bool push_slow(control& c, void* p) noexcept {
     if (c.key.slot.load(std::memory_order_relaxed) == detail::no_pool_slot) {
       // Closed: this thread's cached slots go back now (p is in use: c survives the flush).
@@ -906,7 +916,7 @@ class object_pool {
       detail::pool_bad_pointer(type, op, p, "not allocated: double free (or never handed out)");
   }
 
-  static void deallocate_checked(control& c, T* p, const char* op) noexcept {
+  [[gnu::noinline]] static void deallocate_checked(control& c, T* p, const char* op) noexcept {
     c.lock.lock();
     validate(c, p, op);
     const after_unlock todo = put_slot(c, slab_of(p), p);
