@@ -14,7 +14,11 @@
 #include <thread>
 #include <vector>
 
+#include <sys/wait.h>
+
 #include <doctest/doctest.h>
+
+#include "support.hpp"
 
 using bsalloc::object_pool;
 using bsalloc::object_pool_options;
@@ -249,3 +253,30 @@ TEST_CASE("AddressSanitizer: a slot in the thread cache is poisoned but for its 
   pool.deallocate(again);
 }
 #endif
+
+TEST_CASE("fork while another thread creates and drops pools: the child uses pools") {
+  std::atomic<bool> stop{false};
+  std::thread churn([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      pool_t pool(unchecked(nullptr));
+      std::vector<pool_t::pointer> v;
+      for (int i = 0; i < 40; ++i) v.push_back(pool.make(std::uint64_t(i)));
+    }
+  });
+  int failures = 0;
+  for (int round = 0; round < 30; ++round) {
+    const auto r = bsalloc_test::run_in_child([] {
+      pool_t pool(unchecked(nullptr));
+      std::vector<pool_t::pointer> v;
+      for (std::uint64_t i = 0; i < 100; ++i) v.push_back(pool.make(i));
+      for (std::uint64_t i = 0; i < 100; ++i)
+        if (!v[i]->intact(i)) std::_Exit(3);
+      v.clear();
+      if (pool.stats().objects_in_use != 0) std::_Exit(4);
+    });
+    if (!WIFEXITED(r.status) || WEXITSTATUS(r.status) != 0) ++failures;
+  }
+  stop = true;
+  churn.join();
+  CHECK(failures == 0);
+}

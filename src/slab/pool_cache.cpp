@@ -5,6 +5,8 @@
 
 #include <bsalloc/detail/config.hpp>  // BSALLOC_TLS_MODEL
 
+#include <pthread.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -27,8 +29,23 @@ struct slot_registry {
   std::uint64_t gen = 0;
 };
 
+slot_registry& registry() noexcept;
+
+// fork(): the registry's mutex (a leaf: nothing else is taken under it) is held across it, so
+// a child can create and destroy pools whatever the parent's other threads were doing.
+void prepare_fork() noexcept {
+  registry().mutex.lock();
+}
+void after_fork() noexcept {
+  registry().mutex.unlock();
+}
+
 slot_registry& registry() noexcept {
-  static slot_registry* r = new slot_registry;  // never destroyed: pools may outlive statics
+  static slot_registry* r = [] {
+    auto* fresh = new slot_registry;  // never destroyed: pools may outlive statics
+    (void)::pthread_atfork(prepare_fork, after_fork, after_fork);
+    return fresh;
+  }();
   return *r;
 }
 
