@@ -257,14 +257,15 @@ TEST_CASE("AddressSanitizer: a slot in the thread cache is poisoned but for its 
 TEST_CASE("fork while another thread creates and drops pools: the child uses pools") {
   std::atomic<bool> stop{false};
   std::thread churn([&] {
-    while (!stop.load(std::memory_order_relaxed)) {
-      pool_t pool(unchecked(nullptr));
-      std::vector<pool_t::pointer> v;
-      for (int i = 0; i < 40; ++i) v.push_back(pool.make(std::uint64_t(i)));
+    std::vector<pool_t> pools;  // most of this thread's time in pool creation and death
+    for (int i = 0; i < 64; ++i) pools.emplace_back(unchecked(nullptr));
+    for (std::size_t i = 0; !stop.load(std::memory_order_relaxed); ++i) {
+      pools[i % 64] = pool_t(unchecked(nullptr));
+      if (i % 64 == 0) pools[i % 64].make(std::uint64_t(i)).reset();
     }
   });
   int failures = 0;
-  for (int round = 0; round < 30; ++round) {
+  for (int round = 0; round < 100; ++round) {
     const auto r = bsalloc_test::run_in_child([] {
       pool_t pool(unchecked(nullptr));
       std::vector<pool_t::pointer> v;
