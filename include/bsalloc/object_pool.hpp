@@ -25,6 +25,13 @@
 //   after unlocking (the upstream pointer) it copies out before unlocking.
 //   With no handle left no allocation can happen, so slabs that become empty go back upstream at
 //   once, and the cached empty slab goes back when the last handle does.
+//   Thread caches (thread-safe, unchecked pools; detail/pool_cache.hpp): a slot in a thread's
+//   cache counts as in use (in_use and the slabs' `used` include it), so the control block
+//   cannot die while any thread caches its slots. When the last handle goes, the pool closes
+//   (key.slot = no_pool_slot: every fast path misses) and the dropping thread flushes its own
+//   cache; another thread's cached slots come back when it next frees an object of the pool,
+//   when its table grows, or when it exits — the last of those frees may be the one that
+//   destroys the control block, by the rule above.
 //
 // Lock order: a pool's lock, then (rarely: registry growth) the upstream resource's. Slabs are
 // taken from and given back to the upstream with the pool's lock released.
@@ -50,6 +57,7 @@
 #include <bsalloc/stats.hpp>
 
 #include <bsalloc/detail/config.hpp>  // BSALLOC_CHECKED_DEFAULT, BSALLOC_ASAN
+#include <bsalloc/detail/pool_cache.hpp>
 
 #ifdef BSALLOC_ASAN
 #include <sanitizer/asan_interface.h>
@@ -129,6 +137,12 @@ inline void pool_unpoison(const void* p, std::size_t n) noexcept {
 inline constexpr std::uintptr_t pool_slab_magic = 0x62736c6162706f6fULL;  // "bslabpoo"
 
 }  // namespace detail
+
+/// Gives every slot the calling thread caches for any object_pool back to its pool (a thread
+/// going idle; thread exit does it by itself).
+inline void release_pool_thread_caches() noexcept {
+  detail::pool_cache_flush_thread();
+}
 
 /// A typed slab cache with RAII handles; see the top of this header.
 ///
@@ -240,6 +254,10 @@ class object_pool {
 
  private:
   static constexpr std::size_t first_slot = header_bytes_for(objects_per_slab);
+  // Per thread and pool: at most cache_limit free slots (about 8 KiB), moved in batches.
+  static constexpr std::uint32_t cache_limit =
+      static_cast<std::uint32_t>(std::clamp<std::size_t>(8192 / slot_size, 4, 64));
+  static constexpr std::uint32_t cache_batch = cache_limit / 2;
   static constexpr std::size_t bitmap_words = (objects_per_slab + 63) / 64;
   static_assert(sizeof(slab) % alignof(std::uint64_t) == 0);
 
@@ -249,12 +267,16 @@ class object_pool {
   //      else `partial`; its `where` says which. Both lists are doubly linked.
   //   C2 at most one slab has used == 0: `empty`, the cached empty slab, kept at the tail end
   //      of the partial list (a slab that empties moves there), and only while handles > 0.
-  //   C3 in_use == sum of used over the slabs; peak >= in_use.
+  //   C3 in_use == sum of used over the slabs (slots in thread caches count as used); peak >=
+  //      in_use when the pool has no thread cache. With one, peak leaves out cached slots (it
+  //      is brought up to date at each refill and flush, from the entry's low-water count).
   //   C4 registry holds exactly the slabs' addresses, sorted ascending; slabs == its size.
   //   C5 the control block exists iff handles > 0 or in_use > 0.
   struct alignas(64) control {
     control(std::pmr::memory_resource* up, bool check)
-        : checked(check), upstream(up), registry(up) {}
+        : checked(check), upstream(up), registry(up) {
+      if (thread_safe && !check) detail::pool_cache_register(key, this, &flush_thunk);
+    }
 
     [[no_unique_address]] mutable Lock lock;
     slab_list partial;      // slabs with a free slot; allocation takes from the head
@@ -267,6 +289,7 @@ class object_pool {
     std::size_t handles = 1;
     std::size_t slabs = 0;
     std::pmr::vector<std::uintptr_t> registry;  // from upstream: a pool takes nothing elsewhere
+    detail::pool_cache_key key;                 // the thread caches' view (no slot: none)
   };
 
   // What a thread does after it released the lock: give a slab back, destroy the pool.
@@ -330,16 +353,38 @@ class object_pool {
   /// or hand the object to a pool_ptr). Throws what the upstream throws.
   [[nodiscard]] T* allocate() {
     control& c = *ctl_;
+    if constexpr (thread_safe) {
+      const std::uint32_t slot = c.key.slot.load(std::memory_order_relaxed);
+      const detail::pool_tls_state& t = detail::t_pool_cache;
+      if (slot < t.cap) {
+        detail::pool_tls_entry& e = t.table[slot];
+        if (void* p = e.head) [[likely]] {  // T2: a non-empty entry is this pool's
+          std::memcpy(&e.head, p, sizeof(void*));
+          e.low = std::min(e.low, --e.count);
+          on_handout(p);
+          return static_cast<T*>(p);
+        }
+      }
+      return static_cast<T*>(slot != detail::no_pool_slot ? refill(c) : allocate_miss(c));
+    }
+    return static_cast<T*>(allocate_locked(c));
+  }
+
+ private:
+  // The pool's lock, one slot.
+  static void* allocate_locked(control& c) {
     c.lock.lock();
     slab* s = c.partial.head;
     if (!s) [[unlikely]]
-      return static_cast<T*>(allocate_slow(c));
+      return allocate_slow(c);
     void* p = take_slot(c, s);
+    if (c.in_use > c.peak) c.peak = c.in_use;
     c.lock.unlock();
     on_handout(p);
-    return static_cast<T*>(p);
+    return p;
   }
 
+ public:
   /// Gives back a slot from allocate() (its object already destroyed, or never constructed).
   /// nullptr is ignored. Checked mode verifies the pointer first (see the class comment).
   void deallocate(T* p) noexcept {
@@ -348,7 +393,7 @@ class object_pool {
       deallocate_checked(*ctl_, p, "deallocate");
       return;
     }
-    free_slot(slab_of(p), p);
+    release_slot(slab_of(p), p);
   }
 
   /// Runs ~T on an object from this pool and gives its slot back. In checked mode the pointer
@@ -366,7 +411,7 @@ class object_pool {
       return;
     }
     p->~T();
-    free_slot(slab_of(p), p);
+    release_slot(slab_of(p), p);
   }
 
   /// Runs ~T and gives the slot back to whichever pool of this type it came from, found from
@@ -393,7 +438,7 @@ class object_pool {
       return;
     }
     p->~T();
-    free_slot(s, p);
+    release_slot(s, p);
   }
 
   /// Whether p points into one of this pool's slabs (at any byte of any slot).
@@ -407,6 +452,7 @@ class object_pool {
   /// Gives the cached empty slab back upstream; returns the bytes given back.
   std::size_t trim() {
     control& c = *ctl_;
+    flush_own(c);
     after_unlock todo{c.upstream};
     {
       std::lock_guard<Lock> guard(c.lock);
@@ -421,6 +467,7 @@ class object_pool {
   }
 
   object_pool_stats stats() const {
+    flush_own(*ctl_);  // the calling thread's cached slots count as free
     const control& c = *ctl_;
     object_pool_stats st;
     st.type = std::string(detail::pool_type_name<T>());
@@ -451,6 +498,7 @@ class object_pool {
 
   /// Verifies S1–S3 for every slab and C1–C4; throws std::logic_error naming what is broken.
   void check_invariants() const {
+    flush_own(*ctl_);
     const control& c = *ctl_;
     std::lock_guard<Lock> guard(c.lock);
     auto fail = [](const std::string& what) {
@@ -532,7 +580,8 @@ class object_pool {
     if (c.empty && !cached_seen) fail("C2: the cached empty slab is not on the partial list");
     if (used != c.in_use)
       fail(fmt::format("C3: in_use is {} but the slabs hold {}", c.in_use, used));
-    if (c.peak < c.in_use) fail(fmt::format("C3: peak {} below in_use {}", c.peak, c.in_use));
+    if (c.key.home == detail::no_pool_slot && c.peak < c.in_use)
+      fail(fmt::format("C3: peak {} below in_use {}", c.peak, c.in_use));
     if (slabs != c.slabs)
       fail(fmt::format("C4: {} slabs on the lists, {} counted", slabs, c.slabs));
     std::sort(addresses.begin(), addresses.end());
@@ -585,7 +634,7 @@ class object_pool {
       const std::size_t i = index_of(s, p);
       bitmap(s)[i / 64] |= std::uint64_t{1} << (i % 64);
     }
-    if (++c.in_use > c.peak) c.peak = c.in_use;
+    ++c.in_use;  // the caller updates peak (cached slots are not counted in it)
     return p;
   }
 
@@ -605,6 +654,7 @@ class object_pool {
     ++c.slabs;
     c.partial.push_front(fresh);
     void* p = take_slot(c, fresh);
+    if (c.in_use > c.peak) c.peak = c.in_use;
     c.lock.unlock();
     on_handout(p);
     return p;
@@ -695,6 +745,154 @@ class object_pool {
       finish(todo);
   }
 
+  // ---- the thread cache (see the lifetime protocol and detail/pool_cache.hpp) --------------
+
+  // Gives slot p of s back: into this thread's cache for its pool when it has room, else to
+  // the pool under its lock.
+  static void release_slot(slab* s, void* p) noexcept {
+    if constexpr (thread_safe) {
+      control& c = *s->owner;
+      const std::uint32_t slot = c.key.slot.load(std::memory_order_relaxed);
+      const detail::pool_tls_state& t = detail::t_pool_cache;
+      if (slot < t.cap) {
+        detail::pool_tls_entry& e = t.table[slot];
+        if (e.gen == c.key.gen && e.count < cache_limit) [[likely]] {
+          detail::pool_poison(p, slot_size);
+          detail::pool_unpoison(p, sizeof(void*));
+          std::memcpy(p, &e.head, sizeof(void*));
+          e.head = p;
+          ++e.count;
+          return;
+        }
+      }
+      release_miss(s, p);
+    } else {
+      free_slot(s, p);
+    }
+  }
+
+  // Out of line so that the hit path above keeps no registers: the cache's slow path, or the
+  // lock for pools without a cache.
+  [[gnu::noinline]] static void release_miss(slab* s, void* p) noexcept {
+    if (s->owner->key.home != detail::no_pool_slot && push_slow(*s->owner, p)) return;
+    free_slot(s, p);
+  }
+
+  // The calling thread's non-empty entry for c, or nullptr. Non-empty: c cannot die before the
+  // entry is flushed (its slots count as in use).
+  static detail::pool_tls_entry* own_entry(const control& c) noexcept {
+    const std::uint32_t home = c.key.home;
+    const detail::pool_tls_state& t = detail::t_pool_cache;
+    if (home >= t.cap) return nullptr;
+    detail::pool_tls_entry& e = t.table[home];
+    return e.gen == c.key.gen && e.count > 0 ? &e : nullptr;
+  }
+
+  // Empties the entry (the calling thread's) into its pool c.
+  static void flush_entry(control& c, detail::pool_tls_entry& e) noexcept {
+    void* head = e.head;
+    const std::uint32_t n = e.count;
+    const std::uint32_t low = e.low;
+    e.head = nullptr;
+    e.count = e.low = 0;
+    flush_slots(c, head, n, low);
+  }
+
+  static void flush_own(const control& c) noexcept {
+    if (detail::pool_tls_entry* e = own_entry(c)) flush_entry(const_cast<control&>(c), *e);
+  }
+
+  // Gives n cached slots linked from head back to c's slabs under one lock; may destroy c.
+  // Peak: the objects in use were at most in_use - low since the entry's last refill or flush
+  // (in_use counts the entry's slots; low is its lowest count since).
+  [[gnu::noinline]] static void flush_slots(control& c, void* head, std::uint32_t n,
+                                            std::uint32_t low) noexcept {
+    std::pmr::memory_resource* up = c.upstream;
+    slab* releases = nullptr;
+    control* dead = nullptr;
+    c.lock.lock();
+    if (c.in_use - low > c.peak) c.peak = c.in_use - low;
+    while (n-- > 0) {
+      void* p = head;
+      std::memcpy(&head, p, sizeof head);
+      const after_unlock todo = put_slot(c, slab_of(p), p);
+      if (todo.release) {
+        todo.release->next = releases;
+        releases = todo.release;
+      }
+      if (todo.dead) dead = todo.dead;
+    }
+    c.lock.unlock();
+    while (slab* s = releases) {
+      releases = s->next;
+      release_slab(up, s);
+    }
+    if (dead) destroy_control(dead);
+  }
+
+  static void flush_thunk(void* owner, void* head, std::uint32_t n, std::uint32_t low) noexcept {
+    flush_slots(*static_cast<control*>(owner), head, n, low);
+  }
+
+  // The fast free missed (no entry yet, a stale one, a full one, or c is closed). True when p
+  // went into this thread's cache; false: the caller gives it to the pool.
+  [[gnu::noinline]] static void* allocate_miss(control& c) { return allocate_locked(c); }
+
+  [[gnu::noinline]] static bool push_slow(control& c, void* p) noexcept {
+    if (c.key.slot.load(std::memory_order_relaxed) == detail::no_pool_slot) {
+      // Closed: this thread's cached slots go back now (p is in use: c survives the flush).
+      if (detail::pool_tls_entry* e = own_entry(c)) flush_entry(c, *e);
+      return false;
+    }
+    detail::pool_tls_entry* e = detail::pool_cache_entry(c.key);
+    if (!e) return false;
+    if (e->count >= cache_limit) {  // keep the newest cache_limit - cache_batch, flush the rest
+      void* last = e->head;
+      for (std::uint32_t i = 1; i < cache_limit - cache_batch; ++i)
+        std::memcpy(&last, last, sizeof last);
+      void* rest;
+      std::memcpy(&rest, last, sizeof rest);
+      std::memset(last, 0, sizeof(void*));
+      const std::uint32_t n = e->count - (cache_limit - cache_batch);
+      const std::uint32_t low = e->low;
+      e->count = e->low = cache_limit - cache_batch;
+      flush_slots(c, rest, n, low);
+    }
+    detail::pool_poison(p, slot_size);
+    detail::pool_unpoison(p, sizeof(void*));
+    std::memcpy(p, &e->head, sizeof(void*));
+    e->head = p;
+    ++e->count;
+    return true;
+  }
+
+  // The fast allocation missed on an open, cached pool: takes up to cache_batch slots under
+  // one lock, hands out one and caches the rest.
+  [[gnu::noinline]] static void* refill(control& c) {
+    detail::pool_tls_entry* e = detail::pool_cache_entry(c.key);
+    if (!e || e->head) return allocate_locked(c);  // e->head: only if closed meanwhile
+    c.lock.lock();
+    if (c.in_use - e->low > c.peak) c.peak = c.in_use - e->low;  // as in flush_slots
+    e->low = 0;
+    if (!c.partial.head) [[unlikely]]
+      return allocate_slow(c);  // unlocks
+    void* first = take_slot(c, c.partial.head);
+    void* head = nullptr;
+    std::uint32_t n = 0;
+    for (; n + 1 < cache_batch && c.partial.head; ++n) {
+      void* q = take_slot(c, c.partial.head);
+      detail::pool_unpoison(q, sizeof(void*));
+      std::memcpy(q, &head, sizeof head);
+      head = q;
+    }
+    if (c.in_use - n > c.peak) c.peak = c.in_use - n;
+    c.lock.unlock();
+    e->head = head;
+    e->count = e->low = n;
+    on_handout(first);
+    return first;
+  }
+
   // Lock held. Checked mode: aborts unless p is the start of an allocated slot of c's slabs.
   // Reads nothing at p's slab before the registry says the slab is c's.
   static void validate(const control& c, const void* p, const char* op) noexcept {
@@ -718,7 +916,7 @@ class object_pool {
       detail::pool_bad_pointer(type, op, p, "not allocated: double free (or never handed out)");
   }
 
-  static void deallocate_checked(control& c, T* p, const char* op) noexcept {
+  [[gnu::noinline]] static void deallocate_checked(control& c, T* p, const char* op) noexcept {
     c.lock.lock();
     validate(c, p, op);
     const after_unlock todo = put_slot(c, slab_of(p), p);
@@ -727,9 +925,13 @@ class object_pool {
   }
 
   static void drop_handle(control& c) noexcept {
+    detail::pool_tls_entry* own = own_entry(c);  // non-empty: c outlives this call
+    bool closed = false;
     after_unlock todo{c.upstream};
     c.lock.lock();
     if (--c.handles == 0) {
+      closed = true;
+      c.key.slot.store(detail::no_pool_slot, std::memory_order_release);  // T3
       if (slab* e = c.empty) {  // no more allocations: the cached slab goes
         c.empty = nullptr;
         forget_slab(c, e);
@@ -739,6 +941,7 @@ class object_pool {
     }
     c.lock.unlock();
     finish(todo);
+    if (closed && own) flush_entry(c, *own);
   }
 
   // Lock released. `todo` holds everything needed: once the lock is released the control block
@@ -758,6 +961,7 @@ class object_pool {
         list->unlink(s);
         release_slab(up, s);
       }
+    detail::pool_cache_unregister(c->key);
     c->~control();
     up->deallocate(c, sizeof(control), alignof(control));
   }
