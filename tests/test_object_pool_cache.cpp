@@ -3,6 +3,8 @@
 // with cached slots, the last handle dropped while another thread caches slots.
 #include <bsalloc/object_pool.hpp>
 
+#include <unistd.h>
+
 #include <atomic>
 #include <barrier>
 #include <cstdint>
@@ -254,7 +256,17 @@ TEST_CASE("AddressSanitizer: a slot in the thread cache is poisoned but for its 
 }
 #endif
 
-TEST_CASE("fork while another thread creates and drops pools: the child uses pools") {
+#ifdef BSALLOC_ASAN
+// clang 14's ASan allocator has no fork handlers: a child that mallocs while another parent
+// thread held its lock hangs, whatever bsalloc does (tests/test_slab_fork.cpp says more). The
+// test runs in the normal and TSan builds.
+constexpr bool sanitizer_malloc_forks_badly = true;
+#else
+constexpr bool sanitizer_malloc_forks_badly = false;
+#endif
+
+TEST_CASE("fork while another thread creates and drops pools: the child uses pools" *
+          doctest::skip(sanitizer_malloc_forks_badly)) {
   std::atomic<bool> stop{false};
   std::thread churn([&] {
     std::vector<pool_t> pools;  // most of this thread's time in pool creation and death
@@ -267,6 +279,7 @@ TEST_CASE("fork while another thread creates and drops pools: the child uses poo
   int failures = 0;
   for (int round = 0; round < 100; ++round) {
     const auto r = bsalloc_test::run_in_child([] {
+      ::alarm(30);  // a deadlocked child ends, and counts as a failure, instead of hanging
       pool_t pool(unchecked(nullptr));
       std::vector<pool_t::pointer> v;
       for (std::uint64_t i = 0; i < 100; ++i) v.push_back(pool.make(i));
