@@ -19,17 +19,9 @@
 #include <optional>
 #include <string_view>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define BSALLOC_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define BSALLOC_ASAN 1
-#endif
-#endif
-#ifndef BSALLOC_ASAN
-#define BSALLOC_ASAN 0
-#endif
-#if BSALLOC_ASAN
+#include <bsalloc/detail/config.hpp>  // BSALLOC_ASAN: defined (to 1) only under ASan
+
+#ifdef BSALLOC_ASAN
 #include <sanitizer/asan_interface.h>
 #endif
 
@@ -42,7 +34,11 @@ struct debug_fill {
 };
 
 /// Was this build compiled with AddressSanitizer (and does it poison frame arenas)?
-inline constexpr bool asan_enabled = BSALLOC_ASAN != 0;
+#ifdef BSALLOC_ASAN
+inline constexpr bool asan_enabled = true;
+#else
+inline constexpr bool asan_enabled = false;
+#endif
 
 enum class bulk_free_kind { reset, rewind, release };
 
@@ -68,7 +64,7 @@ namespace detail {
 void notify_bulk_free(const bulk_free_event& event) noexcept;
 
 inline void poison(const void* p, std::size_t n) noexcept {
-#if BSALLOC_ASAN
+#ifdef BSALLOC_ASAN
   __asan_poison_memory_region(p, n);
 #else
   (void)p;
@@ -76,7 +72,7 @@ inline void poison(const void* p, std::size_t n) noexcept {
 #endif
 }
 inline void unpoison(const void* p, std::size_t n) noexcept {
-#if BSALLOC_ASAN
+#ifdef BSALLOC_ASAN
   __asan_unpoison_memory_region(p, n);
 #else
   (void)p;
