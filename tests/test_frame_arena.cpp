@@ -119,9 +119,10 @@ TEST_CASE("frame_arena: sizes and alignments no chunk can hold throw bad_alloc, 
   void* p = a.allocate(64, 16);
   const auto before = a.stats();
   constexpr std::size_t top = std::size_t{1} << 63;
-  for (const auto& [bytes, align] :
-       {std::pair{top, top}, std::pair{std::size_t{8}, top}, std::pair{SIZE_MAX, std::size_t{16}},
-        std::pair{SIZE_MAX / 2, std::size_t{4096}}}) {
+  const std::pair<std::size_t, std::size_t> cases[] = {
+      {top, top}, {8, top}, {SIZE_MAX, 16}, {SIZE_MAX / 2, 4096}};
+  for (const auto& c : cases) {
+    const std::size_t bytes = c.first, align = c.second;
     CAPTURE(bytes);
     CAPTURE(align);
     CHECK_THROWS_AS((void)a.allocate(bytes, align), std::bad_alloc);
