@@ -7,7 +7,10 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <random>
 #include <string>
 
 #include <doctest/doctest.h>
@@ -34,6 +37,22 @@ inline bool fully_coalesced(const bsalloc::page_resource& r) {
     }
   }
   return blocks == minimal;
+}
+
+/// The seed of a randomised test: BSALLOC_SEED when set (decimal or 0x hex), else a fresh one per
+/// process. Printed at every call with `what` (the test), so that a failure can be replayed:
+///   BSALLOC_SEED=<n> ./tests/test_x --test-case='<name>'
+/// Derive per-thread or per-round streams from it (seed + t), never from constants.
+inline std::uint64_t test_seed(const char* what) {
+  static const std::uint64_t seed = [] {
+    const char* env = std::getenv("BSALLOC_SEED");
+    if (env != nullptr && *env != '\0') return std::uint64_t{std::strtoull(env, nullptr, 0)};
+    std::random_device rd;
+    return (std::uint64_t{rd()} << 32) ^ rd();
+  }();
+  std::printf("%s: BSALLOC_SEED=%llu\n", what, static_cast<unsigned long long>(seed));
+  std::fflush(stdout);
+  return seed;
 }
 
 struct child_result {

@@ -223,7 +223,7 @@ TEST_CASE("checked mode: correct use passes, and the allocation bitmap stays con
     object_pool<counted> pool(object_pool_options{.upstream = &up, .checked = true});
     std::vector<pool_ptr<counted>> live;
     std::vector<counted*> raw;
-    std::mt19937 rng(7);
+    std::mt19937_64 rng(bsalloc_test::test_seed("object_pool checked random use"));
     for (int i = 0; i < 20000; ++i) {
       const auto op = rng() % 4;
       if (op == 0 && !live.empty()) {
@@ -253,7 +253,14 @@ TEST_CASE("checked mode: correct use passes, and the allocation bitmap stays con
 
 #ifdef BSALLOC_ASAN
 TEST_CASE("AddressSanitizer: a freed slot is poisoned, a use after free is reported") {
-  object_pool<counted> pool;
+  bool checked = false;  // both modes, whatever the build's default
+  SUBCASE("unchecked") {
+    checked = false;
+  }
+  SUBCASE("checked") {
+    checked = true;
+  }
+  object_pool<counted> pool(object_pool_options{.checked = checked});
   counted* p = pool.allocate();
   CHECK(!__asan_address_is_poisoned(p));
   CHECK(!__asan_address_is_poisoned(reinterpret_cast<std::byte*>(p) + sizeof(counted) - 1));
@@ -371,7 +378,7 @@ TEST_CASE("every constructed T is destroyed exactly once") {
   {
     object_pool<counted> pool(object_pool_options{.upstream = &up, .checked = checked});
     std::vector<pool_ptr<counted>> live;
-    std::mt19937 rng(42);
+    std::mt19937_64 rng(bsalloc_test::test_seed("object_pool destroyed exactly once"));
     for (int round = 0; round < 20; ++round) {
       const int n = 1000 + static_cast<int>(rng() % 9000);
       for (int i = 0; i < n; ++i) live.push_back(pool.make(i));
@@ -538,7 +545,8 @@ TEST_CASE("tree nodes: pool_ptr of an incomplete type, objects freeing objects")
   pool_ptr<tree_node> root;
   std::vector<int> keys(5000);
   for (int i = 0; i < 5000; ++i) keys[static_cast<std::size_t>(i)] = i;
-  std::shuffle(keys.begin(), keys.end(), std::mt19937(3));
+  std::shuffle(keys.begin(), keys.end(),
+               std::mt19937_64(bsalloc_test::test_seed("object_pool tree")));
   for (int k : keys) insert(pool, root, k);
   std::vector<int> sorted;
   in_order(root.get(), sorted);
@@ -770,6 +778,8 @@ namespace {
 template <class Lock>
 void cross_thread_run(int per_thread, bool checked) {
   constexpr int threads = 16;
+  CAPTURE(checked);
+  const std::uint64_t seed = bsalloc_test::test_seed("object_pool 16 threads");
   counted::reset();
   counting_resource up;
   using P = object_pool<counted, Lock>;
@@ -784,7 +794,7 @@ void cross_thread_run(int per_thread, bool checked) {
     P pool(object_pool_options{.upstream = &up, .checked = checked});
     for (int t = 0; t < threads; ++t)
       pool_threads.emplace_back([&, t, mine = pool]() mutable {  // a handle per thread
-        std::mt19937 rng(static_cast<unsigned>(t));
+        std::mt19937_64 rng(seed + static_cast<std::uint64_t>(t));
         std::vector<typename P::pointer> batch;
         auto drain = [&] {
           std::vector<typename P::pointer> got;
@@ -830,12 +840,14 @@ void cross_thread_run(int per_thread, bool checked) {
 
 }  // namespace
 
+// Both modes in every build (checked is the sanitizer builds' default; unchecked, with its thread
+// cache, is what ships).
 TEST_CASE("16 threads share copies of one pool; objects freed on other threads (yield_lock)") {
-  cross_thread_run<yield_lock>(3000, false);
+  for (bool checked : {false, true}) cross_thread_run<yield_lock>(3000, checked);
 }
 
 TEST_CASE("16 threads share copies of one pool; objects freed on other threads (std::mutex)") {
-  cross_thread_run<std::mutex>(1500, true);  // in checked mode, whatever the build's default
+  for (bool checked : {false, true}) cross_thread_run<std::mutex>(1500, checked);
 }
 
 TEST_CASE("the last handle and the last object dropped at the same time on two threads") {

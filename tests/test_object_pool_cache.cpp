@@ -63,11 +63,8 @@ std::uint64_t cached_here() {
   return bsalloc::detail::pool_cache_thread_slots();
 }
 
-unsigned seed() {
-  const char* env = std::getenv("BSALLOC_SEED");
-  const unsigned s = env ? static_cast<unsigned>(std::strtoul(env, nullptr, 10)) : 20261122u;
-  std::printf("test_object_pool_cache: seed %u (BSALLOC_SEED overrides)\n", s);
-  return s;
+std::uint64_t seed() {
+  return bsalloc_test::test_seed("test_object_pool_cache");
 }
 
 }  // namespace
@@ -109,7 +106,7 @@ TEST_CASE("checked and null_lock pools have no thread cache") {
 }
 
 TEST_CASE("many pools per thread: random access over 80 live pools; all memory comes back") {
-  std::mt19937 rng(seed());
+  std::mt19937_64 rng(seed());
   counting_resource up;
   {
     std::vector<pool_t> pools;

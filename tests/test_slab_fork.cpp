@@ -16,6 +16,8 @@
 
 #include <doctest/doctest.h>
 
+#include "support.hpp"
+
 using bsalloc::slab_resource;
 using bsalloc::slab_resource_options;
 
@@ -63,7 +65,10 @@ int fork_and_wait(F f, std::chrono::milliseconds limit) {
 
 void churn(slab_resource& r, unsigned seed, int rounds) {
   std::vector<std::pair<void*, std::size_t>> live;
-  unsigned x = seed * 2654435761u + 1;
+  // Initialised by the parent's first call, before any fork.
+  static const auto base = static_cast<unsigned>(bsalloc_test::test_seed("test_slab_fork"));
+  unsigned x = (seed + base) * 2654435761u + 1;
+  if (x == 0) x = 1;  // xorshift's one fixed point
   for (int i = 0; i < rounds; ++i) {
     x ^= x << 13;
     x ^= x >> 17;

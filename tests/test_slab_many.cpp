@@ -17,16 +17,15 @@
 
 #include <doctest/doctest.h>
 
+#include "support.hpp"
+
 using bsalloc::slab_resource;
 using bsalloc::slab_resource_options;
 
 namespace {
 
 std::uint64_t test_seed() {
-  const char* env = std::getenv("BSALLOC_SEED");
-  const std::uint64_t seed = env ? std::strtoull(env, nullptr, 10) : std::random_device{}();
-  std::printf("test_slab_many: BSALLOC_SEED=%llu\n", static_cast<unsigned long long>(seed));
-  return seed;
+  return bsalloc_test::test_seed("test_slab_many");
 }
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <bit>
 #include <csignal>
@@ -49,12 +50,23 @@ bool pin_to_cpu(int cpu) {
   return ::sched_setaffinity(0, sizeof(set), &set) == 0 && ::sched_getcpu() == cpu;
 }
 
-bool two_cpus_usable() {
+// Two CPUs this process may run on (the lowest two of its affinity mask, not necessarily 0
+// and 1). The cross-core tests need them: with fewer they fail rather than pass unrun.
+std::array<int, 2> two_usable_cpus() {
   cpu_set_t set;
   CPU_ZERO(&set);
-  if (::sched_getaffinity(0, sizeof(set), &set) != 0) return false;
-  return CPU_ISSET(0, &set) && CPU_ISSET(1, &set);
+  REQUIRE(::sched_getaffinity(0, sizeof(set), &set) == 0);
+  std::array<int, 2> cpus{-1, -1};
+  std::size_t found = 0;
+  for (int c = 0; c < CPU_SETSIZE && found < 2; ++c)
+    if (CPU_ISSET(c, &set)) cpus[found++] = c;
+  REQUIRE_MESSAGE(found == 2, "a cross-core test needs two usable CPUs");
+  return cpus;
 }
+
+// Both modes in every build: checked mode is the Debug (sanitizer) builds' default, and it takes
+// the slow path on every call; the unchecked fast path is what ships.
+constexpr bool both_modes[] = {false, true};
 
 }  // namespace
 
@@ -210,19 +222,17 @@ TEST_CASE("std::pmr containers on a slab_resource") {
 }
 
 TEST_CASE("frees from another core go through the remote queues, and its overflow") {
-  if (!two_cpus_usable()) {
-    MESSAGE("fewer than two CPUs usable: remote frees not forced");
-    return;
-  }
+  const auto cpu = two_usable_cpus();
+  const auto c0 = static_cast<std::size_t>(cpu[0]), c1 = static_cast<std::size_t>(cpu[1]);
   page_resource pages;
   for (std::size_t capacity : {std::size_t{1024}, std::size_t{1}}) {
     auto k = knobs();
-    k.caches = 2;
+    k.caches = c1 + 1;  // one cache per CPU id up to c1: c0 and c1 have caches of their own
     k.remote_queue_capacity = capacity;
     slab_resource res(std::pmr::pool_options{}, k, &pages);
     std::vector<void*> objs;
     std::thread maker([&] {
-      REQUIRE(pin_to_cpu(0));
+      REQUIRE(pin_to_cpu(cpu[0]));
       for (int i = 0; i < 20000; ++i) {
         void* p = res.allocate(48);
         std::memset(p, 0x7e, 48);
@@ -231,16 +241,16 @@ TEST_CASE("frees from another core go through the remote queues, and its overflo
     });
     maker.join();
     std::thread freer([&] {
-      REQUIRE(pin_to_cpu(1));
+      REQUIRE(pin_to_cpu(cpu[1]));
       for (void* p : objs) res.deallocate(p, 48);
     });
-    freer.join();  // its exit flushes its cache: everything posted to core 0
+    freer.join();  // its exit flushes its cache: everything posted to core c0
     const auto s = res.stats();
-    CHECK(s.cores[1].remote_frees_sent == 20000);
-    if (capacity == 1) CHECK(s.cores[0].remote_overflows > 0);
-    res.trim();  // drains core 0's inbox and overflow stacks
+    CHECK(s.cores[c1].remote_frees_sent == 20000);
+    if (capacity == 1) CHECK(s.cores[c0].remote_overflows > 0);
+    res.trim();  // drains core c0's inbox and overflow stacks
     const auto t = res.stats();
-    CHECK(t.cores[0].remote_frees_received == 20000);
+    CHECK(t.cores[c0].remote_frees_received == 20000);
     CHECK(t.objects_in_use == 0);
     res.check_invariants();
   }
@@ -268,17 +278,40 @@ TEST_CASE("release() then reuse") {
   CHECK(s.size() > 30);
 }
 
+namespace {
+void model_run(bool checked, std::uint64_t seed);
+void hand_off_run(bool checked, std::uint64_t seed);
+}  // namespace
+
 TEST_CASE("randomised against a model: no overlap, contents kept, every byte accounted") {
+  const std::uint64_t seed = bsalloc_test::test_seed("slab model");
+  for (bool checked : both_modes) {
+    CAPTURE(checked);
+    model_run(checked, seed);
+  }
+}
+
+TEST_CASE("16 threads, cross-thread frees, threads exiting while others hold their objects") {
+  const std::uint64_t seed = bsalloc_test::test_seed("slab 16-thread hand-off");
+  for (bool checked : both_modes) {
+    CAPTURE(checked);
+    hand_off_run(checked, seed);
+  }
+}
+
+namespace {
+
+void model_run(bool checked, std::uint64_t seed) {
   page_resource pages;
   {
-    slab_resource res(&pages);
+    slab_resource res(std::pmr::pool_options{}, knobs(checked), &pages);
     struct block {
       std::size_t bytes, align;
       std::uint8_t tag;
     };
     std::map<std::uintptr_t, block> model;
     std::vector<std::uintptr_t> keys;
-    std::mt19937_64 rng(99);
+    std::mt19937_64 rng(seed);
     std::size_t failures = 0, live_bytes = 0;
     // What bytes_in_use must say: the class size of each small block, the request of each large.
     const std::size_t largest = res.options().largest_required_pool_block;
@@ -350,10 +383,10 @@ TEST_CASE("randomised against a model: no overlap, contents kept, every byte acc
   CHECK(fully_coalesced(pages));
 }
 
-TEST_CASE("16 threads, cross-thread frees, threads exiting while others hold their objects") {
+void hand_off_run(bool checked, std::uint64_t seed) {
   page_resource pages;
   {
-    slab_resource res(&pages);
+    slab_resource res(std::pmr::pool_options{}, knobs(checked), &pages);
     constexpr int threads = 16;
     constexpr int rounds = 3;
     // Each thread allocates a batch, keeps half, hands half to the next thread through a
@@ -368,7 +401,7 @@ TEST_CASE("16 threads, cross-thread frees, threads exiting while others hold the
       std::vector<std::thread> pool;
       for (int t = 0; t < threads; ++t) {
         pool.emplace_back([&, t] {
-          std::mt19937 rng(static_cast<unsigned>(t * 7 + round));
+          std::mt19937_64 rng(seed + static_cast<std::uint64_t>(t * 7 + round));
           std::vector<std::pair<unsigned*, std::size_t>> mine;
           for (int i = 0; i < 4000; ++i) {
             const std::size_t n = 1 + rng() % 64;  // unsigned words
@@ -435,18 +468,17 @@ TEST_CASE("16 threads, cross-thread frees, threads exiting while others hold the
   pages.check_invariants();
 }
 
+}  // namespace
+
 TEST_CASE("an exhausted upstream: objects free on another core still serve") {
-  if (!two_cpus_usable()) {
-    MESSAGE("fewer than two CPUs usable: cross-core refill not forced");
-    return;
-  }
+  const auto cpu = two_usable_cpus();
   const std::size_t bytes = std::size_t{1} << 20;
   void* mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   REQUIRE(mem != MAP_FAILED);
   {
     page_resource budget(std::span<std::byte>(static_cast<std::byte*>(mem), bytes));
     auto k = knobs();
-    k.caches = 2;
+    k.caches = static_cast<std::size_t>(cpu[1]) + 1;  // cpu[0] and cpu[1] on caches of their own
     slab_resource res(std::pmr::pool_options{}, k, &budget);
     // On CPU 0: fill the budget, then free all but every 100th object, so that core 0's slabs
     // are mostly free but none is empty (none goes back upstream). The thread's exit flushes
@@ -454,7 +486,7 @@ TEST_CASE("an exhausted upstream: objects free on another core still serve") {
     std::vector<void*> kept;
     std::size_t made = 0;
     std::thread([&] {
-      REQUIRE(pin_to_cpu(0));
+      REQUIRE(pin_to_cpu(cpu[0]));
       std::vector<void*> held;
       try {
         for (;;) held.push_back(res.allocate(256));
@@ -471,7 +503,7 @@ TEST_CASE("an exhausted upstream: objects free on another core still serve") {
     REQUIRE(made > 1000);
     // On CPU 1: core 1 has no slab and the upstream is full; core 0's free objects serve.
     std::thread([&] {
-      REQUIRE(pin_to_cpu(1));
+      REQUIRE(pin_to_cpu(cpu[1]));
       std::vector<void*> again;
       for (std::size_t i = 0; i < made / 2; ++i) again.push_back(res.allocate(256));
       for (void* p : again) res.deallocate(p, 256);
@@ -702,16 +734,23 @@ TEST_CASE("cache counts below the CPU count: sched_getcpu() ids taken modulo") {
 
 #ifdef TEST_ASAN
 TEST_CASE("AddressSanitizer sees a use after free inside the pool") {
-  const auto result = run_in_child([] {
-    page_resource pages;
-    slab_resource res(&pages);
-    auto* p = static_cast<char*>(res.allocate(64));
-    res.deallocate(p, 64);
-    volatile char* q = p;
-    q[32] = 1;  // after free: poisoned
-  });
-  CHECK(!(WIFEXITED(result.status) && WEXITSTATUS(result.status) == 0));
-  CHECK_MESSAGE(result.err.find("use-after-poison") != std::string::npos, result.err);
+  for (bool checked : both_modes)
+    for (bool cache : {true, false}) {
+      CAPTURE(checked);
+      CAPTURE(cache);
+      const auto result = run_in_child([&] {
+        page_resource pages;
+        auto k = knobs(checked);
+        k.thread_cache = cache;
+        slab_resource res(std::pmr::pool_options{}, k, &pages);
+        auto* p = static_cast<char*>(res.allocate(64));
+        res.deallocate(p, 64);
+        volatile char* q = p;
+        q[32] = 1;  // after free: poisoned
+      });
+      CHECK(!(WIFEXITED(result.status) && WEXITSTATUS(result.status) == 0));
+      CHECK_MESSAGE(result.err.find("use-after-poison") != std::string::npos, result.err);
+    }
 }
 #endif
 
