@@ -20,7 +20,7 @@ cases=(
 )
 
 for cxx in g++ clang++; do
-  command -v "$cxx" >/dev/null || continue
+  command -v "$cxx" >/dev/null || { echo "FAIL $cxx is missing (scripts/setup.sh)"; exit 1; }
   for entry in "${cases[@]}"; do
     IFS='|' read -r name code expect <<<"$entry"
     src="$work/case.cpp"
