@@ -248,4 +248,30 @@ for src in "$root"/examples/*.cpp; do
 done
 [ "$count" -gt 0 ] || fail "no example found in examples/"
 
+# --- 6. the examples' claims, read from their output (not only their exit status) ------------
+claim() {  # example, extended regex its output must match, what the README says
+  grep -Eq "$2" "$out/example-$1.log" || fail "example $1: no line matching /$2/ ($3)"
+  ok "example $1: $3"
+}
+claim game_frame '^game_frame: ok$' "checked its own claims"
+claim game_frame '^  \[budget\] audio over its [0-9]+ MiB by [0-9]+ KiB: allowed' \
+  "audio allowed over its budget"
+claim game_frame '^frame 90: physics over budget, [1-9][0-9]* debris dropped' \
+  "the explosion physics refuses at frame 90"
+claim game_frame "\\[oom\\] budget_resource 'physics' refused" "the out-of-memory handler told of it"
+claim game_frame '^level 2 loaded' "the level change"
+claim server '^server: ok$' "checked its own claims"
+line=$(grep -E '^served [0-9]+, shed [0-9]+ \(503\), sessions evicted [0-9]+, out-of-memory reports [0-9]+$' \
+  "$out/example-server.log") || fail "example server: no 'served ..., shed ...' line"
+read -r served shed evicted reports < <(sed -E 's/ \(503\)//; s/[^0-9]+/ /g' <<<"$line")
+requests=$(sed -nE 's/^bsalloc [0-9.]+: ([0-9]+) workers x ([0-9]+) requests.*/\1 \2/p' \
+  "$out/example-server.log")
+read -r workers per <<<"$requests"
+[ -n "${workers:-}" ] || fail "example server: no 'N workers x M requests' line"
+[ "$((served + shed))" -eq "$((workers * per))" ] ||
+  fail "example server: served $served + shed $shed != $workers x $per requests"
+[ "$shed" -gt 0 ] && [ "$evicted" -gt 0 ] && [ "$reports" -ge "$shed" ] ||
+  fail "example server: shed $shed, evicted $evicted, reports $reports (each must be > 0, reports >= shed)"
+ok "example server: every request answered once, load shed ($shed), sessions evicted ($evicted)"
+
 say "all $checks checks ok"
