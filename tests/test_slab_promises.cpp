@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdio>
 #include <memory_resource>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,11 +36,12 @@ slab_resource_options plain(bool checked = false) {
   return o;
 }
 
-const bsalloc::slab_class_stats* class_of(const bsalloc::slab_resource_stats& s,
-                                          std::size_t object_size) {
+// A copy: the stats are often a temporary.
+std::optional<bsalloc::slab_class_stats> class_of(const bsalloc::slab_resource_stats& s,
+                                                  std::size_t object_size) {
   for (const auto& c : s.classes)
-    if (c.object_size == object_size) return &c;
-  return nullptr;
+    if (c.object_size == object_size) return c;
+  return std::nullopt;
 }
 
 }  // namespace
@@ -55,14 +57,14 @@ TEST_CASE("max_empty_slabs_per_class: that many empty slabs stay, the rest go up
     std::vector<void*> objs;
     while (true) {
       objs.push_back(res.allocate(64));
-      const auto* c = class_of(res.stats(), 64);
-      REQUIRE(c != nullptr);
+      const auto c = class_of(res.stats(), 64);
+      REQUIRE(c.has_value());
       if (c->slabs == 11) break;  // the eleventh slab's first object: ten are full
     }
     const std::size_t slab_bytes = class_of(res.stats(), 64)->slab_bytes;
     for (void* p : objs) res.deallocate(p, 64);
     const auto s = res.stats();
-    const auto* c = class_of(s, 64);
+    const auto c = class_of(s, 64);
     const std::size_t held = c ? c->slabs : 0;
     CHECK(held == keep);
     CHECK(s.cores[0].slab_refills == 11);
@@ -79,8 +81,8 @@ TEST_CASE("per-core and per-class counters follow a known sequence of calls") {
   std::vector<void*> objs;
   for (int i = 0; i < 1000; ++i) objs.push_back(res.allocate(48));
   auto s = res.stats();
-  const auto* c = class_of(s, 48);
-  REQUIRE(c != nullptr);
+  auto c = class_of(s, 48);
+  REQUIRE(c.has_value());
   CHECK(s.cores[0].allocations == 1000);
   CHECK(s.cores[0].deallocations == 0);
   CHECK(c->objects_in_use == 1000);
@@ -96,7 +98,7 @@ TEST_CASE("per-core and per-class counters follow a known sequence of calls") {
   }
   s = res.stats();
   c = class_of(s, 48);
-  REQUIRE(c != nullptr);
+  REQUIRE(c.has_value());
   CHECK(s.cores[0].deallocations == 500);
   CHECK(c->objects_in_use == 500);
   CHECK(c->peak_objects == 1000);  // the peak stays
