@@ -360,6 +360,12 @@ def print_table(summary, reps):
             print(f"\ngeometric means over the {what}: x best, x glibc, peak RSS x least")
             for peer, (b, gl, r, n) in g.items():
                 print(f"  {peer:<9} {fmt(b, '6.2f')} {fmt(gl, '6.2f')} {fmt(r, '6.2f')}  ({n})")
+    gs = goals(summary)
+    if gs:
+        print(f"\nbsalloc against the goals (measured, not asserted): "
+              f"{sum(ok == 'yes' for *_, ok in gs)} of {len(gs)} met")
+        for g, m, ok in gs:
+            print(f"  {ok:<4} {g:<70} {m}")
 
 
 def markdown_report(summary, reps, machine):
@@ -372,10 +378,12 @@ def markdown_report(summary, reps, machine):
             continue
         names = list(dict.fromkeys(m["workload"] for m in ms))
         med = {(m["workload"], m["peer"]): m for m in ms}
-        lines += [f"{title} (÷ the fastest of jemalloc/mimalloc/tcmalloc in brackets; below 1, "
-                  "faster)", "", "| | " + " | ".join(peers) + " |", "|---|" + "---:|" * len(peers)]
+        ratio, versus = (("x_best", "the fastest of jemalloc/mimalloc/tcmalloc")
+                         if kind == "mbench" else ("x_glibc", "glibc"))
+        lines += [f"{title} (÷ {versus} in brackets; below 1, faster)", "",
+                  "| | " + " | ".join(peers) + " |", "|---|" + "---:|" * len(peers)]
         for n in names:
-            cells = [(f"{med[(n, p)]['time']:.4g} ({fmt(med[(n, p)]['x_best'], '.2f')}×)"
+            cells = [(f"{med[(n, p)]['time']:.4g} ({fmt(med[(n, p)][ratio], '.2f')}×)"
                       if (n, p) in med else "") for p in peers]
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
         g = geomeans(summary, kind)
@@ -402,7 +410,35 @@ def markdown_report(summary, reps, machine):
                     fmt(med[(n, p)]["shared_line_pct"], ".1f") if (n, p) in med else ""
                     for p in peers) + " |")
             lines.append("")
+    gs = goals(summary)
+    if gs:
+        lines += ["bsalloc against the issue's goals (measured, not asserted)", "",
+                  "| goal | measured | met |", "|---|---|---|"]
+        lines += [f"| {g} | {m} | {ok} |" for g, m, ok in gs]
+        lines.append("")
     return "\n".join(lines)
+
+
+def goals(summary):
+    """bsalloc against the issue's goals: (goal, measured, met) rows."""
+    rows = []
+    g = geomeans(summary, "mbench").get("bsalloc")
+    if g and g[0] is not None:
+        rows.append(("geometric mean of time ≤ the fastest of jemalloc/mimalloc/tcmalloc",
+                     f"{g[0]:.2f}×", "yes" if g[0] <= 1 else "no"))
+    for m in summary:
+        if m["peer"] != "bsalloc":
+            continue
+        others = [o["peak_rss_mib"] for o in summary
+                  if o["workload"] == m["workload"] and o["peer"] != "bsalloc"]
+        if others:
+            x = m["peak_rss_mib"] / min(others)
+            rows.append((f"{m['workload']}: peak RSS ≤ 1.2× the best peer's", f"{x:.2f}×",
+                         "yes" if x <= 1.2 else "no"))
+        if m["kind"] == "program" and m["x_glibc"] is not None:
+            rows.append((f"{m['workload']}: no slower than glibc", f"{m['x_glibc']:.2f}×",
+                         "yes" if m["x_glibc"] <= 1 else "no"))
+    return rows
 
 
 def draw_charts(out, summary):
