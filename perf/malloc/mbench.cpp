@@ -3,9 +3,11 @@
 // API, so that any malloc can be compared by LD_PRELOAD. One workload per process:
 //   bsalloc_mbench --workload W [--smoke] [--expect PEER] [--seed N]
 //   bsalloc_mbench --list | --header
-// prints one CSV line: workload,peer,threads,ops,ns_per_op,peak_rss_kib,shared_line_pct
+// prints one CSV line: workload,peer,threads,ops,ns_per_op,peak_rss_kib,rss_base_kib,
+// shared_line_pct
 // ns_per_op is wall-clock over the timed part divided by all threads' ops; peak RSS is the
-// process's VmHWM at the end (program, libraries and the allocator's own metadata).
+// process's VmHWM at the end (program, libraries and the allocator's own metadata), and
+// rss_base_kib its VmRSS before the workload started.
 #include <dlfcn.h>
 #include <pthread.h>
 
@@ -74,23 +76,29 @@ void check(const void* p, std::size_t n, std::uint64_t tag) {
   }
 }
 
-long peak_rss_kib() {
+/// A field of /proc/self/status in KiB: VmHWM (peak RSS), VmRSS (RSS now).
+long status_kib(const char* field) {
   FILE* f = std::fopen("/proc/self/status", "r");
   if (f == nullptr) return -1;
   char line[256];
   long kib = -1;
+  std::size_t n = std::strlen(field);
   while (std::fgets(line, sizeof line, f) != nullptr)
-    if (std::strncmp(line, "VmHWM:", 6) == 0) kib = std::strtol(line + 6, nullptr, 10);
+    if (std::strncmp(line, field, n) == 0 && line[n] == ':')
+      kib = std::strtol(line + n + 1, nullptr, 10);
   std::fclose(f);
   return kib;
 }
 
-/// Which malloc this process runs with: each preloaded library exports its own API.
+/// Which malloc this process runs with: the file of the library that defines the malloc this
+/// process calls (the preloaded one, or libc).
 const char* loaded_malloc() {
-  if (dlsym(RTLD_DEFAULT, "bsalloc_malloc") != nullptr) return "bsalloc";
-  if (dlsym(RTLD_DEFAULT, "mallctl") != nullptr) return "jemalloc";
-  if (dlsym(RTLD_DEFAULT, "mi_malloc") != nullptr) return "mimalloc";
-  if (dlsym(RTLD_DEFAULT, "tc_malloc") != nullptr) return "tcmalloc";
+  Dl_info info{};
+  void* m = dlsym(RTLD_DEFAULT, "malloc");
+  if (m != nullptr && dladdr(m, &info) != 0 && info.dli_fname != nullptr) {
+    for (const char* name : {"bsalloc", "jemalloc", "mimalloc", "tcmalloc"})
+      if (std::strstr(info.dli_fname, name) != nullptr) return name;
+  }
   return "glibc";
 }
 
@@ -388,7 +396,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (a == "--header") {
-      std::puts("workload,peer,threads,ops,ns_per_op,peak_rss_kib,shared_line_pct");
+      std::puts("workload,peer,threads,ops,ns_per_op,peak_rss_kib,rss_base_kib,shared_line_pct");
       return 0;
     }
     if (a == "--smoke") {
@@ -415,10 +423,11 @@ int main(int argc, char** argv) {
   }
   for (const auto& w : workloads) {
     if (name != w.name) continue;
+    long base = status_kib("VmRSS");  // before the workload: program, libraries, allocator
     result r = w.run();
-    std::printf("%s,%s,%u,%llu,%.3f,%ld,", w.name, peer, r.threads,
+    std::printf("%s,%s,%u,%llu,%.3f,%ld,%ld,", w.name, peer, r.threads,
                 static_cast<unsigned long long>(r.ops),
-                r.seconds * 1e9 / static_cast<double>(r.ops), peak_rss_kib());
+                r.seconds * 1e9 / static_cast<double>(r.ops), status_kib("VmHWM"), base);
     if (r.shared_line_pct >= 0) std::printf("%.1f", r.shared_line_pct);
     std::printf("\n");
     return 0;

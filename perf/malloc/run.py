@@ -211,7 +211,7 @@ def run_all(args, out, reps, peers, workloads):
     total, done = reps * len(jobs) * len(peers), 0
     timeout = 120 if args.smoke else 900
     fields = ["rep", "kind", "workload", "peer", "threads", "ops", "ns_per_op", "wall_s",
-              "peak_rss_kib", "shared_line_pct", "digest"]
+              "peak_rss_kib", "rss_base_kib", "shared_line_pct", "digest"]
     with open(os.path.join(out, "latest.csv"), "w", newline="") as raw:
         w = csv.DictWriter(raw, fieldnames=fields)
         w.writeheader()
@@ -260,18 +260,19 @@ def run_one(args, kind, name, peer, progs, timeout):
             return None, "timed out"
         if p.returncode != 0 or not p.stdout.strip():
             return None, f"exit {p.returncode}: {p.stderr.strip()[-400:]}"
-        wl, _, threads, ops, ns, rss, shared = p.stdout.strip().splitlines()[-1].split(",")
+        wl, _, threads, ops, ns, rss, base, shared = p.stdout.strip().splitlines()[-1].split(",")
         return {"kind": kind, "workload": wl, "peer": peer, "threads": int(threads),
                 "ops": int(ops), "ns_per_op": float(ns), "wall_s": "",
-                "peak_rss_kib": int(rss), "shared_line_pct": shared, "digest": ""}, ""
+                "peak_rss_kib": int(rss), "rss_base_kib": int(base), "shared_line_pct": shared,
+                "digest": ""}, ""
     argv, stdin, extra = progs[name]
     env.update(extra)
     wall, digest, rss, why = run_program_rusage(argv, stdin, env, timeout)
     if wall is None:
         return None, why
     return {"kind": kind, "workload": name, "peer": peer, "threads": "", "ops": "",
-            "ns_per_op": "", "wall_s": wall, "peak_rss_kib": rss, "shared_line_pct": "",
-            "digest": digest}, ""
+            "ns_per_op": "", "wall_s": wall, "peak_rss_kib": rss, "rss_base_kib": "",
+            "shared_line_pct": "", "digest": digest}, ""
 
 
 def geomean(xs):
@@ -301,6 +302,9 @@ def summarize(rows):
                          "unit": "ns/op" if kind == "mbench" else "s",
                          "peak_rss_mib": statistics.median(
                              [int(r["peak_rss_kib"]) / 1024 for r in rs]),
+                         "rss_base_mib": statistics.median(
+                             [int(r["rss_base_kib"]) / 1024 for r in rs])
+                         if kind == "mbench" else None,
                          "shared_line_pct": statistics.median(shared) if shared else None}
         fast = [med[p]["time"] for p in FAST_PEERS if p in med]
         best = min(fast) if fast else None
@@ -341,10 +345,11 @@ def geomeans(summary, kind):
 
 def print_table(summary, reps):
     print(f"\nmedians of {reps} run(s); x best = time / the fastest of jemalloc, mimalloc, "
-          "tcmalloc; x glibc = time / glibc's; x least = peak RSS / the smallest peak; "
-          "shared = % of the blocks on a cache line with another thread's block")
+          "tcmalloc; x glibc = time / glibc's; x least = peak RSS / the smallest peak; base = "
+          "RSS before the workload; shared = % of the blocks on a cache line with another "
+          "thread's block")
     print(f"{'workload':<14} {'peer':<9} {'time':>10} {'unit':<5} {'min-max':>19} "
-          f"{'x best':>7} {'x glibc':>7} {'peak MiB':>9} {'x least':>7} {'shared':>6}")
+          f"{'x best':>7} {'x glibc':>7} {'peak MiB':>9} {'x least':>7} {'base':>6} {'shared':>6}")
     last = None
     for m in summary:
         if last and m["workload"] != last:
@@ -353,6 +358,7 @@ def print_table(summary, reps):
         print(f"{m['workload']:<14} {m['peer']:<9} {m['time']:10.4g} {m['unit']:<5} "
               f"{m['time_min']:9.4g}-{m['time_max']:<9.4g} {fmt(m['x_best'], '7.2f')} "
               f"{fmt(m['x_glibc'], '7.2f')} {m['peak_rss_mib']:9.1f} {m['rss_x_least']:7.2f} "
+              f"{fmt(m['rss_base_mib'], '6.1f')} "
               f"{fmt(m['shared_line_pct'], '6.1f')}")
     for kind, what in (("mbench", "workloads"), ("program", "programs")):
         g = geomeans(summary, kind)
@@ -391,10 +397,13 @@ def markdown_report(summary, reps, machine):
             fmt(g[p][0], ".2f") + "×" if p in g else "" for p in peers) + " |")
         lines.append("| **geomean ÷ glibc** | " + " | ".join(
             fmt(g[p][1], ".2f") + "×" if p in g else "" for p in peers) + " |")
-        lines += ["", "Peak RSS, MiB (÷ the smallest peak in brackets)", "",
+        lines += ["", "Peak RSS, MiB (÷ the smallest peak in brackets"
+                  + ("; RSS before the workload after the slash)" if kind == "mbench" else ")"),
+                  "",
                   "| | " + " | ".join(peers) + " |", "|---|" + "---:|" * len(peers)]
         for n in names:
             cells = [(f"{med[(n, p)]['peak_rss_mib']:.1f} ({med[(n, p)]['rss_x_least']:.2f}×)"
+                      + (f" / {med[(n, p)]['rss_base_mib']:.1f}" if kind == "mbench" else "")
                       if (n, p) in med else "") for p in peers]
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
         lines.append("| **geomean** | " + " | ".join(
