@@ -10,6 +10,7 @@
 // rss_base_kib its VmRSS before the workload started.
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sched.h>
 
 #include <atomic>
 #include <chrono>
@@ -100,6 +101,27 @@ const char* loaded_malloc() {
       if (std::strstr(info.dli_fname, name) != nullptr) return name;
   }
   return "glibc";
+}
+
+/// The CPUs this process may run on, in order.
+std::vector<int> allowed_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> cpus;
+  if (sched_getaffinity(0, sizeof set, &set) == 0)
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  return cpus;
+}
+
+/// Pins the calling thread to one CPU, or (cpus > 1) the first `count` allowed ones.
+void pin(const std::vector<int>& cpus, std::size_t first, std::size_t count) {
+  if (cpus.empty()) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (std::size_t i = 0; i < count && i < cpus.size(); ++i)
+    CPU_SET(cpus[(first + i) % cpus.size()], &set);
+  pthread_setaffinity_np(pthread_self(), sizeof set, &set);  // best effort
 }
 
 struct result {
@@ -203,11 +225,11 @@ result prodcons() {
   return {2, n, since(t0)};
 }
 
-// ---- false sharing. 4 threads take 16 blocks of 8 B each; "thrash" (active): the threads
-// allocate in turns (0,1,2,3,0,1,...), "scratch" (passive): the main thread allocates 64
-// blocks in a row, hands 16 to each thread, which frees them and allocates its own 16. Then
-// each thread writes its blocks, timed. shared_line_pct: of all blocks, how many share a
-// 64-byte line with another thread's block.
+// ---- false sharing. 4 threads, each pinned to a core in turn, take 16 blocks of 8 B each;
+// "active": the threads allocate in turns (0,1,2,3,0,1,...); "passive": the main thread
+// allocates 64 blocks in a row and hands 16 to each thread, which frees them and allocates its
+// own 16. Then each thread writes its blocks, timed. shared_line_pct: of all blocks, how many
+// share a 64-byte line with another thread's block.
 result false_sharing(bool passive) {
   const unsigned threads = 4, per = 16;
   const std::uint64_t writes = smoke ? 1000000 : 50000000;  // per thread, over its blocks
@@ -218,8 +240,10 @@ result false_sharing(bool passive) {
   std::atomic<unsigned> turn{0}, ready{0}, go{0};
   std::vector<std::thread> ts;
   clk::time_point t0;
+  const std::vector<int> cpus = allowed_cpus();
   for (unsigned t = 0; t < threads; ++t) {
     ts.emplace_back([&, t] {
+      pin(cpus, t, 1);  // neighbours on different cores, so that a shared line costs
       for (unsigned k = 0; k < per; ++k) {
         if (passive) {
           std::free(given[t * per + k]);
@@ -261,8 +285,8 @@ result false_sharing(bool passive) {
           100.0 * shared / static_cast<double>(block.size())};
 }
 
-// ---- many threads on few cores: N threads, each a FIFO window of 1000 blocks of 16-256 B,
-// the oldest freed and a new one allocated per op; 4 M ops in all.
+// ---- many threads on 2 cores (the first 2 allowed): N threads, each a FIFO window of 1000
+// blocks of 16-256 B, the oldest freed and a new one allocated per op; 4 M ops in all.
 result many_threads(unsigned threads) {
   const std::uint64_t total = smoke ? 200000 : 4000000;
   const std::uint64_t per = total / threads;
@@ -270,8 +294,10 @@ result many_threads(unsigned threads) {
   std::atomic<unsigned> ready{0};
   std::atomic<bool> go{false};
   std::vector<std::thread> ts;
+  const std::vector<int> cpus = allowed_cpus();
   for (unsigned t = 0; t < threads; ++t) {
     ts.emplace_back([&, t] {
+      pin(cpus, 0, 2);  // many threads on 2 cores, whatever the machine has
       rng r(seed * 977 + t);
       std::vector<void*> ring(window);
       std::vector<std::size_t> size(window);
