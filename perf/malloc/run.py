@@ -157,6 +157,10 @@ def main():
     ap.add_argument("--no-programs", action="store_true", help="only bsalloc_mbench's workloads")
     ap.add_argument("--no-charts", action="store_true")
     ap.add_argument("--seed", type=int, default=1, help="seed of the run order")
+    ap.add_argument("--callgrind", action="store_true",
+                    help="instead: instructions per op in the malloc calls (valgrind's "
+                    "callgrind, smoke sizes, one run per peer: exact, not timed) -> "
+                    "callgrind.csv, callgrind.md")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: summarize the latest.csv already in --out again")
     args = ap.parse_args()
@@ -175,6 +179,10 @@ def main():
     listing = subprocess.run([args.mbench, "--list"], check=True, capture_output=True,
                              text=True).stdout
     workloads = [line.split("\t")[0] for line in listing.splitlines()]
+    if args.workloads:
+        workloads = [w for w in workloads if w in args.workloads.split(",")]
+    if args.callgrind:
+        return run_callgrind(args, out, peers, workloads)
     if args.report_only:
         with open(os.path.join(out, "latest.csv")) as f:
             rows = list(csv.DictReader(f))
@@ -273,6 +281,58 @@ def run_one(args, kind, name, peer, progs, timeout):
     return {"kind": kind, "workload": name, "peer": peer, "threads": "", "ops": "",
             "ns_per_op": "", "wall_s": wall, "peak_rss_kib": rss, "rss_base_kib": "",
             "shared_line_pct": "", "digest": digest}, ""
+
+
+def run_callgrind(args, out, peers, workloads):
+    """Instructions inside mb_malloc / mb_free / mb_realloc (bsalloc_mbench's probes around
+    every call), per op of the workload at smoke size. Threads run one at a time under
+    valgrind; the fills and frees outside the timed part are in the count, the same for every
+    peer."""
+    if not shutil.which("valgrind"):
+        print("valgrind not found", file=sys.stderr)
+        return 1
+    rows, failures = [], []
+    for w in workloads:
+        for peer in peers:
+            cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                   "--toggle-collect=mb_malloc", "--toggle-collect=mb_free",
+                   "--toggle-collect=mb_realloc", args.mbench, "--workload", w, "--smoke",
+                   "--expect", peer]
+            p = subprocess.run(cmd, env=run_env(peer, args.so), capture_output=True, text=True,
+                               timeout=900)
+            got = [ln.split()[-1] for ln in p.stderr.splitlines() if "Collected :" in ln]
+            if p.returncode != 0 or not got or not p.stdout.strip():
+                failures.append(f"{peer} {w}: exit {p.returncode}: {p.stderr.strip()[-300:]}")
+                print(f"  FAILED {failures[-1]}", file=sys.stderr)
+                continue
+            ops = int(p.stdout.strip().splitlines()[-1].split(",")[3])
+            rows.append({"workload": w, "peer": peer, "ops": ops, "instructions": int(got[0]),
+                         "per_op": int(got[0]) / ops})
+            print(f"  {w:<14} {peer:<9} {rows[-1]['per_op']:9.1f} instructions/op", flush=True)
+    for r in rows:
+        fast = [x["per_op"] for x in rows if x["workload"] == r["workload"]
+                and x["peer"] in FAST_PEERS]
+        r["x_best"] = r["per_op"] / min(fast) if fast else None
+    write_csv(os.path.join(out, "callgrind.csv"), rows)
+    lines = ["Instructions per op inside malloc/free/realloc (callgrind, smoke sizes; ÷ the "
+             "fewest of jemalloc/mimalloc/tcmalloc in brackets)", "",
+             "| | " + " | ".join(peers) + " |", "|---|" + "---:|" * len(peers)]
+    for w in workloads:
+        cells = []
+        for peer in peers:
+            r = [x for x in rows if x["workload"] == w and x["peer"] == peer]
+            cells.append(f"{r[0]['per_op']:.0f} ({fmt(r[0]['x_best'], '.2f')}×)" if r else "")
+        lines.append(f"| {w} | " + " | ".join(cells) + " |")
+    lines.append("| **geomean ÷ fewest** | " + " | ".join(
+        fmt(geomean([x["x_best"] for x in rows if x["peer"] == p]), ".2f") + "×"
+        for p in peers) + " |")
+    with open(os.path.join(out, "callgrind.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n" + "\n".join(lines))
+    if failures:
+        print(f"\n{len(failures)} run(s) failed:", *failures, sep="\n  ", file=sys.stderr)
+        return 1
+    return 0
 
 
 def geomean(xs):

@@ -4,7 +4,7 @@
 # libbsalloc_malloc.so in build-perf/ if needed, then runs every workload and real program under
 # each malloc, repeated and interleaved, and writes perf/results/malloc/ (see run.py).
 #   perf/malloc/run.sh [REPS] [--smoke] [--so PATH] [--peers a,b] [--workloads x,y]
-#                      [--no-programs] [--out DIR] [--no-charts] [--report-only]
+#                      [--no-programs] [--out DIR] [--no-charts] [--report-only] [--callgrind]
 # BSALLOC_MBENCH / BSALLOC_MALLOC_SO (or --so) name already-built ones instead.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
