@@ -64,6 +64,14 @@ def loadavg():
     return " ".join(open("/proc/loadavg").read().split()[:3])
 
 
+def so_info(so):
+    if not so:
+        return "(no libbsalloc_malloc.so: not run)"
+    with open(so, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    return f"{os.path.basename(so)} (sha256 {digest}, {os.path.getsize(so)} bytes)"
+
+
 def machine_info(args):
     libs = sh("dpkg-query -W -f='${Package} ${Version}\\n' libjemalloc2 libmimalloc2.0 "
               "libtcmalloc-minimal4 2>/dev/null")
@@ -77,7 +85,7 @@ def machine_info(args):
         f"cpus: {os.cpu_count()} ({cpu})",
         f"load average at start: {loadavg()}",
         f"kernel: {os.uname().release}",
-        f"bsalloc: {args.so or '(not found: not run)'}",
+        f"bsalloc: {so_info(args.so)}",
         "allocators: " + "; ".join(libs.splitlines()),
     ]) + "\n"
 
