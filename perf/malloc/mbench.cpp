@@ -3,6 +3,7 @@
 // API, so that any malloc can be compared by LD_PRELOAD. One workload per process:
 //   bsalloc_mbench --workload W [--smoke] [--expect PEER] [--seed N]
 //   bsalloc_mbench --list | --header
+//   bsalloc_mbench --spawn FILE -- PROG ARGS...   (PROG's peak RSS into FILE; see spawn())
 // prints one CSV line: workload,peer,threads,ops,ns_per_op,peak_rss_kib,rss_base_kib,
 // shared_line_pct
 // ns_per_op is wall-clock over the timed part divided by all threads' ops; peak RSS is the
@@ -11,6 +12,9 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -434,7 +438,30 @@ const workload workloads[] = {
 
 }  // namespace
 
+/// --spawn FILE -- PROG ARGS...: runs PROG as a child and writes its peak RSS in KiB (wait4's
+/// ru_maxrss) to FILE; exits as the child did. run.py measures the real programs through this:
+/// a process keeps the peak RSS of the process it was forked from across exec, and a child of
+/// the (large) Python runner would report at least the runner's RSS.
+int spawn(const char* file, char** argv) {
+  pid_t pid = fork();
+  if (pid < 0) die("fork failed");
+  if (pid == 0) {
+    execvp(argv[0], argv);
+    _exit(127);
+  }
+  int status = 0;
+  rusage ru{};
+  if (wait4(pid, &status, 0, &ru) != pid) die("wait4 failed");
+  FILE* f = std::fopen(file, "w");
+  if (f == nullptr) die("cannot write the --spawn file");
+  std::fprintf(f, "%ld\n", ru.ru_maxrss);
+  std::fclose(f);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
 int main(int argc, char** argv) {
+  if (argc > 4 && std::strcmp(argv[1], "--spawn") == 0 && std::strcmp(argv[3], "--") == 0)
+    return spawn(argv[2], argv + 4);
   std::string name, expect;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];

@@ -76,7 +76,8 @@ def machine_info(args):
     libs = sh("dpkg-query -W -f='${Package} ${Version}\\n' libjemalloc2 libmimalloc2.0 "
               "libtcmalloc-minimal4 2>/dev/null")
     commit = sh(f"git -C '{HERE}' log -1 --format='%h %s'")
-    dirty = " (with uncommitted changes)" if sh(f"git -C '{HERE}' status --porcelain") else ""
+    dirty = sh(f"git -C '{HERE}' status --porcelain -- ':(top)' ':(top,exclude)perf/results'")
+    dirty = " (with uncommitted changes)" if dirty else ""
     cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
     return "\n".join([
         f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
@@ -121,35 +122,27 @@ def prepare_programs(args, work):
     return progs
 
 
-def run_program_rusage(argv, stdin, env, timeout):
-    """Like run_program, with the peak RSS from wait4()'s rusage (the child and its
-    descendants: g++'s cc1plus too)."""
+def run_program(mbench, argv, stdin, env, timeout, rss_file):
+    """Wall time, peak RSS (KiB) and a digest of the output of one run of a real program.
+    bsalloc_mbench --spawn starts it and reports wait4()'s ru_maxrss (the process and its
+    waited-for children: g++'s cc1plus too); a direct child of this Python process would keep
+    this process's peak RSS across exec."""
     fin = open(stdin) if stdin else subprocess.DEVNULL
     t0 = time.perf_counter()
-    p = subprocess.Popen(argv, stdin=fin, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                         env=env)
-    deadline = t0 + timeout
-    chunks = []
-    # Small outputs: read to the end, then reap with wait4 to get this child's rusage.
-    while True:
-        data = p.stdout.read(65536)
-        if not data:
-            break
-        chunks.append(data)
-        if time.perf_counter() > deadline:
-            p.kill()
-            break
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)
-    p.stdout.close()
-    if stdin:
-        fin.close()
-    if time.perf_counter() > deadline:
+    try:
+        p = subprocess.run([mbench, "--spawn", rss_file, "--", *argv], stdin=fin,
+                           capture_output=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
         return None, None, None, "timed out"
+    finally:
+        if stdin:
+            fin.close()
+    wall = time.perf_counter() - t0
     if p.returncode != 0:
-        return None, None, None, f"exit {p.returncode}"
-    return wall, hashlib.sha1(b"".join(chunks)).hexdigest()[:12], ru.ru_maxrss, ""
+        return None, None, None, f"exit {p.returncode}: {p.stderr.decode(errors='replace')[-300:]}"
+    with open(rss_file) as f:
+        rss = int(f.read())
+    return wall, hashlib.sha1(p.stdout).hexdigest()[:12], rss, ""
 
 
 def main():
@@ -174,7 +167,7 @@ def main():
     args = ap.parse_args()
     out = args.out or os.path.join(HERE, "..", "results",
                                    *(["raw", "malloc-smoke"] if args.smoke else ["malloc"]))
-    out = os.path.abspath(out)
+    out = args.out_dir = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
     reps = args.reps or (1 if args.smoke else 5)
     if args.so and not os.path.exists(args.so):
@@ -258,6 +251,8 @@ def run_all(args, out, reps, peers, workloads):
                     failures.append(f"{name} rep {rep}: the output differs between mallocs: "
                                     f"{digests}")
                     print(f"  FAILED {failures[-1]}", file=sys.stderr)
+    if os.path.exists(os.path.join(out, "rss.txt")):
+        os.remove(os.path.join(out, "rss.txt"))
     with open(os.path.join(out, "machine.txt"), "a") as f:
         f.write(f"runs: {len(rows)} ({reps} repetitions), {time.time() - started:.0f} s, "
                 f"load average at the end: {loadavg()}\n")
@@ -283,7 +278,8 @@ def run_one(args, kind, name, peer, progs, timeout):
                 "digest": ""}, ""
     argv, stdin, extra = progs[name]
     env.update(extra)
-    wall, digest, rss, why = run_program_rusage(argv, stdin, env, timeout)
+    wall, digest, rss, why = run_program(args.mbench, argv, stdin, env, timeout,
+                                         os.path.join(args.out_dir, "rss.txt"))
     if wall is None:
         return None, why
     return {"kind": kind, "workload": name, "peer": peer, "threads": "", "ops": "",
