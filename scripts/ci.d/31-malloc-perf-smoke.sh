@@ -11,7 +11,9 @@ so=$(find "$BSALLOC_BUILD" -name libbsalloc_malloc.so -print -quit 2>/dev/null |
 out="$BSALLOC_OUT/malloc-perf-smoke"
 [ -x "$mbench" ] || { echo "malloc-perf-smoke: $mbench not built (BSALLOC_BUILD_PERF=ON?)"; exit 1; }
 [ -n "$so" ] || { echo "malloc-perf-smoke: no libbsalloc_malloc.so under $BSALLOC_BUILD"; exit 1; }
-command -v python3 >/dev/null || { echo "malloc-perf-smoke: python3 missing"; exit 1; }
+for tool in python3 sqlite3 perl g++; do
+  command -v "$tool" >/dev/null || { echo "malloc-perf-smoke: $tool missing (scripts/setup.sh)"; exit 1; }
+done
 rm -rf "$out"
 mkdir -p "$out"
 charts=()
