@@ -27,6 +27,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 LIBDIR = "/usr/lib/x86_64-linux-gnu"
@@ -167,7 +168,7 @@ def main():
     args = ap.parse_args()
     out = args.out or os.path.join(HERE, "..", "results",
                                    *(["raw", "malloc-smoke"] if args.smoke else ["malloc"]))
-    out = args.out_dir = os.path.abspath(out)
+    out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
     reps = args.reps or (1 if args.smoke else 5)
     if args.so and not os.path.exists(args.so):
@@ -210,7 +211,9 @@ def run_all(args, out, reps, peers, workloads):
     with open(os.path.join(out, "machine.txt"), "w") as f:
         f.write(machine_info(args))
     started = time.time()
-    progs = {} if args.no_programs else prepare_programs(args, out)
+    work = tempfile.mkdtemp(prefix="bsalloc-malloc-perf-")  # the database, rss.txt
+    args.work_dir = work
+    progs = {} if args.no_programs else prepare_programs(args, work)
     jobs = [("mbench", w) for w in workloads] + [("program", p) for p in progs]
     if args.workloads:
         keep = args.workloads.split(",")
@@ -251,8 +254,7 @@ def run_all(args, out, reps, peers, workloads):
                     failures.append(f"{name} rep {rep}: the output differs between mallocs: "
                                     f"{digests}")
                     print(f"  FAILED {failures[-1]}", file=sys.stderr)
-    if os.path.exists(os.path.join(out, "rss.txt")):
-        os.remove(os.path.join(out, "rss.txt"))
+    shutil.rmtree(work, ignore_errors=True)
     with open(os.path.join(out, "machine.txt"), "a") as f:
         f.write(f"runs: {len(rows)} ({reps} repetitions), {time.time() - started:.0f} s, "
                 f"load average at the end: {loadavg()}\n")
@@ -279,7 +281,7 @@ def run_one(args, kind, name, peer, progs, timeout):
     argv, stdin, extra = progs[name]
     env.update(extra)
     wall, digest, rss, why = run_program(args.mbench, argv, stdin, env, timeout,
-                                         os.path.join(args.out_dir, "rss.txt"))
+                                         os.path.join(args.work_dir, "rss.txt"))
     if wall is None:
         return None, why
     return {"kind": kind, "workload": name, "peer": peer, "threads": "", "ops": "",
@@ -544,6 +546,8 @@ def draw_charts(out, summary):
         ms = [m for m in summary if m["kind"] == kind]
         if not ms:
             continue
+        if all(m[value] is None for m in ms):
+            continue  # e.g. no fast peer ran: no ratio to draw
         med = {(m["workload"], m["peer"]): m for m in ms}
         names = list(dict.fromkeys(m["workload"] for m in ms))
         dat = os.path.join(out, f"{name}.dat")
