@@ -215,6 +215,7 @@ void* slab_resource::do_allocate(std::size_t bytes, std::size_t alignment) {
     }
   }
 slow:
+  if (hardened_) return allocate_hardened(bytes, alignment);  // a flag: no cost to the hit path
   return allocate_slow(bytes, alignment);
 }
 
@@ -236,6 +237,7 @@ void slab_resource::do_deallocate(void* p, std::size_t bytes, std::size_t alignm
     }
   }
 slow:
+  if (hardened_) return deallocate_hardened(p, bytes, alignment);
   deallocate_slow(p, bytes, alignment);
 }
 #undef BSALLOC_INLINE_CLASS

@@ -21,6 +21,7 @@
 // pooled object is reported as for malloc.
 #include <sys/random.h>
 
+#include <bit>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -30,6 +31,7 @@
 #include <bsalloc/budget.hpp>
 #include <bsalloc/page_map.hpp>
 
+#include "../page/internal.hpp"
 #include "state.hpp"
 
 #if defined(__has_include)
@@ -82,6 +84,19 @@ void word_set(void* p, int i, std::uintptr_t v, bool vg) {
   if (vg) VALGRIND_MAKE_MEM_NOACCESS(w, sizeof *w);
 }
 
+// p is an object boundary of class c in a slab of st (H2). s: p's slab, by masking.
+inline bool is_object(const slab_state& st, const void* p, int c, const slab* s) {
+  const auto& g = st.geom[static_cast<std::size_t>(c)];
+  const std::uint64_t x =
+      reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(s) - g.offset;
+  return x < g.span && std::rotr(x * g.inv, g.shift) <= g.lim;
+}
+inline bool is_slab(const slab_state& st, const slab* s, int c) {
+  return (reinterpret_cast<std::uintptr_t>(s) >> 47) == 0 &&
+         (!st.pages_known || page_map_find(s).owner != nullptr) && s->magic == slab_magic &&
+         s->cls == c && s->res == &st;
+}
+
 // Running under memcheck (not just any Valgrind tool: callgrind counts the plain fast path).
 // Memcheck's preloaded library is how a program tells: no client request names the tool.
 bool under_memcheck() {
@@ -100,10 +115,21 @@ void slab_state::init_careful() {
   if (hardened) {
     link_key = random_word() | 1;  // never 0: 0 means "plain links"
     tag_key = random_word();
+    for (int c = 0; c < classes; ++c) {
+      auto& g = geom[static_cast<std::size_t>(c)];
+      g.shift = std::countr_zero(g.size);
+      const std::uint64_t m = g.size >> g.shift;
+      std::uint64_t inv = m;  // Newton's iteration: 3 → 6 → 12 → 24 → 48 → 96 correct bits
+      for (int i = 0; i < 5; ++i) inv *= 2 - m * inv;
+      g.inv = inv;
+      g.lim = ~std::uint64_t{0} / g.size;
+      g.span = std::size_t{g.capacity} * g.size;
+    }
   }
   std::pmr::memory_resource* up = upstream;
   while (auto* b = dynamic_cast<budget_resource*>(up)) up = b->upstream_resource();
   pages_known = dynamic_cast<page_resource*>(up) != nullptr;
+  lean = hardened && !knobs.checked && !knobs.hardened_zero_on_free && !valgrind;
 }
 
 void slab_state::corrupt(const void* p, const std::string& problem) const {
@@ -125,20 +151,18 @@ void* slab_state::next_careful(const void* at, int c, const slab* same) const {
   void* next = reinterpret_cast<void*>(stored ^ link_mask(at, link_key));
   if (!hardened || !next) return next;
   const auto n = reinterpret_cast<std::uintptr_t>(next);
-  const auto& g = geom[static_cast<std::size_t>(c)];
   const slab* s = slab_of(next, c);
-  const std::uintptr_t off = n - reinterpret_cast<std::uintptr_t>(s);
+  if ((!same || s == same) && is_object(*this, next, c, s) && is_slab(*this, s, c)) return next;
   const char* problem = nullptr;
   if (n >> 47)
     problem = "not a user-space address";
   else if (same && s != same)
     problem = "outside the object's own slab";
-  else if (off < g.offset || (off - g.offset) % g.size != 0 ||
-           (off - g.offset) / g.size >= g.capacity)
+  else if (!is_object(*this, next, c, s))
     problem = "not an object boundary of its class";
-  else if (pages_known && page_map_lookup(s) == nullptr)
+  else if (pages_known && page_map_find(s).owner == nullptr)
     problem = "not in memory of any page_resource";
-  else if (s->magic != slab_magic || s->cls != c || s->res != this)
+  else
     problem = "not in a slab of this resource and class";
   if (problem)
     corrupt(at, fmt::format("free-list link of {{}} corrupted (use after free?): it decodes to {}, "
@@ -187,16 +211,13 @@ void slab_state::take_back(void* p, int c, std::size_t bytes, std::size_t alignm
   if (hardened) {
     const auto n = reinterpret_cast<std::uintptr_t>(p);
     const slab* s = slab_of(p, c);
-    const std::uintptr_t off = n - reinterpret_cast<std::uintptr_t>(s);
-    if (n >> 47 || (pages_known && page_map_lookup(s) == nullptr))
+    if (n >> 47 || (pages_known && page_map_find(s).owner == nullptr))
       bad(p, bytes, alignment, "pointer is not in this resource's memory (hardened)");
     if (s->magic != slab_magic || s->cls != c || s->res != this)
       bad(p, bytes, alignment,
           "pointer is not in a slab of this resource for this size and alignment (foreign "
           "pointer or size mismatch; hardened)");
-    if (off < geom[static_cast<std::size_t>(c)].offset ||
-        (off - geom[static_cast<std::size_t>(c)].offset) % size != 0 ||
-        reinterpret_cast<const char*>(p) >= s->tail)
+    if (!is_object(*this, p, c, s))
       bad(p, bytes, alignment, "pointer is not the start of an object (hardened)");
     if (word_get(p, 1, valgrind) == (n ^ tag_key))
       bad(p, bytes, alignment, "double free (the object is already free; hardened)");
@@ -226,3 +247,73 @@ void slab_state::slab_dies(slab* s) const {
 }
 
 }  // namespace bsalloc::detail
+
+namespace bsalloc {
+
+using detail::slab_state;
+
+namespace {
+
+// Hardened mode's thread-cache bin for (bytes, alignment) as the inline fast path finds it, or
+// nullptr where that would go to the slow path. c: the class.
+inline detail::bin* lean_bin(const slab_state& st, std::size_t bytes, std::size_t alignment,
+                             int& c) {
+  if (!st.lean || alignment > detail::inline_max_align) return nullptr;
+  if (bytes <= detail::small_max)
+    c = detail::small_class(bytes, alignment);
+  else if (bytes <= st.pool.largest_required_pool_block)
+    c = detail::medium_class(bytes, alignment);
+  else
+    return nullptr;
+  if (c == 0) c = 1;                    // room for the link and the tag
+  if (c >= st.classes) return nullptr;  // bad_class too
+  const detail::tls_slot& ts = detail::t_slots[st.slot];
+  if (ts.id != st.id) return nullptr;
+  return &ts.cache->bins[static_cast<std::size_t>(c)];
+}
+
+}  // namespace
+
+void* slab_resource::allocate_hardened(std::size_t bytes, std::size_t alignment) {
+  slab_state& st = *state_;
+  int c = 0;
+  detail::bin* b = lean_bin(st, bytes, alignment, c);
+  void* p = b ? b->head : nullptr;
+  if (!p) return allocate_slow(bytes, alignment);
+  void* next = detail::link_get(p, st.link_key);
+  if (next) {
+    const detail::slab* s = st.slab_of(next, c);
+    if (!detail::is_object(st, next, c, s) || !detail::is_slab(st, s, c)) [[unlikely]]
+      st.next_careful(p, c, nullptr);  // aborts, naming p and the problem
+  }
+  BSALLOC_UNPOISON(p, st.geom[static_cast<std::size_t>(c)].size);
+  auto* w = static_cast<std::uintptr_t*>(p);
+  if (w[1] != (reinterpret_cast<std::uintptr_t>(p) ^ st.tag_key)) [[unlikely]]
+    st.corrupt(p, "free-state tag of {} corrupted (use after free?)");
+  b->head = next;
+  b->count.store(b->count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+  w[0] = 0;
+  w[1] = 0;
+  return p;
+}
+
+void slab_resource::deallocate_hardened(void* p, std::size_t bytes, std::size_t alignment) {
+  slab_state& st = *state_;
+  int c = 0;
+  detail::bin* b = lean_bin(st, bytes, alignment, c);
+  const std::uint32_t n = b ? b->count.load(std::memory_order_relaxed) : 0;
+  if (!b || n >= b->limit) return deallocate_slow(p, bytes, alignment);
+  const detail::slab* s = st.slab_of(p, c);
+  auto* w = static_cast<std::uintptr_t*>(p);
+  const std::uintptr_t tag = reinterpret_cast<std::uintptr_t>(p) ^ st.tag_key;
+  BSALLOC_UNPOISON(w + 1, sizeof *w);
+  if (!detail::is_slab(st, s, c) || !detail::is_object(st, p, c, s) || w[1] == tag) [[unlikely]]
+    st.take_back(p, c, bytes, alignment);  // aborts, naming p and the problem
+  w[1] = tag;
+  BSALLOC_POISON_FREE(p, st.geom[static_cast<std::size_t>(c)].size);
+  detail::link_set(p, b->head, st.link_key);
+  b->head = p;
+  b->count.store(n + 1, std::memory_order_relaxed);
+}
+
+}  // namespace bsalloc

@@ -113,6 +113,11 @@ struct class_geom {
   std::uint32_t bitmap_words = 0;  // checked mode: one bit per object, after the header
   std::uint32_t cache_limit = 0;   // thread cache: most objects kept at first
   std::uint32_t cache_max = 0;     // ... and after growing (a bin that overflows doubles)
+  // Hardened: x = address - (slab + offset) is an object's iff x < span and
+  // rotr(x * inv, shift) <= lim (size = 2^shift * odd, inv its odd part's inverse mod 2^64).
+  std::size_t span = 0;
+  std::uint64_t inv = 0, lim = 0;
+  int shift = 0;
 };
 
 // A thread cache's list of one class. Owner thread only; count is atomic only so that stats()
@@ -220,9 +225,10 @@ struct slab_state {
   // The careful path (hardened.cpp): hardened mode or memcheck client requests. Both route every
   // call through the slow path; with neither, link reads and writes are plain.
   bool hardened = false;
-  bool valgrind = false;        // running under memcheck: client requests for every object
-  bool careful = false;         // hardened || valgrind
-  bool pages_known = false;     // slabs come from page_resources: the page map vouches for them
+  bool valgrind = false;     // running under memcheck: client requests for every object
+  bool careful = false;      // hardened || valgrind
+  bool pages_known = false;  // slabs come from page_resources: the page map vouches for them
+  bool lean = false;  // hardened alone (not checked, no zero-on-free, no memcheck): lean path
   std::uintptr_t link_key = 0;  // hardened: free-list link secret (never 0), else 0
   std::uintptr_t tag_key = 0;   // hardened: free-state tag secret
   std::uint64_t id = 0;
