@@ -282,8 +282,11 @@ void* slab_resource::allocate_hardened(std::size_t bytes, std::size_t alignment)
   if (!p) return allocate_slow(bytes, alignment);
   void* next = detail::link_get(p, st.link_key);
   if (next) {
+    // The head's slab was validated when it became the head: a link within it needs no new
+    // look at the page map and the header.
     const detail::slab* s = st.slab_of(next, c);
-    if (!detail::is_object(st, next, c, s) || !detail::is_slab(st, s, c)) [[unlikely]]
+    if (!detail::is_object(st, next, c, s) || (s != st.slab_of(p, c) && !detail::is_slab(st, s, c)))
+        [[unlikely]]
       st.next_careful(p, c, nullptr);  // aborts, naming p and the problem
   }
   BSALLOC_UNPOISON(p, st.geom[static_cast<std::size_t>(c)].size);
@@ -307,7 +310,9 @@ void slab_resource::deallocate_hardened(void* p, std::size_t bytes, std::size_t 
   auto* w = static_cast<std::uintptr_t*>(p);
   const std::uintptr_t tag = reinterpret_cast<std::uintptr_t>(p) ^ st.tag_key;
   BSALLOC_UNPOISON(w + 1, sizeof *w);
-  if (!detail::is_slab(st, s, c) || !detail::is_object(st, p, c, s) || w[1] == tag) [[unlikely]]
+  const bool known = b->head && s == st.slab_of(b->head, c);  // the head's slab: validated
+  if ((!known && !detail::is_slab(st, s, c)) || !detail::is_object(st, p, c, s) || w[1] == tag)
+      [[unlikely]]
     st.take_back(p, c, bytes, alignment);  // aborts, naming p and the problem
   w[1] = tag;
   BSALLOC_POISON_FREE(p, st.geom[static_cast<std::size_t>(c)].size);
