@@ -55,7 +55,7 @@ TEST_CASE("misuse: write after free of a slab_resource object's first word" * do
   q[0] = 1;  // memcheck: Invalid write of size 1 (the word holding the free-list link)
 }
 
-TEST_CASE("misuse: read past the requested size, into the class's slack" * doctest::skip()) {
+TEST_CASE("misuse: read past the requested size into the class slack" * doctest::skip()) {
   slab_resource pool({}, plain());
   auto* p = static_cast<char*>(pool.allocate(20));  // a 24-byte object
   volatile char c = p[21];  // memcheck: Invalid read of size 1
