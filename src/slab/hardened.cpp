@@ -153,7 +153,7 @@ void* slab_state::next_careful(const void* at, int c, const slab* same) const {
   const auto n = reinterpret_cast<std::uintptr_t>(next);
   const slab* s = slab_of(next, c);
   if ((!same || s == same) && is_object(*this, next, c, s) && is_slab(*this, s, c)) return next;
-  const char* problem = nullptr;
+  const char* problem;
   if (n >> 47)
     problem = "not a user-space address";
   else if (same && s != same)
@@ -164,10 +164,9 @@ void* slab_state::next_careful(const void* at, int c, const slab* same) const {
     problem = "not in memory of any page_resource";
   else
     problem = "not in a slab of this resource and class";
-  if (problem)
-    corrupt(at, fmt::format("free-list link of {{}} corrupted (use after free?): it decodes to {}, "
-                            "{}",
-                            next, problem));
+  corrupt(at, fmt::format("free-list link of {{}} corrupted (use after free?): it decodes to {}, "
+                          "{}",
+                          next, problem));
   return next;
 }
 
@@ -199,6 +198,7 @@ void slab_state::hand_out(void* p, int c, std::size_t bytes) const {
           corrupt(p, fmt::format("free object {{}} written after it was freed, at offset {} "
                                  "(use after free?)",
                                  i));
+      if (valgrind) VALGRIND_MAKE_MEM_NOACCESS(b + 16, size - 16);  // the chunk below reopens it
     }
     word_set(p, 1, 0, valgrind);
   }
