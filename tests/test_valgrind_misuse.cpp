@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 // Misuse that only memcheck reports: a use after free and a leak of an object inside a
-// slab_resource. Every case is skipped unless asked for by name (--no-skip --test-case=...):
-// scripts/ci.d/45-valgrind.sh runs each under valgrind and requires memcheck to REPORT it, as it
-// would for malloc. Without memcheck they do nothing harmful (the object stays in the pool).
+// slab_resource or an object_pool. Every case is skipped unless asked for by name (--no-skip
+// --test-case=...): scripts/ci.d/45-valgrind.sh runs each under valgrind and requires memcheck to
+// REPORT it, as it would for malloc. Without memcheck they do nothing harmful (the object stays in
+// the pool).
+#include <bsalloc/object_pool.hpp>
 #include <bsalloc/slab_resource.hpp>
 
 #include <cstdio>
@@ -58,7 +60,7 @@ TEST_CASE("misuse: write after free of a slab_resource object's first word" * do
 TEST_CASE("misuse: read past the requested size into the class slack" * doctest::skip()) {
   slab_resource pool({}, plain());
   auto* p = static_cast<char*>(pool.allocate(20));  // a 24-byte object
-  volatile char c = p[21];  // memcheck: Invalid read of size 1
+  volatile char c = p[21];                          // memcheck: Invalid read of size 1
   (void)c;
   pool.deallocate(p, 20);
 }
@@ -67,6 +69,34 @@ TEST_CASE("misuse: a leaked slab_resource object" * doctest::skip()) {
   // The pool outlives the leak check (it is never destroyed): the object is simply lost.
   static auto* pool = new slab_resource({}, plain());
   leak_one(*pool);
+  scrub_stack();
+}
+
+struct widget {
+  long a[6];
+};
+
+[[gnu::noinline]] void leak_widget(bsalloc::object_pool<widget>& pool) {
+  widget* w = pool.allocate();
+  std::memset(w, 2, sizeof *w);
+  std::printf("leaked %p\n", static_cast<void*>(w));
+  std::fflush(stdout);
+}
+
+TEST_CASE("misuse: read after free of an object_pool object" * doctest::skip()) {
+  bsalloc::object_pool<widget> pool;
+  widget* keep = pool.allocate();
+  widget* w = pool.allocate();
+  std::memset(w, 3, sizeof *w);
+  pool.deallocate(w);
+  volatile long x = w->a[3];  // memcheck: Invalid read of size 8 (inside a freed slot)
+  (void)x;
+  pool.deallocate(keep);
+}
+
+TEST_CASE("misuse: a leaked object_pool object" * doctest::skip()) {
+  static auto* pool = new bsalloc::object_pool<widget>();
+  leak_widget(*pool);
   scrub_stack();
 }
 
@@ -86,4 +116,24 @@ TEST_CASE("clean: allocate, use and free inside a slab_resource under memcheck")
   // release() with objects still out: they die with their slabs (no leak reported).
   (void)pool.allocate(48);
   pool.release();
+}
+
+TEST_CASE("clean: an object_pool under memcheck") {
+  bsalloc::object_pool<widget> pool;
+  for (int round = 0; round < 3; ++round) {
+    widget* v[300];
+    for (auto& w : v) {
+      w = pool.allocate();
+      std::memset(w, round, sizeof *w);
+    }
+    widget expect;
+    std::memset(&expect, round, sizeof expect);
+    for (widget* w : v) {
+      CHECK(w->a[5] == expect.a[5]);
+      pool.deallocate(w);
+    }
+  }
+  pool.check_invariants();
+  auto p = pool.make();  // a pool_ptr, freed by its destructor
+  CHECK(p.get() != nullptr);
 }

@@ -3,10 +3,10 @@
 # Valgrind step, two halves. (1) The slab_resource and object_pool suites of the normal build
 # run under memcheck and must be clean (definite leaks count as errors). (2) Expected errors:
 # each misuse case of test_valgrind_misuse (a use after free, a write into a free object's
-# link, a read into a class's slack, a leak — all inside a slab_resource) runs alone under
-# memcheck, which must REPORT it (the memcheck client requests of slab_resource: under memcheck
-# every resource takes its slow path, each slab is a memory pool and each object a chunk of it;
-# free objects are no-access). Any miss fails the step; so does a missing valgrind or test
+# link, a read into a class's slack, a leak inside a slab_resource; a use after free and a leak
+# inside an object_pool) runs alone under memcheck, which must REPORT it (the memcheck client
+# requests: under memcheck a slab_resource takes its slow path and an object_pool has no thread
+# cache; each slab is a memory pool and each object a chunk of it; free objects are no-access). Any miss fails the step; so does a missing valgrind or test
 # binary. About 3 minutes on 2 cores.
 set -euo pipefail
 build=${BSALLOC_BUILD:?BSALLOC_BUILD: the normal build directory}
@@ -47,6 +47,8 @@ expected=(
   "misuse: write after free of a slab_resource object's first word|Invalid write of size 1|inside a block of size 32 free'd"
   "misuse: read past the requested size into the class slack|Invalid read of size 1|test_valgrind_misuse.cpp"
   "misuse: a leaked slab_resource object|definitely lost: 100 bytes in 1 blocks|"
+  "misuse: read after free of an object_pool object|Invalid read of size 8|inside a block of size 48 free'd"
+  "misuse: a leaked object_pool object|definitely lost: 48 bytes in 1 blocks|"
 )
 bin="$build/tests/test_valgrind_misuse"
 if [ -x "$bin" ]; then
