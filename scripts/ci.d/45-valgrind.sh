@@ -7,7 +7,7 @@
 # inside an object_pool) runs alone under memcheck, which must REPORT it (the memcheck client
 # requests: under memcheck a slab_resource takes its slow path and an object_pool has no thread
 # cache; each slab is a memory pool and each object a chunk of it; free objects are no-access). Any miss fails the step; so does a missing valgrind or test
-# binary. About 3 minutes on 2 cores.
+# binary. About 5 minutes on 2 loaded cores.
 set -euo pipefail
 build=${BSALLOC_BUILD:?BSALLOC_BUILD: the normal build directory}
 out=${BSALLOC_OUT:-$build/..}/valgrind
