@@ -127,6 +127,8 @@ class page_peer final : public peer {
 
 class slab_peer final : public peer {
  public:
+  slab_peer() = default;
+  explicit slab_peer(const bsalloc::slab_resource_options& o) : slab_({}, o) {}
   std::pmr::memory_resource* resource() override { return &slab_; }
   peer_kind kind() const override { return peer_kind::pmr; }
   void trim() override {
@@ -198,6 +200,12 @@ std::unique_ptr<peer> make_peer(std::string_view name, std::string& error) {
   if (name == "boost_sync") return std::make_unique<pool_peer<boost_sync_resource>>();
   if (name == "page") return std::make_unique<page_peer>();
   if (name == "slab") return std::make_unique<slab_peer>();
+  // Not in peer_names() (full runs leave it out): hardened mode's cost, run by name.
+  if (name == "slab_hardened") {
+    bsalloc::slab_resource_options o;
+    o.hardened = true;
+    return std::make_unique<slab_peer>(o);
+  }
   if (name == "object_pool") return std::make_unique<object_pool_peer>();
   if (name == "null") return std::make_unique<null_peer>();
   error = "unknown peer " + std::string(name);

@@ -6,10 +6,18 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <iterator>
 #include <stdexcept>
 
 #include <fmt/format.h>
+
+#if defined(__has_include)
+#if __has_include(<valgrind/memcheck.h>)
+#include <valgrind/memcheck.h>
+#define BSALLOC_POOL_VALGRIND 1
+#endif
+#endif
 
 namespace bsalloc {
 namespace {
@@ -108,3 +116,48 @@ void pool_invariant_broken(std::string_view type, const std::string& what) {
 
 }  // namespace detail
 }  // namespace bsalloc
+
+// -- memcheck client requests (see object_pool.hpp) -----------------------------------------------
+namespace bsalloc::detail {
+
+#ifdef BSALLOC_POOL_VALGRIND
+bool pool_memcheck() noexcept {
+  // Memcheck, not just any Valgrind tool (callgrind counts the ordinary paths): memcheck's
+  // preloaded library is how a program tells.
+  static const bool on = [] {
+    if (RUNNING_ON_VALGRIND == 0) return false;
+    const char* pre = std::getenv("LD_PRELOAD");
+    return pre != nullptr && std::strstr(pre, "vgpreload_memcheck") != nullptr;
+  }();
+  return on;
+}
+void pool_vg_slab_born(const void* slab, const void* first, std::size_t n) noexcept {
+  VALGRIND_CREATE_MEMPOOL(slab, 0, 0);
+  VALGRIND_MAKE_MEM_NOACCESS(first, n);
+}
+void pool_vg_slab_dies(const void* slab, std::size_t n) noexcept {
+  if (!pool_memcheck()) return;
+  if (VALGRIND_MEMPOOL_EXISTS(slab)) VALGRIND_DESTROY_MEMPOOL(slab);
+  VALGRIND_MAKE_MEM_DEFINED(slab, n);
+}
+void pool_vg_alloc(const void* slab, const void* p, std::size_t n) noexcept {
+  // No stale link to another slot stays behind (a leaked slot must look unreferenced).
+  VALGRIND_MAKE_MEM_UNDEFINED(p, sizeof(void*));
+  std::memset(const_cast<void*>(p), 0, sizeof(void*));
+  VALGRIND_MEMPOOL_ALLOC(slab, p, n);
+}
+void pool_vg_free(const void* slab, const void* p) noexcept {
+  VALGRIND_MEMPOOL_FREE(slab, p);
+  VALGRIND_MAKE_MEM_UNDEFINED(p, sizeof(void*));  // the link word, written next
+}
+#else
+bool pool_memcheck() noexcept {
+  return false;
+}
+void pool_vg_slab_born(const void*, const void*, std::size_t) noexcept {}
+void pool_vg_slab_dies(const void*, std::size_t) noexcept {}
+void pool_vg_alloc(const void*, const void*, std::size_t) noexcept {}
+void pool_vg_free(const void*, const void*) noexcept {}
+#endif
+
+}  // namespace bsalloc::detail

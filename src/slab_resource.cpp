@@ -83,7 +83,8 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
       slot_(detail::no_slot),
       small_bound_(0),
       inline_bound_(0),
-      checked_(knobs.checked) {
+      checked_(knobs.checked),
+      hardened_(knobs.hardened) {
   if (!upstream) throw std::invalid_argument("bsalloc::slab_resource: null upstream");
   if (knobs.min_slab_bytes < page_size || knobs.min_slab_bytes > (std::size_t{1} << 20) ||
       !detail::power_of_two(knobs.min_slab_bytes))
@@ -103,7 +104,8 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
   st->id = id_;
   std::size_t largest = options.largest_required_pool_block;
   if (largest == 0) largest = std::size_t{32} << 10;
-  largest = std::clamp<std::size_t>(largest, 8, max_pool_block);
+  // Hardened: every object has room for a link and a tag (8-byte requests take 16-byte objects).
+  largest = std::clamp<std::size_t>(largest, knobs.hardened ? 16 : 8, max_pool_block);
   st->classes = detail::class_of(largest) + 1;
   // max_blocks_per_chunk is an upper bound (as for the standard pools): a smaller one gives
   // smaller slabs, down to a page.
@@ -136,7 +138,8 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
   }
   st->pool.largest_required_pool_block = detail::class_size_of(st->classes - 1);
   st->pool.max_blocks_per_chunk = most_objects;
-  if (!knobs.checked) {
+  st->init_careful();
+  if (!knobs.checked && !st->careful) {
     small_bound_ = static_cast<std::uint32_t>(
         std::min(detail::small_max, st->pool.largest_required_pool_block) + 1);
     inline_bound_ = static_cast<std::uint32_t>(st->pool.largest_required_pool_block + 1);
@@ -204,7 +207,7 @@ void* slab_resource::do_allocate(std::size_t bytes, std::size_t alignment) {
     if (s.id == id_) [[likely]] {
       detail::bin& b = s.cache->bins[cls];
       if (void* p = b.head) [[likely]] {
-        b.head = *static_cast<void**>(p);
+        b.head = detail::link_get(p, 0);
         b.count.store(b.count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
         BSALLOC_UNPOISON(p, detail::class_size_of(static_cast<int>(cls)));
         return p;
@@ -212,6 +215,7 @@ void* slab_resource::do_allocate(std::size_t bytes, std::size_t alignment) {
     }
   }
 slow:
+  if (hardened_) return allocate_hardened(bytes, alignment);  // a flag: no cost to the hit path
   return allocate_slow(bytes, alignment);
 }
 
@@ -224,7 +228,7 @@ void slab_resource::do_deallocate(void* p, std::size_t bytes, std::size_t alignm
       detail::bin& b = s.cache->bins[cls];
       const std::uint32_t n = b.count.load(std::memory_order_relaxed);
       if (n < b.limit) [[likely]] {
-        *static_cast<void**>(p) = b.head;
+        detail::link_set(p, b.head, 0);
         b.head = p;
         b.count.store(n + 1, std::memory_order_relaxed);
         BSALLOC_POISON_FREE(p, detail::class_size_of(static_cast<int>(cls)));
@@ -233,6 +237,7 @@ void slab_resource::do_deallocate(void* p, std::size_t bytes, std::size_t alignm
     }
   }
 slow:
+  if (hardened_) return deallocate_hardened(p, bytes, alignment);
   deallocate_slow(p, bytes, alignment);
 }
 #undef BSALLOC_INLINE_CLASS
@@ -248,6 +253,7 @@ void* slab_resource::allocate_attempt(std::size_t bytes, std::size_t alignment) 
   if (!detail::power_of_two(alignment)) throw_bad_alignment(alignment);
   int c = detail::size_class(bytes, alignment);
   if (c >= st.classes) c = -1;
+  if (c == 0 && hardened_) c = 1;  // room for a link and a tag
   if (c < 0) {
     // A size that overflows when rounded up to its alignment fits no address space: refused
     // here (some upstreams would wrap it to a tiny block). Anything else: the upstream decides.
@@ -261,14 +267,14 @@ void* slab_resource::allocate_attempt(std::size_t bytes, std::size_t alignment) 
     b.flags |= detail::bin_active;  // in checked mode every call comes here
     if (b.head) {
       p = b.head;
-      b.head = *static_cast<void**>(p);
+      b.head = st.next_of(p, c);
       b.count.store(b.count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
     } else {
       void* chain = nullptr;
       const std::uint32_t got = st.refill(c, std::max<std::uint32_t>(1, b.limit / 2u), chain);
       b.flags |= detail::bin_refilled;
       p = chain;
-      b.head = *static_cast<void**>(chain);
+      b.head = st.next_of(chain, c);
       b.count.store(got - 1, std::memory_order_relaxed);
     }
   } else {
@@ -278,6 +284,7 @@ void* slab_resource::allocate_attempt(std::size_t bytes, std::size_t alignment) 
   }
   if (checked_) st.mark_allocated(p, c, bytes, alignment);
   BSALLOC_UNPOISON(p, st.geom[static_cast<std::size_t>(c)].size);
+  if (st.careful) st.hand_out(p, c, bytes);
   return p;
 }
 
@@ -286,6 +293,7 @@ void slab_resource::deallocate_slow(void* p, std::size_t bytes, std::size_t alig
   if (!detail::power_of_two(alignment)) throw_bad_alignment(this, p, bytes, alignment);
   int c = detail::size_class(bytes, alignment);
   if (c >= st.classes) c = -1;
+  if (c == 0 && hardened_) c = 1;
   const bool unlinked = checked_ && st.check_deallocate(p, bytes, alignment, c);
   if (unlinked) {  // a large block, checked and unlinked: bytes and alignment are its own
     st.up_deallocate(p, bytes, alignment);
@@ -295,12 +303,13 @@ void slab_resource::deallocate_slow(void* p, std::size_t bytes, std::size_t alig
     st.deallocate_large(p, bytes, alignment);
     return;
   }
+  if (st.careful) st.take_back(p, c, bytes, alignment);
   BSALLOC_POISON_FREE(p, st.geom[static_cast<std::size_t>(c)].size);
   if (detail::thread_cache* tc = detail::cache_for(st)) {
     st.tick(*tc);
     detail::bin& b = tc->bins[static_cast<std::size_t>(c)];
     b.flags |= detail::bin_active;
-    *static_cast<void**>(p) = b.head;
+    st.set_next(p, b.head);
     b.head = p;
     const std::uint32_t n = b.count.load(std::memory_order_relaxed) + 1;
     if (n <= b.limit) {
@@ -328,6 +337,7 @@ void slab_resource::deallocate_slow(void* p, std::size_t bytes, std::size_t alig
     st.trim_bin(*tc, c, std::max<std::uint32_t>(1, b.limit / 2u));
     return;
   }
+  st.set_next(p, nullptr);  // a chain of one
   st.flush(c, p, 1);
 }
 

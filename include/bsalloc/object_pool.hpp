@@ -134,6 +134,16 @@ inline void pool_unpoison(const void* p, std::size_t n) noexcept {
 #endif
 }
 
+// Memcheck (src/object_pool.cpp; no-ops unless built with <valgrind/memcheck.h> and running under
+// memcheck): a pool constructed under memcheck has no thread cache, each slab is a memcheck
+// memory pool and each slot handed out a chunk of it; free slots are no-access but for their link
+// word, as under ASan.
+bool pool_memcheck() noexcept;  // running under memcheck (decided once per process)
+void pool_vg_slab_born(const void* slab, const void* first, std::size_t n) noexcept;
+void pool_vg_slab_dies(const void* slab, std::size_t n) noexcept;
+void pool_vg_alloc(const void* slab, const void* p, std::size_t n) noexcept;
+void pool_vg_free(const void* slab, const void* p) noexcept;  // p's link word stays accessible
+
 inline constexpr std::uintptr_t pool_slab_magic = 0x62736c6162706f6fULL;  // "bslabpoo"
 
 }  // namespace detail
@@ -274,8 +284,12 @@ class object_pool {
   //   C5 the control block exists iff handles > 0 or in_use > 0.
   struct alignas(64) control {
     control(std::pmr::memory_resource* up, bool check)
-        : checked(check), upstream(up), registry(up) {
-      if (thread_safe && !check) detail::pool_cache_register(key, this, &flush_thunk);
+        : checked(check),
+          memcheck(detail::pool_memcheck()),
+          extra(check || memcheck),
+          upstream(up),
+          registry(up) {
+      if (thread_safe && !check && !memcheck) detail::pool_cache_register(key, this, &flush_thunk);
     }
 
     [[no_unique_address]] mutable Lock lock;
@@ -284,6 +298,8 @@ class object_pool {
     std::size_t in_use = 0;
     std::size_t peak = 0;
     const bool checked;
+    const bool memcheck;  // constructed under memcheck: client requests, no thread cache
+    const bool extra;     // checked || memcheck: the one flag the locked path tests
     std::pmr::memory_resource* const upstream;
     slab_list full;  // slabs with no free slot
     std::size_t handles = 1;
@@ -630,9 +646,12 @@ class object_pool {
       c.full.push_front(s);
       s->where = list_id::full;
     }
-    if (c.checked) [[unlikely]] {
-      const std::size_t i = index_of(s, p);
-      bitmap(s)[i / 64] |= std::uint64_t{1} << (i % 64);
+    if (c.extra) [[unlikely]] {
+      if (c.checked) {
+        const std::size_t i = index_of(s, p);
+        bitmap(s)[i / 64] |= std::uint64_t{1} << (i % 64);
+      }
+      if (c.memcheck) detail::pool_vg_alloc(s, p, sizeof(T));
     }
     ++c.in_use;  // the caller updates peak (cached slots are not counted in it)
     return p;
@@ -682,6 +701,8 @@ class object_pool {
                                list_id::partial};
     std::memset(bitmap(s), 0, bitmap_words * sizeof(std::uint64_t));
     detail::pool_poison(slot_at(s, 0), slab_bytes - first_slot);
+    if (c.memcheck) [[unlikely]]
+      detail::pool_vg_slab_born(s, slot_at(s, 0), slab_bytes - first_slot);
     return s;
   }
 
@@ -689,6 +710,7 @@ class object_pool {
   static void release_slab(std::pmr::memory_resource* upstream, slab* s) noexcept {
     s->magic = 0;
     detail::pool_unpoison(s, slab_bytes);
+    detail::pool_vg_slab_dies(s, slab_bytes);  // slots still out die with it; a no-op off memcheck
     upstream->deallocate(s, slab_bytes, slab_bytes);
   }
 
@@ -702,14 +724,17 @@ class object_pool {
 
   // Lock held. Puts slot p back into s; returns what to do once the lock is released.
   static after_unlock put_slot(control& c, slab* s, void* p) noexcept {
+    if (c.extra) [[unlikely]] {
+      if (c.checked) {
+        const std::size_t i = index_of(s, p);
+        bitmap(s)[i / 64] &= ~(std::uint64_t{1} << (i % 64));
+      }
+      if (c.memcheck) detail::pool_vg_free(s, p);
+    }
     detail::pool_poison(p, slot_size);
     detail::pool_unpoison(p, sizeof(void*));
     std::memcpy(p, &s->free, sizeof(void*));
     s->free = p;
-    if (c.checked) [[unlikely]] {
-      const std::size_t i = index_of(s, p);
-      bitmap(s)[i / 64] &= ~(std::uint64_t{1} << (i % 64));
-    }
     after_unlock todo{c.upstream};
     if (s->used-- == objects_per_slab) [[unlikely]] {
       c.full.unlink(s);

@@ -92,6 +92,18 @@ struct slab_resource_options {
   /// budget_resource over one of these, std::pmr::new_delete_resource() or a
   /// std::pmr::synchronized_pool_resource.
   bool upstream_thread_safe = false;
+  /// Hardened mode: free-list links are encoded with a per-resource random secret and their own
+  /// address (as glibc's safe-linking) and validated whenever one is followed; every free object
+  /// carries a free-state tag. A use-after-free write into a free object, or a double free,
+  /// aborts with a message naming the pointer — never is a wild pointer handed out. Slab headers
+  /// are validated on every slow-path use; 8-byte requests take 16-byte objects. Every call takes
+  /// the out-of-line path (the inline fast path of an unhardened resource is unchanged). See
+  /// docs/hardening.md for what it detects and costs.
+  bool hardened = false;
+  /// Hardened mode only: freed objects are zeroed, and an object handed out again is checked to
+  /// be still all zero (a use-after-free write anywhere in it aborts). Allocations come back
+  /// zeroed. Costs a pass over the object on each free and each allocation.
+  bool hardened_zero_on_free = false;
 };
 
 struct slab_class_stats {
@@ -189,16 +201,20 @@ class slab_resource : public std::pmr::memory_resource {
   [[gnu::noinline]] void* allocate_slow(std::size_t bytes, std::size_t alignment);
   void* allocate_attempt(std::size_t bytes, std::size_t alignment);  // allocate_slow, unreported
   [[gnu::noinline]] void deallocate_slow(void* p, std::size_t bytes, std::size_t alignment);
+  // Hardened mode (src/slab/hardened.cpp): a thread-cache hit, validated; else the slow path.
+  [[gnu::noinline]] void* allocate_hardened(std::size_t bytes, std::size_t alignment);
+  [[gnu::noinline]] void deallocate_hardened(void* p, std::size_t bytes, std::size_t alignment);
 
   detail::slab_state* state_;
   std::uint64_t id_;    // never reused: names this resource in thread caches
   std::uint32_t slot_;  // its slot in every thread's cache table (dense, reused after destruction)
   // Requests with alignment <= 16 below small_bound_ (1 KiB) take the inline path through the
   // small table, the rest below inline_bound_ (every class) through the medium table. Both are 0
-  // in checked mode, so that every call takes the checked slow path.
+  // in checked mode, hardened mode and under memcheck, so that every call takes the slow path.
   std::uint32_t small_bound_;
   std::uint32_t inline_bound_;
   bool checked_;
+  bool hardened_;
 };
 
 }  // namespace bsalloc

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# Valgrind step: the slab_resource and object_pool suites of the normal build run under
-# memcheck (definite leaks count as errors). Any error fails the step; so does a missing
-# valgrind or a missing test binary. About 30 s. With the memcheck client requests in the pools,
-# a use after free or a leak inside a pool is reported here as with plain malloc.
+# Valgrind step, two halves. (1) The slab_resource and object_pool suites of the normal build
+# run under memcheck and must be clean (definite leaks count as errors). (2) Expected errors:
+# each misuse case of test_valgrind_misuse (a use after free, a write into a free object's
+# link, a read into a class's slack, a leak inside a slab_resource; a use after free and a leak
+# inside an object_pool) runs alone under memcheck, which must REPORT it (the memcheck client
+# requests: under memcheck a slab_resource takes its slow path and an object_pool has no thread
+# cache; each slab is a memory pool and each object a chunk of it; free objects are no-access). Any miss fails the step; so does a missing valgrind or test
+# binary. About 5 minutes on 2 loaded cores.
 set -euo pipefail
 build=${BSALLOC_BUILD:?BSALLOC_BUILD: the normal build directory}
 out=${BSALLOC_OUT:-$build/..}/valgrind
@@ -13,6 +17,7 @@ mkdir -p "$out"
 suites=(
   "test_slab_resource"
   "test_object_pool"
+  "test_valgrind_misuse"
 )
 failed=0
 for entry in "${suites[@]}"; do
@@ -22,7 +27,7 @@ for entry in "${suites[@]}"; do
   log="$out/$name.log"
   rm -f "$log".vg.*
   # shellcheck disable=SC2086  # args is a word list on purpose
-  if valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
+  if timeout 900 valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
       --track-origins=yes --log-file="$log.vg.%p" "$bin" $args >"$log" 2>&1; then
     echo "valgrind: $name clean ($(grep -oE 'test cases: +[0-9]+ \| +[0-9]+ passed' "$log" | tr -s ' '))"
   else
@@ -35,4 +40,32 @@ for entry in "${suites[@]}"; do
     failed=1
   fi
 done
+
+# Expected errors: test case, then what memcheck must say (an extended regex over its log).
+expected=(
+  "misuse: read after free of a slab_resource object|Invalid read of size 1.*|inside a block of size 64 free'd"
+  "misuse: write after free of a slab_resource object's first word|Invalid write of size 1|inside a block of size 32 free'd"
+  "misuse: read past the requested size into the class slack|Invalid read of size 1|test_valgrind_misuse.cpp"
+  "misuse: a leaked slab_resource object|definitely lost: 100 bytes in 1 blocks|"
+  "misuse: read after free of an object_pool object|Invalid read of size 8|inside a block of size 48 free'd"
+  "misuse: a leaked object_pool object|definitely lost: 48 bytes in 1 blocks|"
+)
+bin="$build/tests/test_valgrind_misuse"
+if [ -x "$bin" ]; then
+  for entry in "${expected[@]}"; do
+    IFS='|' read -r case first second <<<"$entry"
+    log="$out/expected.$(tr -c 'a-z' '_' <<<"$case" | head -c 40).log"
+    rc=0
+    timeout 300 valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+      --log-file="$log" "$bin" --no-skip "--test-case=$case" >"$log.out" 2>&1 || rc=$?
+    if [ "$rc" -eq 99 ] && grep -qE "$first" "$log" && { [ -z "$second" ] || grep -qE "$second" "$log"; }
+    then
+      echo "valgrind: reported as expected: $case"
+    else
+      echo "valgrind: NOT reported (exit $rc): $case"
+      cat "$log"
+      failed=1
+    fi
+  done
+fi
 exit "$failed"

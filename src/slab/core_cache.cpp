@@ -31,7 +31,9 @@ void slab_state::put_back(core_cache& core, void* p, int c, slab_list& returns) 
   slab* s = slab_of(p, c);
   BSALLOC_ASSERT(s->magic == slab_magic && s->cls == c && s->res == this, "S2 (slab of p)");
   BSALLOC_ASSERT(core_if(s->owner) == &core && s->used > 0, "S1/S2 (put back to its owner)");
-  *static_cast<void**>(p) = s->free;
+  if (hardened) [[unlikely]]
+    check_slab(s, c, "put back");
+  set_next(p, s->free);
   s->free = p;
   BSALLOC_POISON_FREE(p, geom[static_cast<std::size_t>(c)].size);
   --s->used;
@@ -56,7 +58,7 @@ void slab_state::drain(core_cache& core, slab_list& returns) {
   while (core.inbox.pop(m)) {
     void* p = m.head;
     for (std::uint32_t i = 0; i < m.count; ++i) {
-      void* next = *static_cast<void**>(p);
+      void* next = next_of(p, static_cast<int>(m.cls));
       put_back(core, p, static_cast<int>(m.cls), returns);
       p = next;
     }
@@ -71,7 +73,7 @@ void slab_state::drain(core_cache& core, slab_list& returns) {
       void* p =
           core.overflow[static_cast<std::size_t>(c)].exchange(nullptr, std::memory_order_acquire);
       while (p) {
-        void* next = *static_cast<void**>(p);
+        void* next = next_of(p, c);
         put_back(core, p, c, returns);
         ++core.counters.remote_frees_received;
         p = next;
@@ -92,18 +94,22 @@ std::uint32_t slab_state::take(core_cache& core, int c, std::uint32_t n, void*& 
       s = l.empty;
       move(l, s, list_partial);
     }
+    if (hardened) [[unlikely]]
+      check_slab(s, c, "take");
     while (got < n && (s->free || s->untouched)) {
       void* p;
       if (s->free) {
         p = s->free;
-        s->free = *static_cast<void**>(p);
+        s->free = next_of(p, c, s);
       } else {
         p = s->tail;
         s->tail += size;
         --s->untouched;
+        if (careful) [[unlikely]]
+          mark_fresh(p, c);
       }
       ++s->used;
-      *static_cast<void**>(p) = chain;
+      set_next(p, chain);
       chain = p;
       ++got;
     }
@@ -189,10 +195,10 @@ std::size_t slab_state::flush(int c, void* chain, std::uint32_t n) {
   void* mine = nullptr;
   std::uint32_t local = 0;
   for (void* p = chain; n--;) {
-    void* next = *static_cast<void**>(p);
+    void* next = next_of(p, c);
     const std::size_t owner = slab_of(p, c)->owner;
     if (owner == ci) {
-      *static_cast<void**>(p) = mine;
+      set_next(p, mine);
       mine = p;
       ++local;
     } else {
@@ -204,7 +210,7 @@ std::size_t slab_state::flush(int c, void* chain, std::uint32_t n) {
         g = ngroups;
       }
       if (g == ngroups) groups[ngroups++] = {owner, nullptr, p, 0};
-      *static_cast<void**>(p) = groups[g].head;
+      set_next(p, groups[g].head);
       groups[g].head = p;
       ++groups[g].count;
     }
@@ -218,7 +224,7 @@ std::size_t slab_state::flush(int c, void* chain, std::uint32_t n) {
     std::lock_guard lock(cc.lock);
     drain(cc, returns);
     for (void* p = mine; p;) {
-      void* next = *static_cast<void**>(p);
+      void* next = next_of(p, c);
       put_back(cc, p, c, returns);
       p = next;
     }
@@ -238,7 +244,7 @@ void slab_state::post(core_cache& from, std::size_t owner, int c, void* head, vo
   auto& stack = to.overflow[static_cast<std::size_t>(c)];
   void* old = stack.load(std::memory_order_relaxed);
   do {
-    *static_cast<void**>(tail) = old;
+    set_next(tail, old);
   } while (!stack.compare_exchange_weak(old, head, std::memory_order_release,
                                         std::memory_order_relaxed));
   to.overflow_mask[static_cast<std::size_t>(c) / 64].fetch_or(

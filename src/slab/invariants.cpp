@@ -45,7 +45,7 @@ void slab_resource::check_invariants() const {
           if (s->prev != prev) fail(ci, c, "S2: list back link broken");
           if (s->list != which) fail(ci, c, "S2: slab tagged with another list");
           std::uint32_t free_len = 0;
-          for (void* p = s->free; p; p = *static_cast<void**>(p))
+          for (void* p = s->free; p; p = st.next_of(p, c, s))
             if (++free_len > s->capacity) fail(ci, c, "S1: free list longer than the slab");
           if (s->used + free_len + s->untouched != s->capacity)
             fail(ci, c, "S1: used + free + untouched != capacity");

@@ -72,6 +72,7 @@ slab* slab_state::new_slab(std::size_t core, int c) {
       throw;
     }
   }
+  if (careful) slab_born(s);
   slab_bytes_reserved.fetch_add(g.slab_bytes, std::memory_order_relaxed);
   return s;
 }
@@ -82,6 +83,7 @@ std::size_t slab_state::return_slabs(slab_list& l) {
     l.head = s->next;
     const std::size_t bytes = geom[s->cls].slab_bytes;
     if (knobs.checked) forget_checked(s);
+    if (careful) slab_dies(s);
     BSALLOC_UNPOISON(s, bytes);
     s->magic = 0;
     slab_bytes_reserved.fetch_sub(bytes, std::memory_order_relaxed);

@@ -7,6 +7,8 @@
 //   thread_cache.cpp  the TLS slot table, the registry of thread caches, thread exit, fork
 //   large.cpp         the large path (records out of band: large_table.hpp)
 //   checked.cpp       checked mode: allocation bitmap, request records, verdicts
+//   hardened.cpp      hardened mode (encoded, validated free-list links; free-state tags) and
+//                     the memcheck client requests (the "careful" path)
 // The facade (src/slab_resource.cpp) holds the inline fast path and dispatches.
 //
 // Lock order (a lock is only taken after those before it; none is held across an upstream call
@@ -60,6 +62,24 @@
 
 namespace bsalloc::detail {
 
+// -- free-list links -----------------------------------------------------------------------------
+// Every list threaded through free objects (thread-cache bins, slab free lists, remote chains,
+// overflow stacks) stores its links through link_get / link_set and nothing else, so that any
+// reader (a heap walk included) decodes them the same way. key 0 (unhardened): the link is the
+// plain pointer. Hardened: the stored word is next ^ (address_of_link >> 12) ^ key — glibc's
+// safe-linking with a per-resource random secret (key is never 0 then).
+inline std::uintptr_t link_mask(const void* at, std::uintptr_t key) noexcept {
+  return key == 0 ? 0 : (reinterpret_cast<std::uintptr_t>(at) >> 12) ^ key;
+}
+inline void* link_get(const void* at, std::uintptr_t key) noexcept {
+  return reinterpret_cast<void*>(reinterpret_cast<std::uintptr_t>(*static_cast<void* const*>(at)) ^
+                                 link_mask(at, key));
+}
+inline void link_set(void* at, const void* next, std::uintptr_t key) noexcept {
+  *static_cast<void**>(at) =
+      reinterpret_cast<void*>(reinterpret_cast<std::uintptr_t>(next) ^ link_mask(at, key));
+}
+
 constexpr std::uint32_t slab_magic = 0xb5a1ab5au;
 enum : std::uint8_t { list_partial, list_full, list_empty };
 
@@ -93,6 +113,11 @@ struct class_geom {
   std::uint32_t bitmap_words = 0;  // checked mode: one bit per object, after the header
   std::uint32_t cache_limit = 0;   // thread cache: most objects kept at first
   std::uint32_t cache_max = 0;     // ... and after growing (a bin that overflows doubles)
+  // Hardened: x = address - (slab + offset) is an object's iff x < span and
+  // rotr(x * inv, shift) <= lim (size = 2^shift * odd, inv its odd part's inverse mod 2^64).
+  std::size_t span = 0;
+  std::uint64_t inv = 0, lim = 0;
+  int shift = 0;
 };
 
 // A thread cache's list of one class. Owner thread only; count is atomic only so that stats()
@@ -197,6 +222,15 @@ struct slab_state {
   std::array<std::size_t, 24> slab_sizes{};  // distinct slab sizes, for checked lookups
   std::size_t slab_size_count = 0;
   const slab_resource* self = nullptr;
+  // The careful path (hardened.cpp): hardened mode or memcheck client requests. Both route every
+  // call through the slow path; with neither, link reads and writes are plain.
+  bool hardened = false;
+  bool valgrind = false;     // running under memcheck: client requests for every object
+  bool careful = false;      // hardened || valgrind
+  bool pages_known = false;  // slabs come from page_resources: the page map vouches for them
+  bool lean = false;  // hardened alone (not checked, no zero-on-free, no memcheck): lean path
+  std::uintptr_t link_key = 0;  // hardened: free-list link secret (never 0), else 0
+  std::uintptr_t tag_key = 0;   // hardened: free-state tag secret
   std::uint64_t id = 0;
   std::uint32_t slot = no_slot;
 
@@ -272,6 +306,39 @@ struct slab_state {
   void* allocate_large(std::size_t bytes, std::size_t alignment);
   void deallocate_large(void* p, std::size_t bytes, std::size_t alignment);
   void free_large();
+
+  // -- free-list links and the careful path (hardened.cpp) -----------------------------------
+  /// The link stored in free object `at` of class c. Hardened: decoded and validated (null, or
+  /// an object boundary of class c in a slab of this resource — in slab `same` if given), else
+  /// an abort naming the object. Valgrind: read with the word made defined for the moment.
+  void* next_of(const void* at, int c, const slab* same = nullptr) const {
+    if (!careful) [[likely]]
+      return link_get(at, 0);
+    return next_careful(at, c, same);
+  }
+  void set_next(void* at, const void* next) const {
+    if (!careful) [[likely]]
+      return link_set(at, next, 0);
+    set_next_careful(at, next);
+  }
+  /// Construction: hardened and valgrind from the knobs and the environment, the secrets.
+  void init_careful();
+  void* next_careful(const void* at, int c, const slab* same) const;
+  void set_next_careful(void* at, const void* next) const;
+  /// Careful path: object p of class c leaves the free lists for a user asking `bytes`.
+  void hand_out(void* p, int c, std::size_t bytes) const;
+  /// Careful path: a user gives p (class c) back; aborts on a double free or a pointer that is
+  /// not an object of this resource (hardened). Marks p free (tag, zero-on-free).
+  void take_back(void* p, int c, std::size_t bytes, std::size_t alignment) const;
+  /// Careful path: an object from a slab's untouched tail becomes free (tag).
+  void mark_fresh(void* p, int c) const;
+  /// Careful path: a new slab (everything after the header is no-access to memcheck) and a slab
+  /// going back upstream (all accessible again).
+  void slab_born(slab* s) const;
+  void slab_dies(slab* s) const;
+  /// Hardened: the slab header of s is valid for class c (magic, class, owner, resource).
+  void check_slab(const slab* s, int c, const char* where) const;
+  [[noreturn]] void corrupt(const void* p, const std::string& problem) const;
 
   // -- checked mode (checked.cpp) -------------------------------------------------------------
   [[noreturn]] void bad(const void* p, std::size_t bytes, std::size_t alignment,

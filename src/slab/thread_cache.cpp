@@ -137,9 +137,9 @@ void slab_state::trim_bin(thread_cache& tc, int c, std::uint32_t keep) {
   const std::uint32_t n = b.count.load(std::memory_order_relaxed);
   if (n <= keep) return;
   void* cut = b.head;
-  for (std::uint32_t i = 1; i < keep; ++i) cut = *static_cast<void**>(cut);
-  void* rest = *static_cast<void**>(cut);
-  *static_cast<void**>(cut) = nullptr;
+  for (std::uint32_t i = 1; i < keep; ++i) cut = next_of(cut, c);
+  void* rest = next_of(cut, c);
+  set_next(cut, nullptr);
   b.count.store(keep, std::memory_order_relaxed);
   flush(c, rest, n - keep);
 }

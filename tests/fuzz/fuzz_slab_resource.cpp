@@ -1,15 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 // Fuzz target: bsalloc::slab_resource under every option, over every kind of upstream.
 //
-// The input picks the knobs (thread cache, checked, largest_required_pool_block, min_slab_bytes,
-// empty slabs kept, caches) and the upstream (the global page_resource, a page_resource of its
-// own, a page_resource over a fixed buffer, a monotonic buffer, each optionally failing on the
-// calls the input chooses), all behind a checking upstream that verifies every deallocate gives
-// back exactly what was taken and counts what is held. Then operations: allocate (sizes from 0
-// to beyond the largest class, alignments 1 to 64 KiB, impossible sizes), deallocate, trim,
-// release, stats, a second resource interleaved. A shadow model checks alignment, no overlap,
-// fill patterns, stats against the model and the upstream's count, check_invariants() every 16
-// operations, and that nothing is left upstream at the end.
+// The input picks the knobs (thread cache, checked, hardened with or without zero-on-free,
+// largest_required_pool_block, min_slab_bytes, empty slabs kept, caches) and the upstream (the
+// global page_resource, a page_resource of its own, a page_resource over a fixed buffer, a
+// monotonic buffer, each optionally failing on the calls the input chooses), all behind a checking
+// upstream that verifies every deallocate gives back exactly what was taken and counts what is
+// held. Then operations: allocate (sizes from 0 to beyond the largest class, alignments 1 to 64
+// KiB, impossible sizes), deallocate, trim, release, stats, a second resource interleaved. A shadow
+// model checks alignment, no overlap, fill patterns, stats against the model and the upstream's
+// count, check_invariants() every 16 operations, and that nothing is left upstream at the end.
 #include <bsalloc/slab_resource.hpp>
 
 #include <algorithm>
@@ -55,8 +55,9 @@ struct harness {
   std::vector<std::unique_ptr<other>> others{};
 
   int class_of(std::size_t bytes, std::size_t align) const {
-    const int c = bsalloc::slab_resource::size_class(bytes, align);
+    int c = bsalloc::slab_resource::size_class(bytes, align);
     if (c < 0 || bsalloc::slab_resource::class_size(c) > largest) return -1;
+    if (c == 0 && res.knobs().hardened) c = 1;  // hardened: 8-byte requests take 16-byte objects
     return c;
   }
 
@@ -335,6 +336,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   knobs.max_empty_slabs_per_class = in.ConsumeIntegralInRange<std::size_t>(0, 3);
   knobs.caches = in.ConsumeIntegralInRange<std::size_t>(0, 4);
   knobs.remote_queue_capacity = in.ConsumeIntegralInRange<std::size_t>(1, 64);
+  knobs.hardened = in.ConsumeBool();
+  if (knobs.hardened) knobs.hardened_zero_on_free = in.ConsumeBool();
   std::pmr::pool_options pool;
   switch (in.ConsumeIntegralInRange<int>(0, 3)) {
     case 0:

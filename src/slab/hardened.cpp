@@ -1,0 +1,324 @@
+// SPDX-License-Identifier: Apache-2.0
+// The careful path: hardened mode and the memcheck client requests. A resource that is hardened,
+// or that was constructed under Valgrind, sends every call through the slow path (its inline
+// bounds are 0, as in checked mode), and the slow path calls in here; other resources never do.
+//
+// Hardened mode (slab_resource_options::hardened)
+//   H1  every free object (in a thread-cache bin, a slab's free list, a remote chain or an
+//       overflow stack) has its link encoded (link_set with link_key) and its second word equal
+//       to its free-state tag, tag_of(p) = p ^ tag_key. An object handed out has both words 0.
+//   H2  every link followed is decoded and validated first: null, or an object boundary of its
+//       class in a slab of this resource (magic, class, resource) — in the same slab for a slab's
+//       free list; when the slabs come from page_resources, the page map must know the slab's page
+//       before its header is read.
+//   A deallocate finding the tag already there is a double free; an object handed out whose tag
+//   is gone was written after it was freed. Either aborts naming the pointer.
+//
+// Memcheck (built when <valgrind/memcheck.h> exists, active when running under Valgrind): every
+// slab is a memory pool (its header address is the pool), every object handed out a chunk of it;
+// free objects and a slab's untouched tail are no-access, and the allocator makes the words it
+// reads and writes in them defined for exactly that access. A use after free or a leak of a
+// pooled object is reported as for malloc.
+#include <sys/random.h>
+
+#include <bit>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include <fmt/format.h>
+#include <bsalloc/budget.hpp>
+#include <bsalloc/page_map.hpp>
+
+#include "../page/internal.hpp"
+#include "state.hpp"
+
+#if defined(__has_include)
+#if __has_include(<valgrind/memcheck.h>)
+#include <valgrind/memcheck.h>
+#define BSALLOC_VALGRIND 1
+#endif
+#endif
+#ifndef BSALLOC_VALGRIND
+#define BSALLOC_VALGRIND 0
+#define RUNNING_ON_VALGRIND 0
+#define VALGRIND_MAKE_MEM_NOACCESS(p, n) ((void)(p), (void)(n))
+#define VALGRIND_MAKE_MEM_UNDEFINED(p, n) ((void)(p), (void)(n))
+#define VALGRIND_MAKE_MEM_DEFINED(p, n) ((void)(p), (void)(n))
+#define VALGRIND_CREATE_MEMPOOL(pool, rz, z) ((void)(pool))
+#define VALGRIND_DESTROY_MEMPOOL(pool) ((void)(pool))
+#define VALGRIND_MEMPOOL_ALLOC(pool, p, n) ((void)(pool), (void)(p), (void)(n))
+#define VALGRIND_MEMPOOL_FREE(pool, p) ((void)(pool), (void)(p))
+#endif
+
+namespace bsalloc::detail {
+namespace {
+
+std::uintptr_t random_word() {
+  std::uintptr_t k = 0;
+  if (::getrandom(&k, sizeof k, 0) != static_cast<ssize_t>(sizeof k)) {
+    // No entropy source: something that differs per process and resource, at least.
+    k = static_cast<std::uintptr_t>(std::chrono::steady_clock::now().time_since_epoch().count()) *
+            0x9e3779b97f4a7c15u ^
+        reinterpret_cast<std::uintptr_t>(&k);
+  }
+  return k;
+}
+
+// Word i of free object p: made accessible for the access (ASan, memcheck), no-access again
+// afterwards under memcheck (the object is free).
+std::uintptr_t word_get(const void* p, int i, bool vg) {
+  auto* w = static_cast<const std::uintptr_t*>(p) + i;
+  BSALLOC_UNPOISON(const_cast<std::uintptr_t*>(w), sizeof *w);
+  if (vg) VALGRIND_MAKE_MEM_DEFINED(w, sizeof *w);
+  const std::uintptr_t v = *w;
+  if (vg) VALGRIND_MAKE_MEM_NOACCESS(w, sizeof *w);
+  return v;
+}
+void word_set(void* p, int i, std::uintptr_t v, bool vg) {
+  auto* w = static_cast<std::uintptr_t*>(p) + i;
+  BSALLOC_UNPOISON(w, sizeof *w);
+  if (vg) VALGRIND_MAKE_MEM_UNDEFINED(w, sizeof *w);
+  *w = v;
+  if (vg) VALGRIND_MAKE_MEM_NOACCESS(w, sizeof *w);
+}
+
+// p is an object boundary of class c in a slab of st (H2). s: p's slab, by masking.
+inline bool is_object(const slab_state& st, const void* p, int c, const slab* s) {
+  const auto& g = st.geom[static_cast<std::size_t>(c)];
+  const std::uint64_t x =
+      reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(s) - g.offset;
+  return x < g.span && std::rotr(x * g.inv, g.shift) <= g.lim;
+}
+inline bool is_slab(const slab_state& st, const slab* s, int c) {
+  return (reinterpret_cast<std::uintptr_t>(s) >> 47) == 0 &&
+         (!st.pages_known || page_map_find(s).owner != nullptr) && s->magic == slab_magic &&
+         s->cls == c && s->res == &st;
+}
+
+// Running under memcheck (not just any Valgrind tool: callgrind counts the plain fast path).
+// Memcheck's preloaded library is how a program tells: no client request names the tool.
+bool under_memcheck() {
+  if (!BSALLOC_VALGRIND || RUNNING_ON_VALGRIND == 0) return false;
+  const char* pre = std::getenv("LD_PRELOAD");
+  return pre && std::strstr(pre, "vgpreload_memcheck") != nullptr;
+}
+
+}  // namespace
+
+void slab_state::init_careful() {
+  hardened = knobs.hardened;
+  static const bool memcheck = under_memcheck();
+  valgrind = memcheck;
+  careful = hardened || valgrind;
+  if (hardened) {
+    link_key = random_word() | 1;  // never 0: 0 means "plain links"
+    tag_key = random_word();
+    for (int c = 0; c < classes; ++c) {
+      auto& g = geom[static_cast<std::size_t>(c)];
+      g.shift = std::countr_zero(g.size);
+      const std::uint64_t m = g.size >> g.shift;
+      std::uint64_t inv = m;  // Newton's iteration: 3 → 6 → 12 → 24 → 48 → 96 correct bits
+      for (int i = 0; i < 5; ++i) inv *= 2 - m * inv;
+      g.inv = inv;
+      g.lim = ~std::uint64_t{0} / g.size;
+      g.span = std::size_t{g.capacity} * g.size;
+    }
+  }
+  std::pmr::memory_resource* up = upstream;
+  while (auto* b = dynamic_cast<budget_resource*>(up)) up = b->upstream_resource();
+  pages_known = dynamic_cast<page_resource*>(up) != nullptr;
+  lean = hardened && !knobs.checked && !knobs.hardened_zero_on_free && !valgrind;
+}
+
+void slab_state::corrupt(const void* p, const std::string& problem) const {
+  std::fflush(stdout);
+  fmt::print(stderr, "bsalloc: slab_resource {} (hardened): {}\n", static_cast<const void*>(self),
+             fmt::format(fmt::runtime(problem), p));
+  std::fflush(stderr);
+  std::abort();
+}
+
+void slab_state::check_slab(const slab* s, int c, const char* where) const {
+  if (s->magic != slab_magic || s->cls != c || s->res != this || s->owner >= ncores ||
+      s->used > s->capacity || s->untouched > s->capacity)
+    corrupt(s, fmt::format("slab header at {{}} corrupted (seen in {}, class {})", where, c));
+}
+
+void* slab_state::next_careful(const void* at, int c, const slab* same) const {
+  const std::uintptr_t stored = word_get(at, 0, valgrind);
+  void* next = reinterpret_cast<void*>(stored ^ link_mask(at, link_key));
+  if (!hardened || !next) return next;
+  const auto n = reinterpret_cast<std::uintptr_t>(next);
+  const slab* s = slab_of(next, c);
+  if ((!same || s == same) && is_object(*this, next, c, s) && is_slab(*this, s, c)) return next;
+  const char* problem;
+  if (n >> 47)
+    problem = "not a user-space address";
+  else if (same && s != same)
+    problem = "outside the object's own slab";
+  else if (!is_object(*this, next, c, s))
+    problem = "not an object boundary of its class";
+  else if (pages_known && page_map_find(s).owner == nullptr)
+    problem = "not in memory of any page_resource";
+  else
+    problem = "not in a slab of this resource and class";
+  corrupt(at, fmt::format("free-list link of {{}} corrupted (use after free?): it decodes to {}, "
+                          "{}",
+                          next, problem));
+  return next;
+}
+
+void slab_state::set_next_careful(void* at, const void* next) const {
+  word_set(at, 0, reinterpret_cast<std::uintptr_t>(next) ^ link_mask(at, link_key), valgrind);
+}
+
+void slab_state::mark_fresh(void* p, int c) const {
+  if (!hardened) return;
+  const std::size_t size = geom[static_cast<std::size_t>(c)].size;
+  if (knobs.hardened_zero_on_free) {  // fresh memory may be recycled pages: zero it all
+    if (valgrind) VALGRIND_MAKE_MEM_UNDEFINED(p, size);
+    std::memset(p, 0, size);
+    if (valgrind) VALGRIND_MAKE_MEM_NOACCESS(p, size);
+  }
+  word_set(p, 1, reinterpret_cast<std::uintptr_t>(p) ^ tag_key, valgrind);
+}
+
+void slab_state::hand_out(void* p, int c, std::size_t bytes) const {
+  const std::size_t size = geom[static_cast<std::size_t>(c)].size;
+  if (hardened) {
+    if (word_get(p, 1, valgrind) != (reinterpret_cast<std::uintptr_t>(p) ^ tag_key))
+      corrupt(p, "free-state tag of {} corrupted (use after free?)");
+    if (knobs.hardened_zero_on_free) {
+      const auto* b = static_cast<const unsigned char*>(p);
+      if (valgrind) VALGRIND_MAKE_MEM_DEFINED(b + 16, size - 16);
+      for (std::size_t i = 16; i < size; ++i)
+        if (b[i] != 0)
+          corrupt(p, fmt::format("free object {{}} written after it was freed, at offset {} "
+                                 "(use after free?)",
+                                 i));
+      if (valgrind) VALGRIND_MAKE_MEM_NOACCESS(b + 16, size - 16);  // the chunk below reopens it
+    }
+    word_set(p, 1, 0, valgrind);
+  }
+  word_set(p, 0, 0, valgrind);  // no stale link to another object (nor a pointer for leak checks)
+  if (valgrind) VALGRIND_MEMPOOL_ALLOC(slab_of(p, c), p, bytes);
+}
+
+void slab_state::take_back(void* p, int c, std::size_t bytes, std::size_t alignment) const {
+  const std::size_t size = geom[static_cast<std::size_t>(c)].size;
+  if (hardened) {
+    const auto n = reinterpret_cast<std::uintptr_t>(p);
+    const slab* s = slab_of(p, c);
+    if (n >> 47 || (pages_known && page_map_find(s).owner == nullptr))
+      bad(p, bytes, alignment, "pointer is not in this resource's memory (hardened)");
+    if (s->magic != slab_magic || s->cls != c || s->res != this)
+      bad(p, bytes, alignment,
+          "pointer is not in a slab of this resource for this size and alignment (foreign "
+          "pointer or size mismatch; hardened)");
+    if (!is_object(*this, p, c, s))
+      bad(p, bytes, alignment, "pointer is not the start of an object (hardened)");
+    if (word_get(p, 1, valgrind) == (n ^ tag_key))
+      bad(p, bytes, alignment, "double free (the object is already free; hardened)");
+  }
+  if (valgrind) VALGRIND_MEMPOOL_FREE(slab_of(p, c), p);
+  if (hardened) {
+    if (knobs.hardened_zero_on_free) {
+      if (valgrind) VALGRIND_MAKE_MEM_UNDEFINED(p, size);
+      std::memset(p, 0, size);
+      if (valgrind) VALGRIND_MAKE_MEM_NOACCESS(p, size);
+    }
+    word_set(p, 1, reinterpret_cast<std::uintptr_t>(p) ^ tag_key, valgrind);
+  }
+}
+
+void slab_state::slab_born(slab* s) const {
+  if (!valgrind) return;
+  const auto& g = geom[s->cls];
+  VALGRIND_CREATE_MEMPOOL(s, 0, 0);
+  VALGRIND_MAKE_MEM_NOACCESS(reinterpret_cast<char*>(s) + g.offset, g.slab_bytes - g.offset);
+}
+
+void slab_state::slab_dies(slab* s) const {
+  if (!valgrind) return;
+  VALGRIND_DESTROY_MEMPOOL(s);  // objects still out (release(), the destructor) die with it
+  VALGRIND_MAKE_MEM_DEFINED(s, geom[s->cls].slab_bytes);
+}
+
+}  // namespace bsalloc::detail
+
+namespace bsalloc {
+
+using detail::slab_state;
+
+namespace {
+
+// Hardened mode's thread-cache bin for (bytes, alignment) as the inline fast path finds it, or
+// nullptr where that would go to the slow path. c: the class.
+inline detail::bin* lean_bin(const slab_state& st, std::size_t bytes, std::size_t alignment,
+                             int& c) {
+  if (!st.lean || alignment > detail::inline_max_align) return nullptr;
+  if (bytes <= detail::small_max)
+    c = detail::small_class(bytes, alignment);
+  else if (bytes <= st.pool.largest_required_pool_block)
+    c = detail::medium_class(bytes, alignment);
+  else
+    return nullptr;
+  if (c == 0) c = 1;                    // room for the link and the tag
+  if (c >= st.classes) return nullptr;  // bad_class too
+  const detail::tls_slot& ts = detail::t_slots[st.slot];
+  if (ts.id != st.id) return nullptr;
+  return &ts.cache->bins[static_cast<std::size_t>(c)];
+}
+
+}  // namespace
+
+void* slab_resource::allocate_hardened(std::size_t bytes, std::size_t alignment) {
+  slab_state& st = *state_;
+  int c = 0;
+  detail::bin* b = lean_bin(st, bytes, alignment, c);
+  void* p = b ? b->head : nullptr;
+  if (!p) return allocate_slow(bytes, alignment);
+  void* next = detail::link_get(p, st.link_key);
+  if (next) {
+    // The head's slab was validated when it became the head: a link within it needs no new
+    // look at the page map and the header.
+    const detail::slab* s = st.slab_of(next, c);
+    if (!detail::is_object(st, next, c, s) || (s != st.slab_of(p, c) && !detail::is_slab(st, s, c)))
+        [[unlikely]]
+      st.next_careful(p, c, nullptr);  // aborts, naming p and the problem
+  }
+  BSALLOC_UNPOISON(p, st.geom[static_cast<std::size_t>(c)].size);
+  auto* w = static_cast<std::uintptr_t*>(p);
+  if (w[1] != (reinterpret_cast<std::uintptr_t>(p) ^ st.tag_key)) [[unlikely]]
+    st.corrupt(p, "free-state tag of {} corrupted (use after free?)");
+  b->head = next;
+  b->count.store(b->count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+  w[0] = 0;
+  w[1] = 0;
+  return p;
+}
+
+void slab_resource::deallocate_hardened(void* p, std::size_t bytes, std::size_t alignment) {
+  slab_state& st = *state_;
+  int c = 0;
+  detail::bin* b = lean_bin(st, bytes, alignment, c);
+  const std::uint32_t n = b ? b->count.load(std::memory_order_relaxed) : 0;
+  if (!b || n >= b->limit) return deallocate_slow(p, bytes, alignment);
+  const detail::slab* s = st.slab_of(p, c);
+  auto* w = static_cast<std::uintptr_t*>(p);
+  const std::uintptr_t tag = reinterpret_cast<std::uintptr_t>(p) ^ st.tag_key;
+  BSALLOC_UNPOISON(w + 1, sizeof *w);
+  const bool known = b->head && s == st.slab_of(b->head, c);  // the head's slab: validated
+  if ((!known && !detail::is_slab(st, s, c)) || !detail::is_object(st, p, c, s) || w[1] == tag)
+      [[unlikely]]
+    st.take_back(p, c, bytes, alignment);  // aborts, naming p and the problem
+  w[1] = tag;
+  BSALLOC_POISON_FREE(p, st.geom[static_cast<std::size_t>(c)].size);
+  detail::link_set(p, b->head, st.link_key);
+  b->head = p;
+  b->count.store(n + 1, std::memory_order_relaxed);
+}
+
+}  // namespace bsalloc
