@@ -39,7 +39,17 @@ struct budget_lease_access {
   static std::uint64_t id(const budget_resource& b) { return b.id_; }
   static void raise_peak(budget_resource& b, std::size_t now) { b.raise_peak(now); }
   static std::mutex* tracker_mutex(const budget_resource& b);
+  static budget_stats stats(const budget_resource& b) { return b.stats_locked(); }
 };
+
+/// Calls f(budget, its stats) for every live budget, in report order, under the registry lock
+/// (f must not create or destroy budgets, nor ask one for its counters).
+template <class F>
+void for_each_live_budget(F f) {
+  budget_registry& r = the_budget_registry();
+  const std::lock_guard lock(r.mutex);
+  for (const budget_resource* b : r.budgets) f(*b, budget_lease_access::stats(*b));
+}
 
 /// Gives a lease's credit back to its budget and moves its count and high mark there (registry
 /// lock held, the budget alive). The lease stays linked, empty.
