@@ -127,6 +127,7 @@ budget_snapshot budget_leaks();
 class budget_resource : public std::pmr::memory_resource {
  public:
   static constexpr std::size_t unlimited = std::numeric_limits<std::size_t>::max();
+  static constexpr std::size_t default_max_lease = std::size_t{64} << 10;
 
   /// `upstream` defaults to std::pmr::get_default_resource() (at construction).
   budget_resource(std::string name, std::size_t limit,
@@ -249,9 +250,9 @@ class budget_resource : public std::pmr::memory_resource {
   std::atomic<std::size_t> refused_{0};
   std::atomic<std::size_t> over_limit_{0};
   std::pmr::memory_resource* upstream_;
-  std::uint64_t id_;                        ///< unique, never 0: the key of the TLS lease table
-  std::size_t max_lease_ = 64 << 10;        ///< 0: no leases
-  detail::budget_lease* leases_ = nullptr;  ///< registry lock
+  std::uint64_t id_;                           ///< unique, never 0: the key of the TLS lease table
+  std::size_t max_lease_ = default_max_lease;  ///< 0: no leases
+  detail::budget_lease* leases_ = nullptr;     ///< registry lock
   std::string name_;
   over_budget_handler handler_;
   bool leak_report_ = false;
