@@ -198,7 +198,9 @@ TEST_CASE("frame_arena and budget_resource heap walks; the leak report per budge
   std::vector<bsalloc::heap_block> ranges;
   bsalloc::for_each_allocation(arena, [&](const bsalloc::heap_block& b) { ranges.push_back(b); });
   CHECK(ranges.size() >= 2);  // several chunks
-  for (auto [p, n] : mine) {
+  for (const auto& m : mine) {
+    const char* const p = m.first;  // no structured binding: clang 14 cannot capture one
+    const std::size_t n = m.second;
     const bool inside = std::any_of(ranges.begin(), ranges.end(), [&](const auto& b) {
       return p >= static_cast<const char*>(b.ptr) &&
              p + n <= static_cast<const char*>(b.ptr) + b.bytes;

@@ -24,7 +24,9 @@
 // (one atomic compare-and-swap). So:
 //   - the limit is never exceeded (what leases hold counts against it), unless a handler allows;
 //   - a request may be refused while up to the other threads' unspent leases are still free
-//     (each at most max_lease(), and at most an eighth of the room left when it was taken);
+//     (each at most 2 x max_lease(); a lease takes at most an eighth of the room left, and a
+//     refusal that finds room in other leases makes their threads give the excess back on
+//     their next deallocate);
 //   - in_use()/count() sum the leases (under the registry lock): exact when no other thread is
 //     allocating, otherwise within the other threads' leases of the truth;
 //   - peak is exact when one thread allocates at a time; with several, it is at least the true
@@ -41,6 +43,7 @@
 // deallocate must be given the size that was allocated (as every memory_resource requires).
 #include <bsalloc/detail/requires_cxx20.hpp>  // first: one clear error before C++20
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -69,7 +72,6 @@ struct alignas(64) budget_lease {
   std::atomic<std::size_t> count{0};   ///< allocations minus deallocations here (mod 2^64)
   std::atomic<std::size_t> high{0};    ///< highest estimate of in_use seen by this thread
   std::size_t floor = 0;  ///< owner: the budget's total at the last sync; estimate = floor-credit
-  std::size_t cap = 0;    ///< owner: most credit kept on deallocate (credit <= cap)
   // Guarded by the registry lock:
   budget_resource* budget = nullptr;  ///< null once the budget is destroyed
   std::uint64_t id = 0;               ///< the budget's id
@@ -168,7 +170,10 @@ class budget_resource : public std::pmr::memory_resource {
   }
 
   /// Leases: at most `bytes` per thread (0: none, exact shared counters). Before use only.
-  void set_max_lease(std::size_t bytes) noexcept { max_lease_ = bytes; }
+  void set_max_lease(std::size_t bytes) noexcept {
+    max_lease_ = bytes;
+    lease_cap_.store(2 * std::min(bytes, std::size_t{4096}), std::memory_order_relaxed);
+  }
   std::size_t max_lease() const noexcept { return max_lease_; }
 
   // Sums over the leases, under the registry lock (see the header comment for their accuracy).
@@ -208,7 +213,7 @@ class budget_resource : public std::pmr::memory_resource {
     if (e.id == id_) [[likely]] {
       detail::budget_lease& l = *e.lease;
       const std::size_t credit = l.credit.load(std::memory_order_relaxed);
-      if (credit + bytes <= l.cap) [[likely]] {
+      if (credit + bytes <= lease_cap_.load(std::memory_order_relaxed)) [[likely]] {
         l.credit.store(credit + bytes, std::memory_order_relaxed);
         l.count.store(l.count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
         upstream_->deallocate(p, bytes, alignment);
@@ -233,11 +238,17 @@ class budget_resource : public std::pmr::memory_resource {
   /// `bytes` are reserved in reserved_ (now == reserved_ after the reservation).
   void* allocate_reserved(std::size_t bytes, std::size_t alignment, std::size_t now);
   void* allocate_over(std::size_t bytes, std::size_t alignment);
+  /// Serves the request if the shared total leaves room for it under the limit; nullptr
+  /// otherwise (then, if other threads' leases hold the room, the lease cap drops).
+  void* allocate_fitting(std::size_t bytes, std::size_t alignment);
   void raise_peak(std::size_t now) noexcept;
   void track(void* p, std::size_t bytes, std::size_t alignment);
   void untrack(void* p) noexcept;
   /// The calling thread's lease, installed in its TLS table; nullptr when leases are off.
   detail::budget_lease* lease();
+  /// The calling thread's unspent lease goes back to the shared total (over the limit, before
+  /// a handler's verdict is checked: what the handler freed on this thread counts at once).
+  void return_own_lease() noexcept;
   /// Adds up the leases; registry lock held.
   budget_stats stats_locked() const;
 
@@ -245,6 +256,10 @@ class budget_resource : public std::pmr::memory_resource {
   alignas(64) std::atomic<std::size_t> reserved_{0};  ///< in use + every lease's credit
   std::atomic<std::size_t> count_{0};                 ///< plus the leases' counts
   std::atomic<std::size_t> peak_{0};
+  // Read on every deallocate, written when it changes: a line of its own.
+  /// Most credit a lease keeps on deallocate (the excess goes back): twice the last lease
+  /// granted, so it shrinks for every thread as the budget nears its limit.
+  alignas(64) std::atomic<std::size_t> lease_cap_{2 * 4096};
   std::atomic<std::size_t> limit_;
   // Slow path only.
   std::atomic<std::size_t> refused_{0};

@@ -150,12 +150,30 @@ void* budget_resource::allocate_reserved(std::size_t bytes, std::size_t alignmen
   return p;
 }
 
+void* budget_resource::allocate_fitting(std::size_t bytes, std::size_t alignment) {
+  const std::size_t lim = limit();
+  std::size_t cur = reserved_.load(std::memory_order_relaxed);
+  while (cur <= lim && bytes <= lim - cur)
+    if (reserved_.compare_exchange_weak(cur, cur + bytes, std::memory_order_relaxed))
+      return allocate_reserved(bytes, alignment, cur + bytes);
+  // Refused. If the room is there but in other threads' unspent leases, the lease cap drops to
+  // its least: those threads give their excess back on their next deallocate.
+  if (max_lease_ != 0 && tracker_ == nullptr) {
+    const std::size_t exact = in_use();
+    if (exact <= lim && bytes <= lim - exact)
+      lease_cap_.store(2 * std::min(std::size_t{4096}, max_lease_), std::memory_order_relaxed);
+  }
+  return nullptr;
+}
+
 void* budget_resource::allocate_over(std::size_t bytes, std::size_t alignment) {
   // Nothing is reserved for this request while the handlers run.
+  return_own_lease();
   if (bytes > std::numeric_limits<std::size_t>::max() - reserved_.load(std::memory_order_relaxed)) {
     refused_.fetch_add(1, std::memory_order_relaxed);
     throw detail::reported_bad_alloc();  // more than any address space
   }
+  if (void* p = allocate_fitting(bytes, alignment)) return p;
   if (handler_ && handler_(over_budget_info{*this, bytes, alignment, in_use(), limit()})) {
     over_limit_.fetch_add(1, std::memory_order_relaxed);
     const std::size_t now = reserved_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
@@ -163,11 +181,8 @@ void* budget_resource::allocate_over(std::size_t bytes, std::size_t alignment) {
   }
   if (detail::report_out_of_memory("budget_resource", name_, this, bytes, alignment,
                                    [this] { return to_string(stats()) + "\n"; })) {
-    const std::size_t lim = limit();
-    std::size_t cur = reserved_.load(std::memory_order_relaxed);
-    while (cur <= lim && bytes <= lim - cur)
-      if (reserved_.compare_exchange_weak(cur, cur + bytes, std::memory_order_relaxed))
-        return allocate_reserved(bytes, alignment, cur + bytes);
+    return_own_lease();  // what the handler freed on this thread went to its lease
+    if (void* p = allocate_fitting(bytes, alignment)) return p;
   }
   refused_.fetch_add(1, std::memory_order_relaxed);
   throw detail::reported_bad_alloc();

@@ -155,7 +155,6 @@ detail::budget_lease* budget_resource::lease() {
     l->budget = this;
     l->id = id_;
     l->owner = &t_token;
-    l->cap = 2 * std::min(min_lease, max_lease_);
     l->next = leases_;
     if (leases_) leases_->prev = l;
     leases_ = l;
@@ -168,6 +167,10 @@ detail::budget_lease* budget_resource::lease() {
 
 void budget_resource::set_limit(std::size_t limit) noexcept {
   limit_.store(limit, std::memory_order_relaxed);
+  return_own_lease();
+}
+
+void budget_resource::return_own_lease() noexcept {
   const detail::budget_tls_entry& e = detail::t_budget_leases[id_ % detail::budget_tls_ways];
   if (e.id != id_) return;
   detail::budget_lease& l = *e.lease;
@@ -203,7 +206,8 @@ void* budget_resource::allocate_slow(std::size_t bytes, std::size_t alignment) {
     }
     l->credit.store(bytes + extra, relaxed);
     l->floor = now;
-    l->cap = std::max(2 * lease_min, 2 * extra);
+    const std::size_t cap = std::max(2 * lease_min, 2 * extra);
+    if (lease_cap_.load(relaxed) != cap) lease_cap_.store(cap, relaxed);
   }
   // As on the fast path: the lease first, then the upstream call (which may re-enter).
   const std::size_t left = l->credit.load(relaxed) - bytes;
@@ -243,10 +247,11 @@ void budget_resource::deallocate_slow(void* p, std::size_t bytes, std::size_t al
   // The lease first, then the upstream call (which may re-enter a budget on this thread).
   l->count.store(l->count.load(relaxed) - 1, relaxed);
   const std::size_t credit = l->credit.load(relaxed) + bytes;
-  if (credit <= l->cap) {
+  const std::size_t cap = lease_cap_.load(relaxed);
+  if (credit <= cap) {
     l->credit.store(credit, relaxed);
   } else {
-    const std::size_t keep = l->cap / 2;  // the rest goes back to the shared total
+    const std::size_t keep = cap / 2;  // the rest goes back to the shared total
     l->credit.store(keep, relaxed);
     l->floor = reserved_.fetch_sub(credit - keep, relaxed) - (credit - keep);
   }
