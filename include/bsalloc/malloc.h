@@ -13,30 +13,33 @@
 #include <stddef.h>
 
 #ifdef __cplusplus
+#define BSALLOC_C_NOEXCEPT noexcept
 extern "C" {
+#else
+#define BSALLOC_C_NOEXCEPT
 #endif
 
-void* bsalloc_malloc(size_t size);
-void bsalloc_free(void* p);
-void* bsalloc_calloc(size_t n, size_t size);
-void* bsalloc_realloc(void* p, size_t size);
-void* bsalloc_reallocarray(void* p, size_t n, size_t size);
-void* bsalloc_aligned_alloc(size_t alignment, size_t size);
-int bsalloc_posix_memalign(void** out, size_t alignment, size_t size);
-void* bsalloc_memalign(size_t alignment, size_t size);
-void* bsalloc_valloc(size_t size);
-void* bsalloc_pvalloc(size_t size);
-size_t bsalloc_malloc_usable_size(void* p);
+void* bsalloc_malloc(size_t size) BSALLOC_C_NOEXCEPT;
+void bsalloc_free(void* p) BSALLOC_C_NOEXCEPT;
+void* bsalloc_calloc(size_t n, size_t size) BSALLOC_C_NOEXCEPT;
+void* bsalloc_realloc(void* p, size_t size) BSALLOC_C_NOEXCEPT;
+void* bsalloc_reallocarray(void* p, size_t n, size_t size) BSALLOC_C_NOEXCEPT;
+void* bsalloc_aligned_alloc(size_t alignment, size_t size) BSALLOC_C_NOEXCEPT;
+int bsalloc_posix_memalign(void** out, size_t alignment, size_t size) BSALLOC_C_NOEXCEPT;
+void* bsalloc_memalign(size_t alignment, size_t size) BSALLOC_C_NOEXCEPT;
+void* bsalloc_valloc(size_t size) BSALLOC_C_NOEXCEPT;
+void* bsalloc_pvalloc(size_t size) BSALLOC_C_NOEXCEPT;
+size_t bsalloc_malloc_usable_size(void* p) BSALLOC_C_NOEXCEPT;
 
 /* Prints the process allocator's stats (slab layer and page layer) to stderr: the table, or
  * JSON when json != 0 (what BSALLOC_STATS=1 / BSALLOC_STATS=json print at exit). */
-void bsalloc_malloc_stats_print(int json);
+void bsalloc_malloc_stats_print(int json) BSALLOC_C_NOEXCEPT;
 /* Objects the process allocator's slab layer holds for users now, and large blocks: a cheap
  * way for a program (or a test) to see that bsalloc serves its calls. */
-size_t bsalloc_malloc_objects_in_use(void);
-size_t bsalloc_malloc_large_in_use(void);
+size_t bsalloc_malloc_objects_in_use(void) BSALLOC_C_NOEXCEPT;
+size_t bsalloc_malloc_large_in_use(void) BSALLOC_C_NOEXCEPT;
 /* Whether p is memory of the process allocator (not a foreign pointer). O(1), no lock. */
-int bsalloc_malloc_owns(const void* p);
+int bsalloc_malloc_owns(const void* p) BSALLOC_C_NOEXCEPT;
 
 #ifdef __cplusplus
 }

@@ -48,7 +48,7 @@ std::size_t usable_in(engine& e, const page_resource* owner, void* p, const char
 
 extern "C" {
 
-void* bsalloc_malloc(std::size_t size) {
+void* bsalloc_malloc(std::size_t size) noexcept {
   if (size <= max_small && !t_busy) [[likely]] {
     if (engine* e = g_engine.load(std::memory_order_acquire)) [[likely]] {
       t_busy = true;
@@ -66,7 +66,7 @@ void* bsalloc_malloc(std::size_t size) {
   return allocate_cold(size, min_align);
 }
 
-void bsalloc_free(void* p) {
+void bsalloc_free(void* p) noexcept {
   if (reinterpret_cast<std::uintptr_t>(page_map_find(p).owner) ==
           g_fast_owner.load(std::memory_order_acquire) &&
       !t_busy) [[likely]] {
@@ -79,7 +79,7 @@ void bsalloc_free(void* p) {
   release_cold(p);
 }
 
-void* bsalloc_calloc(std::size_t n, std::size_t size) {
+void* bsalloc_calloc(std::size_t n, std::size_t size) noexcept {
   std::size_t bytes;
   if (__builtin_mul_overflow(n, size, &bytes)) {
     errno = ENOMEM;
@@ -90,7 +90,7 @@ void* bsalloc_calloc(std::size_t n, std::size_t size) {
   return p;
 }
 
-void* bsalloc_realloc(void* p, std::size_t size) {
+void* bsalloc_realloc(void* p, std::size_t size) noexcept {
   if (!p) return bsalloc_malloc(size);
   if (size == 0) {  // glibc: frees, returns NULL
     bsalloc_free(p);
@@ -133,7 +133,7 @@ void* bsalloc_realloc(void* p, std::size_t size) {
   return q;
 }
 
-void* bsalloc_reallocarray(void* p, std::size_t n, std::size_t size) {
+void* bsalloc_reallocarray(void* p, std::size_t n, std::size_t size) noexcept {
   std::size_t bytes;
   if (__builtin_mul_overflow(n, size, &bytes)) {
     errno = ENOMEM;
@@ -142,7 +142,7 @@ void* bsalloc_reallocarray(void* p, std::size_t n, std::size_t size) {
   return bsalloc_realloc(p, bytes);
 }
 
-void* bsalloc_memalign(std::size_t alignment, std::size_t size) {
+void* bsalloc_memalign(std::size_t alignment, std::size_t size) noexcept {
   // glibc: an alignment that is not a power of two is rounded up to one; tiny ones are 16.
   if (alignment > (std::size_t{1} << 62)) {
     errno = EINVAL;
@@ -152,7 +152,7 @@ void* bsalloc_memalign(std::size_t alignment, std::size_t size) {
   return allocate_aligned(size, alignment);
 }
 
-void* bsalloc_aligned_alloc(std::size_t alignment, std::size_t size) {
+void* bsalloc_aligned_alloc(std::size_t alignment, std::size_t size) noexcept {
   if (!detail::power_of_two(alignment)) {  // as glibc 2.38 does
     errno = EINVAL;
     return nullptr;
@@ -160,7 +160,7 @@ void* bsalloc_aligned_alloc(std::size_t alignment, std::size_t size) {
   return allocate_aligned(size, alignment);
 }
 
-int bsalloc_posix_memalign(void** out, std::size_t alignment, std::size_t size) {
+int bsalloc_posix_memalign(void** out, std::size_t alignment, std::size_t size) noexcept {
   if (!detail::power_of_two(alignment) || alignment % sizeof(void*) != 0) return EINVAL;
   const int saved = errno;
   void* p = allocate_aligned(size, alignment);
@@ -172,11 +172,11 @@ int bsalloc_posix_memalign(void** out, std::size_t alignment, std::size_t size) 
   return 0;
 }
 
-void* bsalloc_valloc(std::size_t size) {
+void* bsalloc_valloc(std::size_t size) noexcept {
   return allocate_aligned(size, page_size);
 }
 
-void* bsalloc_pvalloc(std::size_t size) {
+void* bsalloc_pvalloc(std::size_t size) noexcept {
   if (size > ~std::size_t{0} - page_size) {
     errno = ENOMEM;
     return nullptr;
@@ -184,7 +184,7 @@ void* bsalloc_pvalloc(std::size_t size) {
   return allocate_aligned(size == 0 ? page_size : detail::round_up(size, page_size), page_size);
 }
 
-std::size_t bsalloc_malloc_usable_size(void* p) {
+std::size_t bsalloc_malloc_usable_size(void* p) noexcept {
   if (!p) return 0;
   const page_resource* owner = page_map_find(p).owner;
   engine* e = g_engine.load(std::memory_order_acquire);

@@ -229,7 +229,7 @@ void release_cold(void* p) noexcept {
 
 }  // namespace bsalloc::detail::mx
 
-extern "C" void bsalloc_malloc_stats_print(int json) {
+extern "C" void bsalloc_malloc_stats_print(int json) noexcept {
   using namespace bsalloc::detail::mx;
   engine* e = g_engine.load(std::memory_order_acquire);
   if (!e) {
@@ -257,7 +257,7 @@ extern "C" void bsalloc_malloc_stats_print(int json) {
   t_busy = was_busy;
 }
 
-extern "C" std::size_t bsalloc_malloc_objects_in_use(void) {
+extern "C" std::size_t bsalloc_malloc_objects_in_use(void) noexcept {
   using namespace bsalloc::detail::mx;
   engine* e = g_engine.load(std::memory_order_acquire);
   if (!e) return 0;
@@ -272,7 +272,7 @@ extern "C" std::size_t bsalloc_malloc_objects_in_use(void) {
   return n;
 }
 
-extern "C" std::size_t bsalloc_malloc_large_in_use(void) {
+extern "C" std::size_t bsalloc_malloc_large_in_use(void) noexcept {
   using namespace bsalloc::detail::mx;
   engine* e = g_engine.load(std::memory_order_acquire);
   if (!e) return 0;
@@ -287,7 +287,7 @@ extern "C" std::size_t bsalloc_malloc_large_in_use(void) {
   return n;
 }
 
-extern "C" int bsalloc_malloc_owns(const void* p) {
+extern "C" int bsalloc_malloc_owns(const void* p) noexcept {
   using namespace bsalloc::detail::mx;
   engine* e = g_engine.load(std::memory_order_acquire);
   if (!e || !p) return 0;

@@ -9,6 +9,7 @@
 //   checked:   the request record (bytes, alignment as asked), so that slab_resource's checks
 //              compare like with like; a pointer whose header or offset is not an object's gets
 //              a request the checks reject, naming the pointer (foreign, double free).
+#include <array>
 #include <cstddef>
 #include <cstdint>
 
@@ -21,6 +22,14 @@ struct unsized_request {
   std::size_t alignment;
 };
 
+/// class_size_of() as a table: one load on free()'s path instead of the arithmetic.
+inline constexpr auto class_size_table = [] {
+  std::array<std::uint32_t, class_count> t{};
+  for (int c = 0; c < class_count; ++c)
+    t[static_cast<std::size_t>(c)] = static_cast<std::uint32_t>(class_size_of(c));
+  return t;
+}();
+
 /// The slab that holds p, assuming p is a slab object of a resource with one slab size.
 inline slab* slab_at(const void* p, std::size_t slab_bytes) noexcept {
   return reinterpret_cast<slab*>(reinterpret_cast<std::uintptr_t>(p) & ~(slab_bytes - 1));
@@ -28,7 +37,7 @@ inline slab* slab_at(const void* p, std::size_t slab_bytes) noexcept {
 
 /// Class size of the object at p (unchecked resources): one load from the header.
 inline std::size_t unsized_class_bytes(const void* p, std::size_t slab_bytes) noexcept {
-  return class_size_of(slab_at(p, slab_bytes)->cls);
+  return class_size_table[slab_at(p, slab_bytes)->cls];
 }
 
 /// What the object at p was allocated with, for a deallocate that the checked mode verifies.
