@@ -38,6 +38,17 @@ extern "C" void __libc_free(void*);
 
 namespace {
 
+// Before any static constructor of this program or of bsalloc ran (priority 101 is the first
+// a program may use): malloc and new already work, and are bsalloc's.
+int early_owned = -1;
+[[gnu::constructor(101)]] void early_calls() {
+  void* p = std::malloc(50);
+  auto* s = new std::string(200, 'e');
+  early_owned = bsalloc_malloc_owns(p) && bsalloc_malloc_owns(s);
+  delete s;
+  std::free(p);
+}
+
 int handler_calls = 0;
 // Larger than any address space; volatile so that the compiler does not see the constant.
 volatile std::size_t too_much = (std::size_t{1} << 62) + 4096;
@@ -85,6 +96,10 @@ TEST_CASE("malloc override: malloc, new and the C API are bsalloc's") {
   std::vector<std::unique_ptr<std::string>> keep;
   for (int k = 0; k < 1000; ++k) keep.push_back(std::make_unique<std::string>(40, 'a'));
   CHECK(bsalloc_malloc_objects_in_use() >= before + 1000);  // the stats see them
+}
+
+TEST_CASE("malloc override: calls before any static constructor ran") {
+  CHECK(early_owned == 1);
 }
 
 TEST_CASE("malloc override: operator new calls the new-handler, then throws bad_alloc") {
