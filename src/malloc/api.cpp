@@ -188,6 +188,7 @@ std::size_t bsalloc_malloc_usable_size(void* p) noexcept {
   if (!p) return 0;
   const page_resource* owner = page_map_find(p).owner;
   engine* e = g_engine.load(std::memory_order_acquire);
+  if (!e && !t_busy) e = start();  // a foreign pointer before the first malloc: find the next
   if (e && (owner == &e->slab_pages || owner == &e->large_pages))
     return usable_in(*e, owner, p, "malloc_usable_size");
   if (in_bootstrap_arena(p)) return bootstrap_size(p);
