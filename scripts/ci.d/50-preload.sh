@@ -9,7 +9,7 @@
 #   cmake    bsalloc's own build: configure and build part of the library under its own malloc
 #            (cmake, make, g++, as: the objects must be identical to the glibc build's)
 # Every run under bsalloc has BSALLOC_STATS=1: its stats (one report per process, at exit) must
-# show that bsalloc served the calls. Fails when a tool is missing. About 2-3 minutes on 2 cores.
+# show that bsalloc served the calls. Fails when a tool is missing. About 2 minutes on 2 cores.
 # Env: BSALLOC_ROOT, BSALLOC_BUILD (a normal build; the .so is built there if missing), BSALLOC_OUT.
 set -euo pipefail
 root=${BSALLOC_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -56,6 +56,8 @@ under_bsalloc() {  # stats file, command...
 }
 
 # -- python3 ------------------------------------------------------------------------------------
+# The interpreter itself, not a wrapper script in front of it (pyenv's shims are bash scripts).
+py=$(python3 -c 'import sys; print(sys.executable)')
 cat >"$out/work.py" <<'PY'
 import json, random
 random.seed(42)
@@ -75,8 +77,8 @@ print(s, len(words), len(blob), len(back["words"]), len(text), hash(text) if Fal
 lists = [[j for j in range(i % 100)] for i in range(20000)]
 print(sum(map(len, lists)), sorted(set(words))[:5])
 PY
-PYTHONMALLOC=malloc python3 "$out/work.py" >"$out/py.glibc"
-PYTHONMALLOC=malloc under_bsalloc "$out/py.stats" python3 "$out/work.py" >"$out/py.bsalloc"
+PYTHONMALLOC=malloc "$py" "$out/work.py" >"$out/py.glibc"
+PYTHONMALLOC=malloc under_bsalloc "$out/py.stats" "$py" "$out/work.py" >"$out/py.bsalloc"
 same "$out/py.glibc" "$out/py.bsalloc" "python3"
 served "$out/py.stats" "python3"
 
@@ -159,15 +161,15 @@ same "$out/prog.glibc.txt" "$out/prog.bsalloc.txt" "g++ (the compiled program)"
 served "$out/gxx.stats" "g++"
 
 # -- bsalloc's own build under its own malloc ---------------------------------------------------
-# Configure, then build a bounded part of the library (eight of its sources, from both layers,
-# the stats and the malloc engine), twice in the same directory so that the paths in the objects
+# Configure, then build a bounded part of the library (six of its sources, from both layers and
+# the malloc engine), twice in the same directory so that the paths in the objects
 # agree: on glibc, then under bsalloc. The object files must be the same.
 self="$out/self"
 tree="$out/tree"  # a snapshot, so both builds compile the same sources
 mkdir -p "$tree"
 cp -r "$root/CMakeLists.txt" "$root/cmake" "$root/include" "$root/src" "$root/malloc" "$tree/"
 objs=(src/page_resource.o src/slab_resource.o src/page/buddy.o src/slab/core_cache.o
-      src/slab/thread_cache.o src/stats.o src/malloc/api.o src/malloc/engine.o)
+      src/malloc/api.o src/malloc/engine.o)
 build_self() {  # glibc|bsalloc
   local pre=()
   [ "$1" = bsalloc ] && pre=(env LD_PRELOAD="$so" BSALLOC_STATS=1)
