@@ -166,6 +166,7 @@ TEST_CASE("malloc: realloc(NULL, n) is malloc; realloc keeps the contents both w
     n = next;
   }
   CHECK(bsalloc_realloc(p, 0) == nullptr);  // frees, as glibc does
+  bsalloc_malloc_check_invariants();
 }
 
 TEST_CASE("malloc: realloc stays in place within a class and for runs that can resize") {

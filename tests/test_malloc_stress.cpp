@@ -169,6 +169,7 @@ TEST_CASE("malloc stress: threads, remote frees, realloc chains, patterns") {
       if (!intact(b)) broken.fetch_add(1);
       bsalloc_free(b.p);
     }
+  bsalloc_malloc_check_invariants();  // aborts naming a broken invariant
   CHECK(broken.load() == 0);
   CHECK(failed.load() == 0);
 }

@@ -38,6 +38,10 @@ void bsalloc_malloc_stats_print(int json) BSALLOC_C_NOEXCEPT;
  * way for a program (or a test) to see that bsalloc serves its calls. */
 size_t bsalloc_malloc_objects_in_use(void) BSALLOC_C_NOEXCEPT;
 size_t bsalloc_malloc_large_in_use(void) BSALLOC_C_NOEXCEPT;
+/* Verifies the process allocator's invariants (E1-E3 of src/malloc/engine.hpp as far as they
+ * can be seen, the slab layer's S1-S4, T1, L1 and both page resources' I1-I10); on a broken one
+ * prints it on stderr and aborts. No other thread may use the allocator meanwhile (tests). */
+void bsalloc_malloc_check_invariants(void) BSALLOC_C_NOEXCEPT;
 /* Whether p is memory of the process allocator (not a foreign pointer). O(1), no lock. */
 int bsalloc_malloc_owns(const void* p) BSALLOC_C_NOEXCEPT;
 

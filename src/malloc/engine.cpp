@@ -287,6 +287,31 @@ extern "C" std::size_t bsalloc_malloc_large_in_use(void) noexcept {
   return n;
 }
 
+extern "C" void bsalloc_malloc_check_invariants(void) noexcept {
+  using namespace bsalloc::detail::mx;
+  engine* e = g_engine.load(std::memory_order_acquire);
+  if (!e) return;
+  if (t_busy) {  // E3: called from outside bsalloc
+    std::fprintf(stderr, "bsalloc: malloc: invariant E3 broken (the re-entrancy flag is set)\n");
+    std::abort();
+  }
+  const bool fast = g_fast_owner.load(std::memory_order_relaxed) ==
+                    reinterpret_cast<std::uintptr_t>(&e->slab_pages);
+  if (fast == e->checked) {  // E1: the fast free path is on exactly when checked mode is off
+    std::fprintf(stderr, "bsalloc: malloc: invariant E1 broken (fast free owner)\n");
+    std::abort();
+  }
+  busy_scope busy;
+  try {
+    e->small.check_invariants();
+    e->slab_pages.check_invariants();
+    e->large_pages.check_invariants();
+  } catch (const std::exception& x) {
+    std::fprintf(stderr, "bsalloc: malloc: %s\n", x.what());
+    std::abort();
+  }
+}
+
 extern "C" int bsalloc_malloc_owns(const void* p) noexcept {
   using namespace bsalloc::detail::mx;
   engine* e = g_engine.load(std::memory_order_acquire);
