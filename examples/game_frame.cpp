@@ -14,6 +14,7 @@
 // directory). Checks its own claims and exits non-zero if one fails.
 #include <bsalloc/budget.hpp>
 #include <bsalloc/frame_arena.hpp>
+#include <bsalloc/heap_walk.hpp>
 #include <bsalloc/out_of_memory.hpp>
 #include <bsalloc/page_resource.hpp>
 #include <bsalloc/sampler.hpp>
@@ -245,10 +246,15 @@ int main(int argc, char** argv) {
   voices.clear();
   instances.clear();
   for (subsystem* s : {&render, &physics, &audio, &ai}) {
+    // The heap walk: every object the subsystem still holds (none, if nothing leaked).
+    const std::string leaks = bsalloc::leak_report(s->pool, s->budget.name());
+    if (!leaks.empty()) fmt::print("{}", leaks);
+    check(leaks.empty(), fmt::format("{}: the heap walk finds nothing live", s->budget.name()));
     s->pool.release();
     check(s->budget.in_use() == 0, fmt::format("{}: nothing left in use", s->budget.name()));
   }
   check(pages.stats().allocated_bytes == 0, "every page back");
+  check(bsalloc::leak_report().empty(), "no budget leaks (the leak report is empty)");
   bsalloc::set_out_of_memory_handler(nullptr);
 
   fmt::print("budgets as JSON: {:j}\n", bsalloc::budget_report());

@@ -41,6 +41,7 @@ workload_result frame_monotonic_frames(peer& pe, const params& pa);
 workload_result frame_slab_frames(peer& pe, const params& pa);
 workload_result frame_free_frames(peer& pe, const params& pa);
 workload_result budget_lifo(peer& pe, const params& pa);
+workload_result budget_lifo_exact(peer& pe, const params& pa);
 // perf/workloads_many.cpp
 workload_result many_resources(peer& pe, const params& pa);
 // perf/workloads_page.cpp
@@ -517,6 +518,7 @@ constexpr workload table[] = {
     {"frame_slab", "engine", false, false, false, 20'000'000, frame_slab_frames},
     {"frame_free", "engine", false, false, false, 20'000'000, frame_free_frames},
     {"budget_lifo", "engine", false, false, false, 40'000'000, budget_lifo},
+    {"budget_lifo_exact", "engine", false, false, false, 40'000'000, budget_lifo_exact},
     {"large_touch64", "mixed_large", false, false, true, 2'000'000, large_touch64},
     {"large_threads1", "threads", false, false, true, 2'000'000, large_threads1},
     {"large_threads8", "threads", false, true, true, 2'000'000, large_threads8},

@@ -10,6 +10,7 @@
 //   frame_free        the peer itself: allocate, then free every object (malloc/free style)
 //   budget_lifo       `lifo` through a budget_resource over the peer: compare with `lifo` on the
 //                     same peer for the budget's overhead per allocate + deallocate
+//   budget_lifo_exact the same with the budget's leases off (set_max_lease(0): shared counters)
 #include <bsalloc/budget.hpp>
 #include <bsalloc/frame_arena.hpp>
 #include <bsalloc/slab_resource.hpp>
@@ -92,8 +93,9 @@ workload_result frame_free_frames(peer& pe, const params& pa) {
   });
 }
 
-workload_result budget_lifo(peer& pe, const params& pa) {
+workload_result budget_lifo_with(peer& pe, const params& pa, std::size_t max_lease) {
   bsalloc::budget_resource budget{"bench", bsalloc::budget_resource::unlimited, pe.resource()};
+  budget.set_max_lease(max_lease);
   const std::size_t batch = 100;
   rng r{pa.seed};
   std::vector<void*> live(batch);
@@ -117,6 +119,14 @@ workload_result budget_lifo(peer& pe, const params& pa) {
   res.seconds = since(t0);
   res.ops = (pa.ops + batch - 1) / batch * batch;
   return res;
+}
+
+workload_result budget_lifo(peer& pe, const params& pa) {
+  return budget_lifo_with(pe, pa, bsalloc::budget_resource::default_max_lease);
+}
+
+workload_result budget_lifo_exact(peer& pe, const params& pa) {
+  return budget_lifo_with(pe, pa, 0);  // no leases: two atomic read-modify-writes per call
 }
 
 }  // namespace bench

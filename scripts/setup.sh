@@ -10,6 +10,7 @@ packages=(
   doctest-dev libbenchmark-dev                       # tests, benchmarks
   libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4   # the peers in perf/
   gnuplot-nox valgrind python3                       # perf charts, callgrind counts, driver
+  sqlite3 perl                                       # programs run under LD_PRELOAD (ci.d/50-preload.sh)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -16,11 +16,26 @@
 // counted for a refused request. Budgets nest by composition: a budget over a budget counts a
 // request in both, and either may refuse it.
 //
-// Counters (in use, peak, live allocations) are atomics updated without a lock: allocate and
-// deallocate take no lock; in_use is reserved before the upstream call (so the limit holds under
-// concurrency) and given back if the upstream throws. Registration in the process-wide list
-// (constructor, destructor) takes a lock; budget_report() takes it too, and reads each budget's
-// counters one by one (each value exact, the set not one atomic snapshot).
+// Accounting is per thread: each thread that uses a budget holds a lease — bytes reserved in the
+// budget's shared total ahead of use (at most max_lease(), 64 KiB by default, and never more than
+// an eighth of the room left under the limit). Allocate and deallocate spend and refill the
+// calling thread's lease with plain loads and stores: no lock, no atomic read-modify-write; only
+// when a lease runs dry (or fills up on deallocate) does the thread touch the shared counters
+// (one atomic compare-and-swap). So:
+//   - the limit is never exceeded (what leases hold counts against it), unless a handler allows;
+//   - a request may be refused while up to the other threads' unspent leases are still free
+//     (each at most 2 x max_lease(); a lease takes at most an eighth of the room left, and a
+//     refusal that finds room in other leases makes their threads give the excess back on
+//     their next deallocate);
+//   - in_use()/count() sum the leases (under the registry lock): exact when no other thread is
+//     allocating, otherwise within the other threads' leases of the truth;
+//   - peak is exact when one thread allocates at a time; with several, it is at least the true
+//     peak and at most the unspent leases of the other threads above it.
+// set_max_lease(0) before use gives exact shared accounting instead (two atomic read-modify-
+// writes per call). Registration in the process-wide list (constructor, destructor) takes a
+// lock; budget_report() takes it too and reads each budget in turn (each value as above, the set
+// not one atomic snapshot). fork(): the registry lock is held across it (pthread_atfork), and in
+// the child the leases of the threads that did not survive the fork are folded back.
 //
 // Invariants (check_invariants(), when no other thread uses the budget)
 //   B1  in_use == sum of the sizes of live allocations; count == their number.
@@ -28,8 +43,10 @@
 // deallocate must be given the size that was allocated (as every memory_resource requires).
 #include <bsalloc/detail/requires_cxx20.hpp>  // first: one clear error before C++20
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -46,7 +63,29 @@ namespace bsalloc {
 class budget_resource;
 namespace detail {
 struct budget_tracker;
-}
+struct budget_lease_access;
+
+/// One thread's lease on one budget (budget.hpp's header comment). credit/count/high are
+/// written by the owner thread only (relaxed stores) and read by stats() from any thread.
+struct alignas(64) budget_lease {
+  std::atomic<std::size_t> credit{0};  ///< reserved in the budget's total, not handed out yet
+  std::atomic<std::size_t> count{0};   ///< allocations minus deallocations here (mod 2^64)
+  std::atomic<std::size_t> high{0};    ///< highest estimate of in_use seen by this thread
+  std::size_t floor = 0;  ///< owner: the budget's total at the last sync; estimate = floor-credit
+  // Guarded by the registry lock:
+  budget_resource* budget = nullptr;  ///< null once the budget is destroyed
+  std::uint64_t id = 0;               ///< the budget's id
+  const void* owner = nullptr;        ///< the owner thread's token
+  budget_lease* prev = nullptr;       ///< the budget's list of leases
+  budget_lease* next = nullptr;
+};
+struct budget_tls_entry {
+  std::uint64_t id;  ///< the budget's id (0: none)
+  budget_lease* lease;
+};
+inline constexpr std::size_t budget_tls_ways = 8;  // direct-mapped by id
+extern thread_local constinit budget_tls_entry t_budget_leases[budget_tls_ways];
+}  // namespace detail
 
 /// What an over-budget handler is told.
 struct over_budget_info {
@@ -90,6 +129,7 @@ budget_snapshot budget_leaks();
 class budget_resource : public std::pmr::memory_resource {
  public:
   static constexpr std::size_t unlimited = std::numeric_limits<std::size_t>::max();
+  static constexpr std::size_t default_max_lease = std::size_t{64} << 10;
 
   /// `upstream` defaults to std::pmr::get_default_resource() (at construction).
   budget_resource(std::string name, std::size_t limit,
@@ -102,7 +142,9 @@ class budget_resource : public std::pmr::memory_resource {
   const std::string& name() const noexcept { return name_; }
   std::size_t limit() const noexcept { return limit_.load(std::memory_order_relaxed); }
   /// A new limit; allocations already made stay (in_use may be above it until they are freed).
-  void set_limit(std::size_t limit) noexcept { limit_.store(limit, std::memory_order_relaxed); }
+  /// The calling thread's lease goes back at once; other threads may spend what their leases
+  /// hold (each at most max_lease()) before they see a lower limit.
+  void set_limit(std::size_t limit) noexcept;
   /// Not to be called while other threads allocate from this budget.
   void set_over_budget_handler(over_budget_handler handler) { handler_ = std::move(handler); }
   std::pmr::memory_resource* upstream_resource() const noexcept { return upstream_; }
@@ -127,65 +169,105 @@ class budget_resource : public std::pmr::memory_resource {
     return all.size();
   }
 
-  std::size_t in_use() const noexcept { return in_use_.load(std::memory_order_relaxed); }
-  std::size_t peak() const noexcept { return peak_.load(std::memory_order_relaxed); }
-  std::size_t count() const noexcept { return count_.load(std::memory_order_relaxed); }
+  /// Leases: at most `bytes` per thread (0: none, exact shared counters). Before use only.
+  void set_max_lease(std::size_t bytes) noexcept {
+    max_lease_ = bytes;
+    lease_cap_.store(2 * std::min(bytes, std::size_t{4096}), std::memory_order_relaxed);
+  }
+  std::size_t max_lease() const noexcept { return max_lease_; }
+
+  // Sums over the leases, under the registry lock (see the header comment for their accuracy).
+  std::size_t in_use() const noexcept;
+  std::size_t peak() const noexcept;
+  std::size_t count() const noexcept;
   budget_stats stats() const;
   /// Verifies B2 (B1 needs the caller's own bookkeeping); throws std::logic_error.
   void check_invariants() const;
 
  protected:
   void* do_allocate(std::size_t bytes, std::size_t alignment) override {
-    if (bytes > (std::numeric_limits<std::size_t>::max() >> 2)) [[unlikely]]
-      return allocate_huge(bytes, alignment);  // a blind fetch_add could wrap in_use_
-    const std::size_t now = in_use_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
-    if (now > limit_.load(std::memory_order_relaxed) || now < bytes) [[unlikely]]
-      return allocate_over(bytes, alignment);
-    return allocate_reserved(bytes, alignment, now);
+    const detail::budget_tls_entry& e = detail::t_budget_leases[id_ % detail::budget_tls_ways];
+    if (e.id == id_) [[likely]] {
+      detail::budget_lease& l = *e.lease;
+      const std::size_t credit = l.credit.load(std::memory_order_relaxed);
+      if (bytes <= credit) [[likely]] {
+        // The lease is updated before the upstream call, which may re-enter a budget on this
+        // thread (a nested budget's slow path may move this lease's credit back).
+        l.credit.store(credit - bytes, std::memory_order_relaxed);
+        l.count.store(l.count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        const std::size_t estimate = l.floor - (credit - bytes);
+        if (estimate > l.high.load(std::memory_order_relaxed)) [[unlikely]]
+          l.high.store(estimate, std::memory_order_relaxed);
+        try {
+          return upstream_->allocate(bytes, alignment);
+        } catch (...) {
+          refund(l, bytes);
+          throw;
+        }
+      }
+    }
+    return allocate_slow(bytes, alignment);
   }
   void do_deallocate(void* p, std::size_t bytes, std::size_t alignment) override {
-    if (tracker_ != nullptr) [[unlikely]]
-      untrack(p);
-    upstream_->deallocate(p, bytes, alignment);
-    count_.fetch_sub(1, std::memory_order_relaxed);
-    in_use_.fetch_sub(bytes, std::memory_order_relaxed);
+    const detail::budget_tls_entry& e = detail::t_budget_leases[id_ % detail::budget_tls_ways];
+    if (e.id == id_) [[likely]] {
+      detail::budget_lease& l = *e.lease;
+      const std::size_t credit = l.credit.load(std::memory_order_relaxed);
+      if (credit + bytes <= lease_cap_.load(std::memory_order_relaxed)) [[likely]] {
+        l.credit.store(credit + bytes, std::memory_order_relaxed);
+        l.count.store(l.count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+        upstream_->deallocate(p, bytes, alignment);
+        return;
+      }
+    }
+    deallocate_slow(p, bytes, alignment);
   }
   bool do_is_equal(const std::pmr::memory_resource& other) const noexcept override {
     return this == &other;
   }
 
  private:
-  /// `bytes` are reserved in in_use_ (now == in_use_ after the reservation).
-  void* allocate_reserved(std::size_t bytes, std::size_t alignment, std::size_t now) {
-    void* p;
-    try {
-      p = upstream_->allocate(bytes, alignment);
-    } catch (...) {
-      in_use_.fetch_sub(bytes, std::memory_order_relaxed);
-      throw;
-    }
-    count_.fetch_add(1, std::memory_order_relaxed);
-    if (now > peak_.load(std::memory_order_relaxed)) [[unlikely]]
-      raise_peak(now);
-    if (tracker_ != nullptr) [[unlikely]]
-      track(p, bytes, alignment);
-    return p;
-  }
-  [[gnu::noinline]] void* allocate_over(std::size_t bytes, std::size_t alignment);
-  [[gnu::noinline]] void* allocate_huge(std::size_t bytes, std::size_t alignment);
-  [[gnu::noinline]] void raise_peak(std::size_t now) noexcept;
-  [[gnu::noinline]] void track(void* p, std::size_t bytes, std::size_t alignment);
-  [[gnu::noinline]] void untrack(void* p) noexcept;
+  friend struct detail::budget_lease_access;
+  friend budget_snapshot budget_report();
+  [[gnu::noinline]] void* allocate_slow(std::size_t bytes, std::size_t alignment);
+  [[gnu::noinline]] void deallocate_slow(void* p, std::size_t bytes, std::size_t alignment);
+  /// The upstream threw: the lease gets back what was taken from it.
+  [[gnu::noinline]] static void refund(detail::budget_lease& l, std::size_t bytes) noexcept;
+  /// Shared-counter path (no lease): reserves, calls the upstream, counts.
+  void* allocate_shared(std::size_t bytes, std::size_t alignment);
+  /// `bytes` are reserved in reserved_ (now == reserved_ after the reservation).
+  void* allocate_reserved(std::size_t bytes, std::size_t alignment, std::size_t now);
+  void* allocate_over(std::size_t bytes, std::size_t alignment);
+  /// Serves the request if the shared total leaves room for it under the limit; nullptr
+  /// otherwise (then, if other threads' leases hold the room, the lease cap drops).
+  void* allocate_fitting(std::size_t bytes, std::size_t alignment);
+  void raise_peak(std::size_t now) noexcept;
+  void track(void* p, std::size_t bytes, std::size_t alignment);
+  void untrack(void* p) noexcept;
+  /// The calling thread's lease, installed in its TLS table; nullptr when leases are off.
+  detail::budget_lease* lease();
+  /// The calling thread's unspent lease goes back to the shared total (over the limit, before
+  /// a handler's verdict is checked: what the handler freed on this thread counts at once).
+  void return_own_lease() noexcept;
+  /// Adds up the leases; registry lock held.
+  budget_stats stats_locked() const;
 
-  // Hot, written by every thread that allocates: together on one line.
-  alignas(64) std::atomic<std::size_t> in_use_{0};
-  std::atomic<std::size_t> count_{0};
+  // The shared counters, touched when a lease is taken or given back (or with no lease).
+  alignas(64) std::atomic<std::size_t> reserved_{0};  ///< in use + every lease's credit
+  std::atomic<std::size_t> count_{0};                 ///< plus the leases' counts
   std::atomic<std::size_t> peak_{0};
+  // Read on every deallocate, written when it changes: a line of its own.
+  /// Most credit a lease keeps on deallocate (the excess goes back): twice the last lease
+  /// granted, so it shrinks for every thread as the budget nears its limit.
+  alignas(64) std::atomic<std::size_t> lease_cap_{2 * 4096};
   std::atomic<std::size_t> limit_;
   // Slow path only.
   std::atomic<std::size_t> refused_{0};
   std::atomic<std::size_t> over_limit_{0};
   std::pmr::memory_resource* upstream_;
+  std::uint64_t id_;                           ///< unique, never 0: the key of the TLS lease table
+  std::size_t max_lease_ = default_max_lease;  ///< 0: no leases
+  detail::budget_lease* leases_ = nullptr;     ///< registry lock
   std::string name_;
   over_budget_handler handler_;
   bool leak_report_ = false;

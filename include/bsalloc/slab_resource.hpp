@@ -141,6 +141,13 @@ struct slab_resource_stats {
   std::vector<slab_core_stats> cores;
 };
 
+/// One live allocation, as a heap walk reports it.
+struct heap_block {
+  const void* ptr = nullptr;
+  std::size_t bytes = 0;  ///< the class size (the request's size where it is known), or large
+  bool large = false;     ///< served by the upstream (a large block)
+};
+
 std::string to_string(const slab_resource_stats& s);
 std::string to_json(const slab_resource_stats& s);
 
@@ -189,6 +196,17 @@ class slab_resource : public std::pmr::memory_resource {
   /// is not a power of two). Never overflows.
   static int size_class(std::size_t bytes, std::size_t alignment) noexcept;
   static std::size_t class_size(int cls) noexcept;
+
+  /// Heap walk (src/slab/walk.cpp; bsalloc/heap_walk.hpp has for_each_allocation): every
+  /// object out of a slab and every large block, sorted by address. Safe while other threads
+  /// allocate: each core's slabs are read under that core's lock (remote frees waiting for it are
+  /// taken in first), the large blocks under theirs. Every object allocated before the call and
+  /// not freed until it returns is in it, exactly once; objects allocated or freed meanwhile may
+  /// or may not be. Outside checked mode, objects in other threads' caches (and remote frees
+  /// posted meanwhile) are out of their slabs and are reported too (`cached` cannot be told
+  /// apart from live): the calling thread's cache is known and left out. In checked mode the
+  /// allocation bitmap is read instead: exactly the objects held by users.
+  std::vector<heap_block> live_blocks() const;
 
  protected:
   void* do_allocate(std::size_t bytes, std::size_t alignment) override;

@@ -12,9 +12,9 @@
 #include <unordered_map>
 
 #include <fmt/format.h>
-#include <boost/container/flat_set.hpp>
 
 #include "../format.hpp"
+#include "budget_internal.hpp"
 
 namespace bsalloc {
 
@@ -26,24 +26,7 @@ struct detail::budget_tracker {
 
 namespace {
 
-struct by_name {
-  bool operator()(const budget_resource* a, const budget_resource* b) const noexcept {
-    if (a->name() != b->name()) return a->name() < b->name();
-    return std::less<>{}(a, b);
-  }
-};
-
-/// Live budgets, sorted as the report prints them. Never destroyed: budgets with static
-/// storage duration may outlive any other static.
-struct registry {
-  std::mutex mutex;
-  boost::container::flat_set<const budget_resource*, by_name> budgets;  // guarded by mutex
-};
-
-registry& the_registry() {
-  static registry* r = new registry;
-  return *r;
-}
+std::atomic<std::uint64_t> next_budget_id{1};
 
 std::string limit_text(std::size_t limit) {
   return limit == budget_resource::unlimited ? std::string("-") : detail::human_bytes(limit);
@@ -70,9 +53,13 @@ std::string json_string(std::string_view s) {
 
 budget_resource::budget_resource(std::string name, std::size_t limit,
                                  std::pmr::memory_resource* upstream, over_budget_handler handler)
-    : limit_(limit), upstream_(upstream), name_(std::move(name)), handler_(std::move(handler)) {
+    : limit_(limit),
+      upstream_(upstream),
+      id_(next_budget_id.fetch_add(1, std::memory_order_relaxed)),
+      name_(std::move(name)),
+      handler_(std::move(handler)) {
   if (upstream_ == nullptr) throw std::invalid_argument("budget_resource: null upstream");
-  registry& r = the_registry();
+  detail::budget_registry& r = detail::the_budget_registry();
   const std::lock_guard lock(r.mutex);
   r.budgets.insert(this);
 }
@@ -86,13 +73,21 @@ budget_resource::~budget_resource() {
       if (shown++ < 10) fmt::print(stderr, "  leaked {} bytes at {}\n", n, p);
     });
   }
-  registry& r = the_registry();
+  detail::budget_registry& r = detail::the_budget_registry();
   const std::lock_guard lock(r.mutex);
+  detail::orphan_leases(*this);
   r.budgets.erase(this);
 }
 
+std::mutex* detail::budget_lease_access::tracker_mutex(const budget_resource& b) {
+  return b.tracker_ ? &b.tracker_->mutex : nullptr;
+}
+
 void budget_resource::set_tracking() {
-  if (tracker_ == nullptr) tracker_ = std::make_unique<detail::budget_tracker>();
+  if (tracker_ != nullptr) return;
+  auto t = std::make_unique<detail::budget_tracker>();
+  const std::lock_guard lock(detail::the_budget_registry().mutex);  // the fork handlers read it
+  tracker_ = std::move(t);
 }
 
 void budget_resource::track(void* p, std::size_t bytes, std::size_t alignment) {
@@ -102,7 +97,7 @@ void budget_resource::track(void* p, std::size_t bytes, std::size_t alignment) {
   } catch (...) {
     upstream_->deallocate(p, bytes, alignment);
     count_.fetch_sub(1, std::memory_order_relaxed);
-    in_use_.fetch_sub(bytes, std::memory_order_relaxed);
+    reserved_.fetch_sub(bytes, std::memory_order_relaxed);
     throw;
   }
 }
@@ -130,63 +125,106 @@ void budget_resource::raise_peak(std::size_t now) noexcept {
   }
 }
 
-void* budget_resource::allocate_huge(std::size_t bytes, std::size_t alignment) {
-  // Reserve only what fits: no moment in which in_use_ has wrapped and others pass the limit.
-  std::size_t cur = in_use_.load(std::memory_order_relaxed);
+void* budget_resource::allocate_shared(std::size_t bytes, std::size_t alignment) {
+  const std::size_t lim = limit();
+  std::size_t cur = reserved_.load(std::memory_order_relaxed);
   do {
-    if (cur > std::numeric_limits<std::size_t>::max() - bytes) {
-      refused_.fetch_add(1, std::memory_order_relaxed);
-      throw detail::reported_bad_alloc();  // more than any address space
-    }
-  } while (!in_use_.compare_exchange_weak(cur, cur + bytes, std::memory_order_relaxed));
-  const std::size_t now = cur + bytes;
-  if (now > limit_.load(std::memory_order_relaxed)) return allocate_over(bytes, alignment);
-  return allocate_reserved(bytes, alignment, now);
+    if (cur > lim || bytes > lim - cur) return allocate_over(bytes, alignment);
+  } while (!reserved_.compare_exchange_weak(cur, cur + bytes, std::memory_order_relaxed));
+  return allocate_reserved(bytes, alignment, cur + bytes);
+}
+
+void* budget_resource::allocate_reserved(std::size_t bytes, std::size_t alignment,
+                                         std::size_t now) {
+  void* p;
+  try {
+    p = upstream_->allocate(bytes, alignment);
+  } catch (...) {
+    reserved_.fetch_sub(bytes, std::memory_order_relaxed);
+    throw;
+  }
+  count_.fetch_add(1, std::memory_order_relaxed);
+  raise_peak(now);
+  if (tracker_ != nullptr) [[unlikely]]
+    track(p, bytes, alignment);
+  return p;
+}
+
+void* budget_resource::allocate_fitting(std::size_t bytes, std::size_t alignment) {
+  const std::size_t lim = limit();
+  std::size_t cur = reserved_.load(std::memory_order_relaxed);
+  while (cur <= lim && bytes <= lim - cur)
+    if (reserved_.compare_exchange_weak(cur, cur + bytes, std::memory_order_relaxed))
+      return allocate_reserved(bytes, alignment, cur + bytes);
+  // Refused. If the room is there but in other threads' unspent leases, the lease cap drops to
+  // its least: those threads give their excess back on their next deallocate.
+  if (max_lease_ != 0 && tracker_ == nullptr) {
+    const std::size_t exact = in_use();
+    if (exact <= lim && bytes <= lim - exact)
+      lease_cap_.store(2 * std::min(std::size_t{4096}, max_lease_), std::memory_order_relaxed);
+  }
+  return nullptr;
 }
 
 void* budget_resource::allocate_over(std::size_t bytes, std::size_t alignment) {
-  // in_use_ holds this request's reservation: other threads see it while the handler runs.
-  const std::size_t reserved = in_use();
-  const std::size_t before = reserved >= bytes ? reserved - bytes : 0;
-  bool allow = false;
-  if (handler_) {
-    try {
-      allow = handler_(over_budget_info{*this, bytes, alignment, before, limit()});
-    } catch (...) {
-      in_use_.fetch_sub(bytes, std::memory_order_relaxed);
-      throw;
-    }
+  // Nothing is reserved for this request while the handlers run.
+  return_own_lease();
+  if (bytes > std::numeric_limits<std::size_t>::max() - reserved_.load(std::memory_order_relaxed)) {
+    refused_.fetch_add(1, std::memory_order_relaxed);
+    throw detail::reported_bad_alloc();  // more than any address space
   }
-  if (allow) {
+  if (void* p = allocate_fitting(bytes, alignment)) return p;
+  if (handler_ && handler_(over_budget_info{*this, bytes, alignment, in_use(), limit()})) {
     over_limit_.fetch_add(1, std::memory_order_relaxed);
-    return allocate_reserved(bytes, alignment, in_use());
+    const std::size_t now = reserved_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+    return allocate_reserved(bytes, alignment, now);
   }
-  in_use_.fetch_sub(bytes, std::memory_order_relaxed);
   if (detail::report_out_of_memory("budget_resource", name_, this, bytes, alignment,
                                    [this] { return to_string(stats()) + "\n"; })) {
-    const std::size_t now = in_use_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
-    if (now <= limit() && now >= bytes) return allocate_reserved(bytes, alignment, now);
-    in_use_.fetch_sub(bytes, std::memory_order_relaxed);
+    return_own_lease();  // what the handler freed on this thread went to its lease
+    if (void* p = allocate_fitting(bytes, alignment)) return p;
   }
   refused_.fetch_add(1, std::memory_order_relaxed);
   throw detail::reported_bad_alloc();
 }
 
-budget_stats budget_resource::stats() const {
+budget_stats budget_resource::stats_locked() const {
   budget_stats s;
   s.name = name_;
   s.limit = limit();
-  s.in_use = in_use();
-  s.peak = std::max(peak(), s.in_use);
-  s.count = count();
+  std::size_t credit = 0, count = 0, high = 0;
+  for (const detail::budget_lease* l = leases_; l != nullptr; l = l->next) {
+    credit += l->credit.load(std::memory_order_relaxed);
+    count += l->count.load(std::memory_order_relaxed);
+    high = std::max(high, l->high.load(std::memory_order_relaxed));
+  }
+  const std::size_t reserved = reserved_.load(std::memory_order_relaxed);
+  s.in_use = reserved >= credit ? reserved - credit : 0;  // may lag while others allocate
+  s.count = count_.load(std::memory_order_relaxed) + count;
+  s.peak = std::max({peak_.load(std::memory_order_relaxed), high, s.in_use});
   s.refused = refused_.load(std::memory_order_relaxed);
   s.over_limit = over_limit_.load(std::memory_order_relaxed);
   return s;
 }
 
+budget_stats budget_resource::stats() const {
+  const std::lock_guard lock(detail::the_budget_registry().mutex);
+  return stats_locked();
+}
+
+std::size_t budget_resource::in_use() const noexcept {
+  return stats().in_use;
+}
+std::size_t budget_resource::peak() const noexcept {
+  return stats().peak;
+}
+std::size_t budget_resource::count() const noexcept {
+  return stats().count;
+}
+
 void budget_resource::check_invariants() const {
   const budget_stats s = stats();
-  if (peak_.load(std::memory_order_relaxed) < s.in_use)
+  if (s.peak < s.in_use)
     throw std::logic_error("budget_resource '" + name_ + "': B2: peak < in_use");
   if (s.in_use > s.limit && s.over_limit == 0)
     throw std::logic_error("budget_resource '" + name_ + "': B2: over the limit, never allowed");
@@ -196,10 +234,10 @@ void budget_resource::check_invariants() const {
 
 budget_snapshot budget_report() {
   budget_snapshot snap;
-  registry& r = the_registry();
+  detail::budget_registry& r = detail::the_budget_registry();
   const std::lock_guard lock(r.mutex);
   snap.budgets.reserve(r.budgets.size());
-  for (const budget_resource* b : r.budgets) snap.budgets.push_back(b->stats());
+  for (const budget_resource* b : r.budgets) snap.budgets.push_back(b->stats_locked());
   return snap;
 }
 

@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: Apache-2.0
+// slab_resource::live_blocks(): the heap walk (slab_resource.hpp states what it guarantees).
+// Slabs are read under their owner core's lock, after that core's remote frees are drained;
+// large blocks under large_lock. Free-list links are read only through read_link().
+#include <algorithm>
+#include <cstring>
+#include <unordered_set>
+#include <vector>
+
+#include "state.hpp"
+
+namespace bsalloc {
+
+namespace {
+
+/// The next object on a free list (a slab's or a thread-cache bin's): the one place that reads a
+/// link, so that a change to how links are stored changes only this.
+inline void* read_link(const void* p) noexcept {
+  void* next;
+  std::memcpy(&next, p, sizeof next);
+  return next;
+}
+
+}  // namespace
+
+std::vector<heap_block> slab_resource::live_blocks() const {
+  detail::slab_state& st = *state_;
+  const bool checked = st.knobs.checked;
+  // The calling thread's own cache: free objects, read safely (this thread is its only user).
+  std::unordered_set<const void*> mine;
+  if (!checked)
+    if (const detail::thread_cache* tc = detail::find_cache(st))
+      for (int c = 0; c < st.classes; ++c)
+        for (void* p = tc->bins[static_cast<std::size_t>(c)].head; p; p = read_link(p))
+          mine.insert(p);
+  std::vector<heap_block> out;
+  std::vector<bool> is_free;
+  for (std::size_t ci = 0; ci < st.ncores; ++ci) {
+    detail::core_cache* core = st.core_if(ci);
+    if (!core) continue;
+    detail::slab_list returns;
+    {
+      const std::lock_guard lock(core->lock);
+      st.drain(*core, returns);  // remote frees in flight become free objects of their slabs
+      for (int c = 0; c < st.classes; ++c) {
+        const auto& g = st.geom[static_cast<std::size_t>(c)];
+        auto& l = core->cls[static_cast<std::size_t>(c)];
+        for (std::uint8_t which : {detail::list_partial, detail::list_full}) {
+          for (detail::slab* s = detail::slab_state::list_head(l, which); s; s = s->next) {
+            char* const first = reinterpret_cast<char*>(s) + g.offset;
+            const std::uint32_t handed = s->capacity - s->untouched;  // objects before `tail`
+            if (checked) {
+              for (std::uint32_t i = 0; i < handed; ++i) {
+                if (!(st.bitmap(s)[i / 64].load(std::memory_order_relaxed) >> (i % 64) & 1))
+                  continue;
+                out.push_back({first + std::size_t{i} * g.size, g.size, false});
+              }
+              continue;
+            }
+            is_free.assign(handed, false);
+            std::uint32_t n = 0;
+            for (void* p = s->free; p && n <= handed; p = read_link(p), ++n)
+              is_free[static_cast<std::size_t>(static_cast<char*>(p) - first) / g.size] = true;
+            for (std::uint32_t i = 0; i < handed; ++i) {
+              const char* p = first + std::size_t{i} * g.size;
+              if (!is_free[i] && !mine.contains(p)) out.push_back({p, g.size, false});
+            }
+          }
+        }
+      }
+    }
+    st.return_slabs(returns);
+  }
+  {
+    const std::lock_guard lock(st.large_lock);
+    st.large.for_each([&](const detail::large_record& r) {
+      out.push_back({reinterpret_cast<const void*>(r.p), r.bytes, true});
+    });
+  }
+  std::sort(out.begin(), out.end(),
+            [](const heap_block& a, const heap_block& b) { return std::less<>{}(a.ptr, b.ptr); });
+  return out;
+}
+
+}  // namespace bsalloc
