@@ -295,11 +295,30 @@ std::optional<block_info> page_resource::find_block_locked(const void* p) const 
   return std::nullopt;
 }
 
+namespace detail {
+std::mutex global_page_resource_mutex;
+}  // namespace detail
+
+namespace {
+alignas(page_resource) std::byte global_storage[sizeof(page_resource)];
+std::atomic<page_resource*> global_instance{nullptr};
+
+[[gnu::noinline]] page_resource& build_global_page_resource() noexcept {
+  detail::install_page_fork_handlers();
+  std::lock_guard lock(detail::global_page_resource_mutex);
+  page_resource* r = global_instance.load(std::memory_order_relaxed);
+  if (r == nullptr) {
+    r = ::new (global_storage)
+        page_resource(page_resource_options{.cache_bytes_per_core = std::size_t{4} << 20});
+    global_instance.store(r, std::memory_order_release);
+  }
+  return *r;
+}
+}  // namespace
+
 page_resource& global_page_resource() noexcept {
-  alignas(page_resource) static std::byte storage[sizeof(page_resource)];
-  static page_resource* const instance = ::new (storage)
-      page_resource(page_resource_options{.cache_bytes_per_core = std::size_t{4} << 20});
-  return *instance;
+  page_resource* const r = global_instance.load(std::memory_order_acquire);
+  return r ? *r : build_global_page_resource();
 }
 
 }  // namespace bsalloc

@@ -17,11 +17,13 @@
 #include <thread>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cassert>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -161,5 +163,11 @@ void unregister_resource(page_resource* r) noexcept;
 // Installs the page layer's pthread_atfork handlers (once). Layers above call it before installing
 // their own, so that their prepare handlers run first (reverse order of installation).
 void install_page_fork_handlers();
+// global_page_resource() is built once, under this mutex, and not with a function-local static:
+// fork() while another thread was inside a static's guard would leave the child a guard that
+// nobody releases, and every later global_page_resource() call in the child would block. The
+// fork handlers hold this mutex across fork() (taken first: the constructor registers the
+// resource, which takes the registry's mutex).
+extern std::mutex global_page_resource_mutex;
 
 }  // namespace bsalloc::detail

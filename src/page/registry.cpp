@@ -38,6 +38,7 @@ registry& the_registry() noexcept {  // never destroyed: resources may outlive s
 }
 
 void prepare() noexcept {
+  global_page_resource_mutex.lock();  // no construction of global_page_resource() in flight
   registry& g = the_registry();
   g.mutex.lock();
   for (page_resource* r = g.head; r; r = page_access::next(*r)) page_access::lock_all(*r);
@@ -47,6 +48,7 @@ void parent() noexcept {
   registry& g = the_registry();
   for (page_resource* r = g.head; r; r = page_access::next(*r)) page_access::unlock_all(*r);
   g.mutex.unlock();
+  global_page_resource_mutex.unlock();
 }
 
 void child() noexcept {
@@ -56,6 +58,7 @@ void child() noexcept {
     page_access::unlock_all(*r);
   }
   g.mutex.unlock();
+  global_page_resource_mutex.unlock();
 }
 
 }  // namespace
