@@ -16,7 +16,8 @@ using bsalloc::detail::mx::read_options;
 namespace {
 void clear_env() {
   for (const char* v :
-       {"BSALLOC_RETAIN_BYTES", "BSALLOC_PURGE_MS", "BSALLOC_CHECKED", "BSALLOC_STATS"})
+       {"BSALLOC_RETAIN_BYTES", "BSALLOC_PURGE_MS", "BSALLOC_CHECKED", "BSALLOC_HARDENED",
+        "BSALLOC_STATS"})
     ::unsetenv(v);
 }
 }  // namespace
@@ -26,6 +27,7 @@ TEST_CASE("malloc options: defaults") {
   const auto o = read_options();
   CHECK(o.stats == 0);
   CHECK(o.knobs.checked == bool(BSALLOC_CHECKED_DEFAULT));
+  CHECK_FALSE(o.knobs.hardened);
   CHECK(o.knobs.min_slab_bytes == (std::size_t{1} << 20));
   CHECK(o.slab_pages.retain_bytes == bsalloc::page_resource_options{}.retain_bytes);
   CHECK(o.large_pages.cache_bytes_per_core == (std::size_t{4} << 20));
@@ -36,6 +38,7 @@ TEST_CASE("malloc options: each variable, and malformed values are ignored") {
   ::setenv("BSALLOC_RETAIN_BYTES", "64m", 1);
   ::setenv("BSALLOC_PURGE_MS", "250", 1);
   ::setenv("BSALLOC_CHECKED", "1", 1);
+  ::setenv("BSALLOC_HARDENED", "1", 1);
   ::setenv("BSALLOC_STATS", "json", 1);
   auto o = read_options();
   CHECK(o.slab_pages.retain_bytes == (std::size_t{64} << 20));
@@ -43,13 +46,16 @@ TEST_CASE("malloc options: each variable, and malformed values are ignored") {
   CHECK(o.slab_pages.purge_interval.count() == 250);
   CHECK(o.large_pages.purge_interval.count() == 250);
   CHECK(o.knobs.checked);
+  CHECK(o.knobs.hardened);
   CHECK(o.stats == 2);
   ::setenv("BSALLOC_RETAIN_BYTES", "4096", 1);
   ::setenv("BSALLOC_CHECKED", "0", 1);
+  ::setenv("BSALLOC_HARDENED", "off", 1);
   ::setenv("BSALLOC_STATS", "1", 1);
   o = read_options();
   CHECK(o.slab_pages.retain_bytes == 4096);
   CHECK_FALSE(o.knobs.checked);
+  CHECK_FALSE(o.knobs.hardened);
   CHECK(o.stats == 1);
   ::setenv("BSALLOC_RETAIN_BYTES", "-5", 1);
   ::setenv("BSALLOC_PURGE_MS", "soon", 1);

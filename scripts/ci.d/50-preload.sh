@@ -184,4 +184,23 @@ build_self bsalloc
 [ "$(wc -l <"$out/self.glibc.md5")" -eq "${#objs[@]}" ] || fail "bsalloc's build: objects missing"
 same "$out/self.glibc.md5" "$out/self.bsalloc.md5" "bsalloc's own build (object checksums)"
 served "$out/self.bsalloc.stats" "bsalloc's own build"
-echo "[preload] all programs gave the same results under bsalloc"
+# -- BSALLOC_HARDENED=1: misuse in a real interpreter is caught, naming the pointer ------------------
+# Python's ctypes calls the replaced malloc/free directly: a double free, and a write over a free
+# object's free-list link (a use after free), each abort with the hardened mode's message.
+hardened_case() {  # what, python code, expected message
+  local log="$out/hardened.$1.log" rc=0
+  LD_PRELOAD="$so" BSALLOC_HARDENED=1 "$py" -c "$2" >"$log" 2>&1 || rc=$?
+  [ "$rc" -ne 0 ] || fail "BSALLOC_HARDENED=1, $1: the program was not stopped"
+  grep -Eq "$3" "$log" || { cat "$log" >&2; fail "BSALLOC_HARDENED=1, $1: no message matching '$3'"; }
+  ok "BSALLOC_HARDENED=1, $1: $(grep -Eo "$3" "$log" | head -n 1)"
+}
+hardened_case double-free "import ctypes
+libc = ctypes.CDLL(None); libc.malloc.restype = ctypes.c_void_p; libc.free.argtypes = [ctypes.c_void_p]
+p = libc.malloc(48); libc.free(p); libc.free(p)" "0x[0-9a-f]+.*double free"
+hardened_case link-overwrite "import ctypes
+libc = ctypes.CDLL(None); libc.malloc.restype = ctypes.c_void_p; libc.free.argtypes = [ctypes.c_void_p]
+ps = [libc.malloc(48) for _ in range(4)]
+for p in ps: libc.free(p)
+ctypes.memmove(ps[-1], b'AAAAAAAA', 8)
+[libc.malloc(48) for _ in range(8)]" "(free-list link|free-state tag) of 0x[0-9a-f]+ corrupted"
+echo "[preload] all programs gave the same results under bsalloc; hardened mode stops misuse"

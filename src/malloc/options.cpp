@@ -89,6 +89,7 @@ options read_options() noexcept {
       o.slab_pages.purge_interval = o.large_pages.purge_interval = std::chrono::milliseconds(ms);
   }
   parse_flag("BSALLOC_CHECKED", o.knobs.checked);
+  parse_flag("BSALLOC_HARDENED", o.knobs.hardened);
   if (const char* v = std::getenv("BSALLOC_STATS"); v && *v) {
     if (!std::strcmp(v, "json"))
       o.stats = 2;

@@ -1,27 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 // slab_resource::live_blocks(): the heap walk (slab_resource.hpp states what it guarantees).
 // Slabs are read under their owner core's lock, after that core's remote frees are drained;
-// large blocks under large_lock. Free-list links are read only through read_link().
+// large blocks under large_lock. Free-list links are read only through slab_state::next_of(),
+// which decodes and validates them in hardened mode and makes them readable under memcheck.
 #include <algorithm>
-#include <cstring>
 #include <unordered_set>
 #include <vector>
 
 #include "state.hpp"
 
 namespace bsalloc {
-
-namespace {
-
-/// The next object on a free list (a slab's or a thread-cache bin's): the one place that reads a
-/// link, so that a change to how links are stored changes only this.
-inline void* read_link(const void* p) noexcept {
-  void* next;
-  std::memcpy(&next, p, sizeof next);
-  return next;
-}
-
-}  // namespace
 
 std::vector<heap_block> slab_resource::live_blocks() const {
   detail::slab_state& st = *state_;
@@ -31,7 +19,7 @@ std::vector<heap_block> slab_resource::live_blocks() const {
   if (!checked)
     if (const detail::thread_cache* tc = detail::find_cache(st))
       for (int c = 0; c < st.classes; ++c)
-        for (void* p = tc->bins[static_cast<std::size_t>(c)].head; p; p = read_link(p))
+        for (void* p = tc->bins[static_cast<std::size_t>(c)].head; p; p = st.next_of(p, c))
           mine.insert(p);
   std::vector<heap_block> out;
   std::vector<bool> is_free;
@@ -59,7 +47,7 @@ std::vector<heap_block> slab_resource::live_blocks() const {
             }
             is_free.assign(handed, false);
             std::uint32_t n = 0;
-            for (void* p = s->free; p && n <= handed; p = read_link(p), ++n)
+            for (void* p = s->free; p && n <= handed; p = st.next_of(p, c, s), ++n)
               is_free[static_cast<std::size_t>(static_cast<char*>(p) - first) / g.size] = true;
             for (std::uint32_t i = 0; i < handed; ++i) {
               const char* p = first + std::size_t{i} * g.size;
