@@ -47,7 +47,7 @@ class BsallocConan(ConanFile):
         "fPIC": True,
         "checked": False,
     }
-    exports_sources = ("CMakeLists.txt", "cmake/*", "include/*", "src/*", "LICENSE")
+    exports_sources = ("CMakeLists.txt", "cmake/*", "include/*", "src/*", "malloc/*", "LICENSE")
 
     # C++20 in the public headers (concepts, <span>, <bit>); the oldest compilers CI builds with.
     _min_cppstd = 20
@@ -108,6 +108,8 @@ class BsallocConan(ConanFile):
         # The TLS model follows `shared` (global-dynamic for a shared library, else initial-exec).
         tc.cache_variables["BSALLOC_TLS_MODEL"] = ""
         tc.cache_variables["BSALLOC_INSTALL"] = True
+        # libbsalloc_malloc.so (LD_PRELOAD) and bsalloc::malloc_override are always packaged.
+        tc.cache_variables["BSALLOC_MALLOC"] = True
         tc.generate()
         deps = CMakeDeps(self)
         # CMakeLists.txt asks for find_package(fmt 9); fmt's own package accepts any newer
@@ -143,7 +145,19 @@ class BsallocConan(ConanFile):
         core.libs = ["bsalloc"]
         core.defines = [f"BSALLOC_CHECKED_DEFAULT={1 if self.options.checked else 0}"]
         core.requires = ["fmt::fmt"]
-        core.system_libs = ["pthread"]
+        core.system_libs = ["pthread", "dl"]  # dl: the malloc API's dlsym(RTLD_NEXT) (glibc < 2.34)
+
+        # find_package(bsalloc) + bsalloc::malloc_override: malloc and operator new of the program
+        # that links it are bsalloc's (docs/malloc.md). lib/libbsalloc_malloc.so, for LD_PRELOAD,
+        # is packaged too but is nothing to link against.
+        override = self.cpp_info.components["malloc_override"]
+        override.set_property("cmake_target_name", "bsalloc::malloc_override")
+        override.set_property("pkg_config_name", "bsalloc-malloc-override")
+        override.libs = ["bsalloc_malloc_override"]
+        override.requires = ["bsalloc"]
+        override.system_libs = ["dl"]
+        override.exelinkflags = ["-Wl,-u,bsalloc_malloc_override_linked"]
+        override.sharedlinkflags = ["-Wl,-u,bsalloc_malloc_override_linked"]
 
         # find_package(bsalloc COMPONENTS boost_pmr): the header-only <bsalloc/boost_pmr.hpp>.
         pmr = self.cpp_info.components["boost_pmr"]

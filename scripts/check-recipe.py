@@ -288,8 +288,24 @@ for conan, info in requires.items():
           f"({'a component requires it' if want else 'no component requires it'})")
 # Components <-> the installed config's components.
 cfg_comps = set(re.findall(r'_bsalloc_comp\s+STREQUAL\s+"(\w+)"', config_in))
-check(set(components) - {"bsalloc"} == cfg_comps,
-      f"components {sorted(set(components) - {'bsalloc'})} == config's {sorted(cfg_comps)}")
+# Targets installed into bsallocTargets besides bsalloc::bsalloc (always there, no COMPONENTS
+# needed: e.g. bsalloc::malloc_override): each is a Conan component of the same name, whose
+# library is that target's output.
+exported = {}
+for cm in [os.path.join(root, "CMakeLists.txt")] + [
+        os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
+        if f == "CMakeLists.txt" and os.path.relpath(d, root).split(os.sep)[0] in ("malloc",)]:
+    text = open(cm).read()
+    for tgt, name in re.findall(r"set_target_properties\((\w+)\s+PROPERTIES\s+EXPORT_NAME\s+(\w+)\)",
+                                text):
+        if re.search(r"install\(TARGETS\s+%s\s+EXPORT\s+bsallocTargets" % tgt, text):
+            exported[name] = tgt
+for name, tgt in sorted(exported.items()):
+    comp = components.get(name, {})
+    check(comp.get("libs") == [tgt],
+          f"exported target bsalloc::{name}: component {name} with libs {comp.get('libs')} == [{tgt!r}]")
+check(set(components) - {"bsalloc"} - set(exported) == cfg_comps,
+      f"components {sorted(set(components) - {'bsalloc'} - set(exported))} == config's {sorted(cfg_comps)}")
 for comp in cfg_comps:
     m = re.search(r"add_library\(\s*bsalloc::%s\b.*?INTERFACE_LINK_LIBRARIES\s+\"([^\"]*)\"" % comp,
                   config_in, re.S)
