@@ -37,6 +37,11 @@
 //       nothing else maps to this resource.
 //   I10 (run cache) a cached run is an allocated run whose head has the cached mark, held by
 //       exactly one core cache bin of its page count; the caches' page counts add up.
+//   I11 (run marks) the head of every allocated run has the mark live (its user holds it) or
+//       cached (in a run-cache bin); every other page's mark is none. Every free changes the
+//       mark from live by one compare-and-swap (to cached on the cache path, to none on the
+//       locked path), so of two frees of one run, however they race, exactly one wins and the
+//       other throws std::invalid_argument naming the pointer.
 //
 // An allocation of `count` pages that is not a power of two is a run of blocks: the greedy
 // decomposition of [0, count) into aligned power-of-two blocks. Every block but the last of a
@@ -260,10 +265,11 @@ class page_resource : public std::pmr::memory_resource {
   struct page_meta {
     std::uint8_t state;  // meta_none / meta_free / meta_allocated / meta_purging
     std::uint8_t order;
-    std::uint8_t flags;   // flag_dirty (free), flag_continued / flag_run_head (allocated)
-    std::uint8_t cached;  // run head: 1 while in the run cache (written under a core lock)
-    std::uint32_t prev;   // free: list links (page indices in the region); allocated: prev =
-    std::uint32_t next;   // the run head's index, next = the run's page count (head block)
+    std::uint8_t flags;  // flag_dirty (free), flag_continued / flag_run_head (allocated)
+    std::uint8_t run;    // run mark: run_live / run_cached on a live run head, else 0; only
+                         // ever accessed atomically (a free claims the run by a CAS on it)
+    std::uint32_t prev;  // free: list links (page indices in the region); allocated: prev =
+    std::uint32_t next;  // the run head's index, next = the run's page count (head block)
   };
   static_assert(sizeof(page_meta) == 12);
 
@@ -298,6 +304,9 @@ class page_resource : public std::pmr::memory_resource {
                             const char* what) const;
   std::size_t live_run_pages(const void* p) const noexcept;  // 0: not a live run head
   void free_run_locked(region& r, std::uint32_t index, std::uint32_t count);
+  // Lock held, after checked_run: takes the run from its user (mark live -> none); throws
+  // naming p if a racing free took it first.
+  void claim_run(region& r, std::uint32_t head, const void* p, std::size_t count, const char* what);
   bool should_purge_locked();
   void* cache_take(std::size_t count) noexcept;
   bool cache_put(void* p, std::size_t count, page_meta* head) noexcept;  // p validated
