@@ -28,6 +28,7 @@ page_resource::page_resource(const page_resource_options& options) : options_(op
     const long n = ::sysconf(_SC_NPROCESSORS_CONF);
     core_count_ = static_cast<std::size_t>(std::clamp<long>(n, 1, 1024));
     cores_ = std::make_unique<core_cache[]>(core_count_);
+    cache_page_limit_ = options_.cache_bytes_per_core >> page_shift;
   }
   register_resource(this);
   if (options_.background_purge) {
@@ -224,12 +225,12 @@ void page_resource::deallocate_run(void* p) {
 
 void* page_resource::do_allocate(std::size_t bytes, std::size_t alignment) {
   if (bytes > (page_size << max_order)) throw std::bad_alloc();
-  return allocate_pages(pages_for(bytes), alignment);
+  return allocate_pages(class_pages(pages_for(bytes)), alignment);
 }
 
 void page_resource::do_deallocate(void* p, std::size_t bytes, std::size_t) {
   if (bytes > (page_size << max_order)) throw_bad_pointer(p, bytes, "byte count is impossible");
-  deallocate_pages(p, pages_for(bytes));
+  deallocate_pages(p, class_pages(pages_for(bytes)));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@
 
 #include <array>
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -246,6 +247,16 @@ class page_resource : public std::pmr::memory_resource {
   static constexpr std::size_t pages_for(std::size_t bytes) noexcept {
     return bytes == 0 ? 1 : (bytes + page_size - 1) >> page_shift;
   }
+  /// The page count the memory_resource interface allocates for a request of `pages` pages:
+  /// up to 16 pages exact, then rounded up to a multiple of an eighth of the power of two below
+  /// (17-32 pages to even counts, 33-64 to multiples of 4, ...): at most 1/8 more address space
+  /// (the extra pages are never touched, so no more RSS), and far fewer distinct run sizes for
+  /// the run cache to hold. allocate_pages / deallocate_pages take counts as given.
+  static constexpr std::size_t class_pages(std::size_t pages) noexcept {
+    if (pages <= 16) return pages;
+    const std::size_t step = (std::size_t{1} << (std::bit_width(pages - 1) - 1)) / 8;
+    return (pages + step - 1) & ~(step - 1);
+  }
 
  protected:
   void* do_allocate(std::size_t bytes, std::size_t alignment) override;
@@ -377,6 +388,7 @@ class page_resource : public std::pmr::memory_resource {
   // Run cache: one per core (index sched_getcpu() % core_count_), each under its own lock.
   std::unique_ptr<core_cache[]> cores_;
   std::size_t core_count_ = 0;
+  std::size_t cache_page_limit_ = 0;  // options_.cache_bytes_per_core in pages
   // Background purger (options_.background_purge).
   std::unique_ptr<purger_state> purger_;
   // Live-resource registry (registry.cpp, under its mutex): fork handlers walk it.

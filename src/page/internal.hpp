@@ -35,6 +35,12 @@ constexpr std::size_t bin_capacity(std::size_t pages) {
   return std::clamp<std::size_t>(64 / pages, 4, 32);
 }
 constexpr std::size_t max_bin_capacity = 32;
+constexpr auto bin_capacities = [] {
+  std::array<std::uint8_t, max_cached_run_pages + 1> cap{};
+  for (std::size_t n = 1; n <= max_cached_run_pages; ++n)
+    cap[n] = static_cast<std::uint8_t>(bin_capacity(n));
+  return cap;
+}();
 // Where bin n starts in a core's entry array.
 constexpr auto bin_offsets = [] {
   std::array<std::size_t, max_cached_run_pages + 2> off{};

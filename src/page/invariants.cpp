@@ -63,6 +63,9 @@ void page_resource::check_invariants() const {
       if ((a < r.base || a >= page_addr(r, r.pages)) &&
           page_map_entry(reinterpret_cast<const void*>(a)) != page_map_metadata)
         fail(ri, (a - r.span_begin) >> page_shift, "I9: metadata page not marked in the page map");
+    for (const std::uintptr_t a : {r.span_begin - page_size, r.span_end})  // I9: nothing else
+      if (page_map_find(reinterpret_cast<const void*>(a)).owner == this && region_of(a) == ri)
+        fail(ri, 0, "I9: a page next to the region maps to it");
     std::array<std::size_t, max_order + 1> free_heads{};
     std::size_t region_free = 0;
     std::uint32_t run_head = no_page, run_left = 0;  // the run being walked (I8)

@@ -58,8 +58,7 @@ bool page_resource::cache_put(void* p, std::size_t count, page_meta* head) noexc
   std::lock_guard lock(c.lock);
   std::uint8_t& n = c.count[count];
   const std::size_t pages = c.pages.load(std::memory_order_relaxed);
-  if (n == bin_capacity(count) || ((pages + count) << page_shift) > options_.cache_bytes_per_core)
-    return false;
+  if (n == bin_capacities[count] || pages + count > cache_page_limit_) return false;
   // Claim the run (I11): of two frees of it racing (a double free), on this path or the locked
   // one, exactly one wins; the loser goes to the slow path, which throws naming p. Once claimed,
   // the run is ours: its count can be read.
@@ -164,6 +163,11 @@ std::size_t page_resource::check_cache_locked() const {
   for (std::size_t c = 0; c < core_count_; ++c) {  // every core lock held by the caller
     std::size_t pages = 0;
     for (std::size_t count = 1; count <= max_cached_run_pages; ++count) {
+      if (cores_[c].count[count] > bin_capacity(count))
+        throw std::logic_error(fmt::format(
+            "bsalloc::page_resource invariant broken: C2: bin {} of core {} holds {} runs, more "
+            "than its capacity {}",
+            count, c, cores_[c].count[count], bin_capacity(count)));
       for (std::size_t i = 0; i < cores_[c].count[count]; ++i) {
         const auto& e = cores_[c].bin(count)[i];
         const auto addr = reinterpret_cast<std::uintptr_t>(e.run);
