@@ -95,14 +95,15 @@ TEST_CASE("add_region refuses another resource's pages and metadata, and its own
   void* held = first.allocate_pages(3);
 
   page_resource second(fixed());
-  // Another resource's metadata page only: [page 0, page 1) cannot hold a region, so take
-  // metadata plus free memory behind the first region's span... and variants of the overlap.
+  // One page cannot hold a region at all; a span with another resource's metadata, its pages,
+  // or both, is refused, naming the first page in conflict.
   const std::string meta_only = what_of([&] { second.add_region(a.pages(0, 1)); });
-  CHECK(meta_only.find("too small") != std::string::npos);               // one page: refused before
-  for (auto [from, count] : {std::pair<std::size_t, std::size_t>{0, 2},  // metadata + 1 page
-                             {0, 300},                                   // all of it and more
-                             {100, 4},                                   // managed pages only
-                             {255, 50}}) {                               // its last page
+  CHECK(meta_only.find("too small") != std::string::npos);       // one page: refused before
+  for (auto range : {std::pair<std::size_t, std::size_t>{0, 2},  // metadata + 1 page
+                     {0, 300},                                   // all of it and more
+                     {100, 4},                                   // managed pages only
+                     {255, 50}}) {                               // its last page
+    const std::size_t from = range.first, count = range.second;  // (clang 14: no bindings)
     const std::string w = what_of([&] { second.add_region(a.pages(from, count)); });
     CAPTURE(from);
     CAPTURE(count);

@@ -188,9 +188,11 @@ class page_resource : public std::pmr::memory_resource {
   page_resource& operator=(const page_resource&) = delete;
 
   /// Hot-adds caller memory. Unaligned edges are trimmed to pages and the region's metadata is
-  /// carved from its start. Throws std::invalid_argument if the region overlaps a managed one
-  /// or cannot hold one page with its metadata, std::length_error past max_regions.
-  /// Returns the new region's index.
+  /// carved from its start. Throws std::invalid_argument, naming the range and the first page in
+  /// conflict, if it overlaps memory that any live page_resource manages (this one included):
+  /// its pages or its metadata, as the process page map records them; or if it cannot hold one
+  /// page with its metadata. std::length_error past max_regions. Nothing is written to the
+  /// memory before it is accepted. Returns the new region's index.
   std::size_t add_region(std::span<std::byte> memory);
 
   /// `count` pages (0 counts as 1), aligned to `alignment` (a power of two; page alignment at
