@@ -7,6 +7,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <vector>
@@ -44,8 +45,9 @@ long rss_after_churn(std::pmr::memory_resource& mr, std::size_t size, std::size_
                      Trim trim) {
   std::vector<void*> objs(total / size, nullptr);  // touched before the baseline
   // Warm up: the first slabs, thread cache and page-map leaves exist before the baseline.
-  for (int i = 0; i < 1000; ++i) objs[static_cast<std::size_t>(i)] = mr.allocate(size);
-  for (int i = 0; i < 1000; ++i) mr.deallocate(objs[static_cast<std::size_t>(i)], size);
+  const std::size_t warm = std::min<std::size_t>(1000, objs.size());
+  for (std::size_t i = 0; i < warm; ++i) objs[i] = mr.allocate(size);
+  for (std::size_t i = 0; i < warm; ++i) mr.deallocate(objs[i], size);
   trim();
   const std::size_t before = rss_bytes();
   for (auto& p : objs) {
