@@ -28,6 +28,7 @@ page_resource::page_resource(const page_resource_options& options) : options_(op
     const long n = ::sysconf(_SC_NPROCESSORS_CONF);
     core_count_ = static_cast<std::size_t>(std::clamp<long>(n, 1, 1024));
     cores_ = std::make_unique<core_cache[]>(core_count_);
+    cache_page_limit_ = options_.cache_bytes_per_core >> page_shift;
   }
   register_resource(this);
   if (options_.background_purge) {
@@ -157,7 +158,7 @@ std::uint32_t page_resource::checked_run(std::uintptr_t addr, std::size_t count,
   if (!(m.flags & flag_run_head))
     throw_bad_pointer(what, p, count,
                       "pointer is inside an allocation, not its start (a tail pointer)");
-  if (cached_mark(m.cached))
+  if (run_mark(m.run) != run_live)  // cached, or being freed by another thread
     throw_bad_pointer(what, p, count, "the run was already freed (double free)");
   if (count != 0 && m.next != count)
     throw_bad_pointer(
@@ -168,17 +169,16 @@ std::uint32_t page_resource::checked_run(std::uintptr_t addr, std::size_t count,
 
 void page_resource::deallocate_pages(void* p, std::size_t count) {
   if (count == 0) count = 1;
-  // Fast path: p is the head of a live run of `count` pages (the page map says it is ours, its
-  // head meta says the rest; a live run's head is stable without the lock), to the run cache.
+  // Fast path: p is the head of a live run (the page map says the page is ours, its run mark
+  // says live), to the run cache, which claims the run (mark live -> cached) and checks the
+  // count. Anything else, a lost claim included, goes to the slow path, which names it.
   if (cores_ && count <= max_cached_run_pages) {
     const page_map_hit hit = page_map_find(p);
     if (hit.owner == this) [[likely]] {
       const region& r = regions_[hit.region];
       const auto addr = reinterpret_cast<std::uintptr_t>(p);
       page_meta& m = r.meta[(addr - r.base) >> page_shift];
-      if (addr % page_size == 0 && m.state == meta_allocated && (m.flags & flag_run_head) &&
-          !cached_mark(m.cached) && m.next == count && cache_put(p, count, &m))
-        return;
+      if (addr % page_size == 0 && run_mark(m.run) == run_live && cache_put(p, count, &m)) return;
     }
   }
   deallocate_slow(p, count);
@@ -191,6 +191,7 @@ void page_resource::deallocate_slow(void* p, std::size_t count) {
     std::lock_guard lock(mutex_);
     std::size_t ri;
     const std::uint32_t index = checked_run(addr, count, ri, "deallocate_pages");
+    claim_run(regions_[ri], index, p, count, "deallocate_pages");
     free_run_locked(regions_[ri], index, static_cast<std::uint32_t>(count));
     purge_now = should_purge_locked();
   }
@@ -204,9 +205,8 @@ std::size_t page_resource::live_run_pages(const void* p) const noexcept {
   const region& r = regions_[hit.region];
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
   const page_meta& m = r.meta[(addr - r.base) >> page_shift];
-  if (addr % page_size != 0 || m.state != meta_allocated || !(m.flags & flag_run_head) ||
-      cached_mark(m.cached))
-    return 0;
+  // The mark first: live only on a live run head, whose count its user's calls keep stable.
+  if (addr % page_size != 0 || run_mark(m.run) != run_live) return 0;
   return m.next;
 }
 
@@ -225,12 +225,12 @@ void page_resource::deallocate_run(void* p) {
 
 void* page_resource::do_allocate(std::size_t bytes, std::size_t alignment) {
   if (bytes > (page_size << max_order)) throw std::bad_alloc();
-  return allocate_pages(pages_for(bytes), alignment);
+  return allocate_pages(class_pages(pages_for(bytes)), alignment);
 }
 
 void page_resource::do_deallocate(void* p, std::size_t bytes, std::size_t) {
   if (bytes > (page_size << max_order)) throw_bad_pointer(p, bytes, "byte count is impossible");
-  deallocate_pages(p, pages_for(bytes));
+  deallocate_pages(p, class_pages(pages_for(bytes)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -264,7 +264,7 @@ std::optional<run_info> page_resource::find_run(const void* p) const {
       (reinterpret_cast<std::uintptr_t>(b->head) - r.base) >> page_shift);
   const page_meta& head = r.meta[r.meta[index].prev];
   return run_info{reinterpret_cast<void*>(page_addr(r, r.meta[index].prev)), head.next, b->region,
-                  cached_mark(head.cached) != 0};
+                  run_mark(head.run) == run_cached};
 }
 
 std::optional<block_info> page_resource::find_block_locked(const void* p) const {
@@ -284,7 +284,7 @@ std::optional<block_info> page_resource::find_block_locked(const void* p) const 
     const auto state = m.state == meta_free      ? block_state::free
                        : m.state == meta_purging ? block_state::purging
                                                  : block_state::allocated;
-    const bool cached = m.state == meta_allocated && cached_mark(r.meta[m.prev].cached);
+    const bool cached = m.state == meta_allocated && run_mark(r.meta[m.prev].run) == run_cached;
     return block_info{reinterpret_cast<void*>(head_abs << page_shift),
                       m.order,
                       state,

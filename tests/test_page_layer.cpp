@@ -442,3 +442,32 @@ TEST_CASE("run cache under threads: cross-core frees, stats and invariants meanw
   res.flush_cache();
   CHECK(bsalloc_test::fully_coalesced(res));
 }
+
+TEST_CASE("memory_resource interface: runs over 16 pages rounded to eighths of a power of two") {
+  CHECK(page_resource::class_pages(1) == 1);
+  CHECK(page_resource::class_pages(16) == 16);
+  CHECK(page_resource::class_pages(17) == 18);
+  CHECK(page_resource::class_pages(33) == 36);
+  CHECK(page_resource::class_pages(64) == 64);
+  CHECK(page_resource::class_pages(65) == 72);
+  for (std::size_t n = 1; n <= 4096; ++n) {
+    const std::size_t c = page_resource::class_pages(n);
+    REQUIRE(c >= n);
+    REQUIRE(8 * (c - n) <= n);  // at most 1/8 more
+    REQUIRE(page_resource::class_pages(c) == c);
+  }
+  pin_to_this_cpu pin;  // the run cache is per core
+  page_resource res(page_resource_options{.cache_bytes_per_core = std::size_t{4} << 20});
+  std::pmr::memory_resource& mr = res;
+  void* p = mr.allocate(17 * page_size - 100, 64);
+  CHECK(res.usable_size(p) == 18 * page_size);
+  std::memset(p, 1, 64);
+  CHECK(resident_pages(p, 18 * page_size) == 1);  // the rounding touches nothing
+  mr.deallocate(p, 17 * page_size - 100, 64);
+  // The cached run serves the next request of the same class.
+  void* q = mr.allocate(18 * page_size, 64);
+  CHECK(q == p);
+  CHECK_THROWS_AS(res.deallocate_pages(q, 17), std::invalid_argument);  // the count is 18
+  res.deallocate_pages(q, 18);
+  res.check_invariants();
+}

@@ -37,6 +37,11 @@
 //       nothing else maps to this resource.
 //   I10 (run cache) a cached run is an allocated run whose head has the cached mark, held by
 //       exactly one core cache bin of its page count; the caches' page counts add up.
+//   I11 (run marks) the head of every allocated run has the mark live (its user holds it) or
+//       cached (in a run-cache bin); every other page's mark is none. Every free changes the
+//       mark from live by one compare-and-swap (to cached on the cache path, to none on the
+//       locked path), so of two frees of one run, however they race, exactly one wins and the
+//       other throws std::invalid_argument naming the pointer.
 //
 // An allocation of `count` pages that is not a power of two is a run of blocks: the greedy
 // decomposition of [0, count) into aligned power-of-two blocks. Every block but the last of a
@@ -51,6 +56,7 @@
 
 #include <array>
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -182,9 +188,11 @@ class page_resource : public std::pmr::memory_resource {
   page_resource& operator=(const page_resource&) = delete;
 
   /// Hot-adds caller memory. Unaligned edges are trimmed to pages and the region's metadata is
-  /// carved from its start. Throws std::invalid_argument if the region overlaps a managed one
-  /// or cannot hold one page with its metadata, std::length_error past max_regions.
-  /// Returns the new region's index.
+  /// carved from its start. Throws std::invalid_argument, naming the range and the first page in
+  /// conflict, if it overlaps memory that any live page_resource manages (this one included):
+  /// its pages or its metadata, as the process page map records them; or if it cannot hold one
+  /// page with its metadata. std::length_error past max_regions. Nothing is written to the
+  /// memory before it is accepted. Returns the new region's index.
   std::size_t add_region(std::span<std::byte> memory);
 
   /// `count` pages (0 counts as 1), aligned to `alignment` (a power of two; page alignment at
@@ -241,6 +249,16 @@ class page_resource : public std::pmr::memory_resource {
   static constexpr std::size_t pages_for(std::size_t bytes) noexcept {
     return bytes == 0 ? 1 : (bytes + page_size - 1) >> page_shift;
   }
+  /// The page count the memory_resource interface allocates for a request of `pages` pages:
+  /// up to 16 pages exact, then rounded up to a multiple of an eighth of the power of two below
+  /// (17-32 pages to even counts, 33-64 to multiples of 4, ...): at most 1/8 more address space
+  /// (the extra pages are never touched, so no more RSS), and far fewer distinct run sizes for
+  /// the run cache to hold. allocate_pages / deallocate_pages take counts as given.
+  static constexpr std::size_t class_pages(std::size_t pages) noexcept {
+    if (pages <= 16) return pages;
+    const std::size_t step = (std::size_t{1} << (std::bit_width(pages - 1) - 1)) / 8;
+    return (pages + step - 1) & ~(step - 1);
+  }
 
  protected:
   void* do_allocate(std::size_t bytes, std::size_t alignment) override;
@@ -260,10 +278,11 @@ class page_resource : public std::pmr::memory_resource {
   struct page_meta {
     std::uint8_t state;  // meta_none / meta_free / meta_allocated / meta_purging
     std::uint8_t order;
-    std::uint8_t flags;   // flag_dirty (free), flag_continued / flag_run_head (allocated)
-    std::uint8_t cached;  // run head: 1 while in the run cache (written under a core lock)
-    std::uint32_t prev;   // free: list links (page indices in the region); allocated: prev =
-    std::uint32_t next;   // the run head's index, next = the run's page count (head block)
+    std::uint8_t flags;  // flag_dirty (free), flag_continued / flag_run_head (allocated)
+    std::uint8_t run;    // run mark: run_live / run_cached on a live run head, else 0; only
+                         // ever accessed atomically (a free claims the run by a CAS on it)
+    std::uint32_t prev;  // free: list links (page indices in the region); allocated: prev =
+    std::uint32_t next;  // the run head's index, next = the run's page count (head block)
   };
   static_assert(sizeof(page_meta) == 12);
 
@@ -298,6 +317,9 @@ class page_resource : public std::pmr::memory_resource {
                             const char* what) const;
   std::size_t live_run_pages(const void* p) const noexcept;  // 0: not a live run head
   void free_run_locked(region& r, std::uint32_t index, std::uint32_t count);
+  // Lock held, after checked_run: takes the run from its user (mark live -> none); throws
+  // naming p if a racing free took it first.
+  void claim_run(region& r, std::uint32_t head, const void* p, std::size_t count, const char* what);
   bool should_purge_locked();
   void* cache_take(std::size_t count) noexcept;
   bool cache_put(void* p, std::size_t count, page_meta* head) noexcept;  // p validated
@@ -368,6 +390,7 @@ class page_resource : public std::pmr::memory_resource {
   // Run cache: one per core (index sched_getcpu() % core_count_), each under its own lock.
   std::unique_ptr<core_cache[]> cores_;
   std::size_t core_count_ = 0;
+  std::size_t cache_page_limit_ = 0;  // options_.cache_bytes_per_core in pages
   // Background purger (options_.background_purge).
   std::unique_ptr<purger_state> purger_;
   // Live-resource registry (registry.cpp, under its mutex): fork handlers walk it.

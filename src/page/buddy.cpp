@@ -27,12 +27,8 @@ void page_resource::push_free(region& r, std::uint32_t index, unsigned order, bo
   const std::uint32_t head = r.free_head[order];
   const std::uint32_t tail = r.free_tail[order];
   const bool at_front = dirty || head == no_page;  // clean blocks go to the back (I3)
-  m = page_meta{meta_free,
-                static_cast<std::uint8_t>(order),
-                static_cast<std::uint8_t>((m.flags & flag_resident) | (dirty ? flag_dirty : 0)),
-                0,
-                at_front ? no_page : tail,
-                at_front ? head : no_page};
+  set_meta(m, meta_free, order, (m.flags & flag_resident) | (dirty ? flag_dirty : 0), run_none,
+           at_front ? no_page : tail, at_front ? head : no_page);
   if (at_front) {
     if (head != no_page)
       r.meta[head].prev = index;
@@ -60,8 +56,7 @@ void page_resource::remove_free(region& r, std::uint32_t index, unsigned order) 
     r.free_tail[order] = m.prev;
   if (r.free_head[order] == no_page) r.nonempty &= ~(1u << order);
   r.free_pages -= 1u << order;
-  m = page_meta{meta_none, 0,       static_cast<std::uint8_t>(m.flags & flag_resident),
-                0,         no_page, no_page};
+  set_meta(m, meta_none, 0, m.flags & flag_resident, run_none, no_page, no_page);
 }
 
 void page_resource::free_block(region& r, std::uint32_t index, unsigned order, bool dirty) {
@@ -76,9 +71,8 @@ void page_resource::free_block(region& r, std::uint32_t index, unsigned order, b
     dirty = dirty || (bm.flags & flag_dirty);
     remove_free(r, static_cast<std::uint32_t>(buddy), order);
     const auto upper = std::max<std::uint32_t>(index, static_cast<std::uint32_t>(buddy));
-    r.meta[upper] = page_meta{
-        meta_none, 0,       static_cast<std::uint8_t>(r.meta[upper].flags & flag_resident),
-        0,         no_page, no_page};
+    set_meta(r.meta[upper], meta_none, 0, r.meta[upper].flags & flag_resident, run_none, no_page,
+             no_page);
     index = std::min<std::uint32_t>(index, static_cast<std::uint32_t>(buddy));
     ++order;
   }
@@ -138,9 +132,7 @@ void page_resource::mark_run(region& r, std::uint32_t head, std::uint32_t count)
     page_meta& m = r.meta[head + p];
     const auto flags = (m.flags & flag_resident) | (next < count ? flag_continued : 0) |
                        (p == 0 ? flag_run_head : 0);
-    m = page_meta{
-        meta_allocated,    static_cast<std::uint8_t>(k), static_cast<std::uint8_t>(flags), 0, head,
-        p == 0 ? count : 0};
+    set_meta(m, meta_allocated, k, flags, p == 0 ? run_live : run_none, head, p == 0 ? count : 0);
     p = next;
   }
   if (r.os_backed) {  // resident free pages become allocated pages
@@ -158,8 +150,7 @@ void page_resource::unmark_run(region& r, std::uint32_t head, std::uint32_t coun
     page_meta& m = r.meta[head + p];
     assert(m.state == meta_allocated && m.prev == head);  // I8
     const std::uint32_t size = std::uint32_t{1} << m.order;
-    m = page_meta{meta_none, 0,       static_cast<std::uint8_t>(m.flags & flag_resident),
-                  0,         no_page, no_page};
+    set_meta(m, meta_none, 0, m.flags & flag_resident, run_none, no_page, no_page);
     p += size;
   }
 }
@@ -210,6 +201,13 @@ void* page_resource::try_allocate_locked(std::size_t count, unsigned order, page
   return nullptr;
 }
 
+void page_resource::claim_run(region& r, std::uint32_t head, const void* p, std::size_t count,
+                              const char* what) {
+  // checked_run saw the mark live, but a free on the cache path (no lock) may have won since.
+  if (!claim_run_mark(r.meta[head].run, run_none))
+    throw_bad_pointer(what, p, count, "the run was already freed (double free)");
+}
+
 void page_resource::free_run_locked(region& r, std::uint32_t index, std::uint32_t count) {
   unmark_run(r, index, count);
   free_range(r, index, index + count);
@@ -228,6 +226,7 @@ bool page_resource::resize_pages(void* p, std::size_t old_count, std::size_t new
   if (new_count == old_count) return true;
   if (new_count < old_count) {  // give the tail back
     const auto new_n = static_cast<std::uint32_t>(new_count);
+    claim_run(r, head, p, old_count, "resize_pages");
     unmark_run(r, head, old_n);
     mark_run(r, head, new_n);
     free_range(r, head + new_n, head + old_n);
@@ -247,6 +246,7 @@ bool page_resource::resize_pages(void* p, std::size_t old_count, std::size_t new
     blocks[n++] = {bi, b->order};
     q = bi + (std::uint32_t{1} << b->order);
   }
+  claim_run(r, head, p, old_count, "resize_pages");
   for (std::size_t i = 0; i < n; ++i) {
     const auto [bi, k] = blocks[i];
     const bool dirty = r.meta[bi].flags & flag_dirty;

@@ -37,6 +37,12 @@ constexpr std::size_t bin_capacity(std::size_t pages) {
   return std::clamp<std::size_t>(64 / pages, 4, 32);
 }
 constexpr std::size_t max_bin_capacity = 32;
+constexpr auto bin_capacities = [] {
+  std::array<std::uint8_t, max_cached_run_pages + 1> cap{};
+  for (std::size_t n = 1; n <= max_cached_run_pages; ++n)
+    cap[n] = static_cast<std::uint8_t>(bin_capacity(n));
+  return cap;
+}();
 // Where bin n starts in a core's entry array.
 constexpr auto bin_offsets = [] {
   std::array<std::size_t, max_cached_run_pages + 2> off{};
@@ -103,14 +109,34 @@ inline unsigned run_order(std::size_t count) {
   return static_cast<unsigned>(std::bit_width(count - 1));
 }
 
-// The run-cache mark of a run head: written under a core lock, read without it (fast path,
-// lookups), so always through atomic_ref (relaxed: the locks and the run's hand-over order
-// everything else).
-inline std::uint8_t cached_mark(const std::uint8_t& c) noexcept {
+// page_meta::run, the run mark (I11): none on every page but the head of an allocated run,
+// which is live while its user holds it and cached while it sits in a run-cache bin. A free
+// claims the run by one compare-and-swap from live; so the mark is only ever accessed
+// atomically (relaxed: the locks and the run's hand-over order everything else), even where a
+// lock is held, since a racing (double) free may CAS it without one.
+constexpr std::uint8_t run_none = 0;
+constexpr std::uint8_t run_live = 1;
+constexpr std::uint8_t run_cached = 2;
+inline std::uint8_t run_mark(const std::uint8_t& c) noexcept {
   return std::atomic_ref(const_cast<std::uint8_t&>(c)).load(std::memory_order_relaxed);
 }
-inline void set_cached_mark(std::uint8_t& c, std::uint8_t v) noexcept {
+inline void set_run_mark(std::uint8_t& c, std::uint8_t v) noexcept {
   std::atomic_ref(c).store(v, std::memory_order_relaxed);
+}
+inline bool claim_run_mark(std::uint8_t& c, std::uint8_t to) noexcept {
+  std::uint8_t expect = run_live;
+  return std::atomic_ref(c).compare_exchange_strong(expect, to, std::memory_order_relaxed);
+}
+// Writes a whole page_meta; its run mark atomically (see above).
+template <class Meta>
+inline void set_meta(Meta& m, std::uint8_t state, unsigned order, unsigned flags, std::uint8_t mark,
+                     std::uint32_t prev, std::uint32_t next) noexcept {
+  m.state = state;
+  m.order = static_cast<std::uint8_t>(order);
+  m.flags = static_cast<std::uint8_t>(flags);
+  set_run_mark(m.run, mark);
+  m.prev = prev;
+  m.next = next;
 }
 
 // ---- OS layer (os.cpp) ----------------------------------------------------------------------
@@ -125,11 +151,25 @@ bool os_purge(void* p, std::size_t bytes) noexcept;
 void os_hugepage(void* p, std::size_t bytes) noexcept;
 
 // ---- page map (page_map.cpp) ----------------------------------------------------------------
-/// Records [first, first + pages) pages as owned by (owner, region). Throws std::bad_alloc if a
-/// leaf of the map cannot be mapped (nothing recorded then).
-void page_map_set(std::uintptr_t first, std::size_t pages, const page_resource* owner,
-                  std::size_t region);
-void page_map_clear(std::uintptr_t first, std::size_t pages) noexcept;
+/// Records region `region` of `owner`: its managed pages [base, base + pages x page) map to
+/// (owner, region), the rest of its span [span_begin, span_end) — its metadata — to
+/// page_map_metadata. First checks, under one process-wide lock (so that two resources adding
+/// overlapping memory at once cannot both succeed), that no page of the span is recorded yet;
+/// if one is, records nothing and returns it. Throws std::bad_alloc if a leaf of the map cannot
+/// be mapped (nothing recorded then).
+struct page_map_conflict {
+  std::uintptr_t page = 0;  // 0: no conflict
+  bool metadata = false;    // the page holds some page_resource's metadata (else a managed page)
+};
+page_map_conflict page_map_claim(std::uintptr_t span_begin, std::uintptr_t span_end,
+                                 std::uintptr_t base, std::size_t pages, const page_resource* owner,
+                                 std::size_t region);
+/// page_map_claim without the check, for a span whose leaves exist (trim() putting back a
+/// region the OS refused to unmap).
+void page_map_record(std::uintptr_t span_begin, std::uintptr_t span_end, std::uintptr_t base,
+                     std::size_t pages, const page_resource* owner, std::size_t region) noexcept;
+/// Forgets the pages [first, last).
+void page_map_clear(std::uintptr_t first, std::uintptr_t last) noexcept;
 struct page_map_hit {
   page_resource* owner;  // nullptr: not bsalloc memory
   std::size_t region;
@@ -138,8 +178,11 @@ constexpr unsigned page_map_address_bits = 47;
 constexpr unsigned page_map_leaf_bits = 18;  // a leaf covers 1 GiB
 constexpr std::size_t page_map_root_entries =
     std::size_t{1} << (page_map_address_bits - page_shift - page_map_leaf_bits);
-// An entry packs (owner address << 8) | (region + 1); 0 means "not bsalloc memory".
-static_assert(max_regions < 255);
+// An entry packs (owner address << 8) | (region + 1); 0 means "not bsalloc memory", and
+// page_map_metadata (no owner) a page of some page_resource's metadata: not handed out, but
+// managed, so that no other region may overlap it.
+static_assert(max_regions < 254);
+constexpr std::uint64_t page_map_metadata = 0xff;
 extern std::atomic<std::uint64_t*> page_map_root[page_map_root_entries];
 
 inline page_map_hit page_map_find(const void* p) noexcept {
@@ -154,8 +197,12 @@ inline page_map_hit page_map_find(const void* p) noexcept {
           const_cast<std::uint64_t&>(leaf[pfn & ((std::uint64_t{1} << page_map_leaf_bits) - 1)]))
           .load(std::memory_order_acquire);
   if (e == 0) return {nullptr, any_region};
+  // page_map_metadata decodes to no owner (region 254, never looked at).
   return {reinterpret_cast<page_resource*>(e >> 8), static_cast<std::size_t>(e & 0xff) - 1};
 }
+
+/// The raw entry for `p`'s page (0, page_map_metadata, or an owner's entry): check_invariants().
+std::uint64_t page_map_entry(const void* p) noexcept;
 
 // ---- registry (registry.cpp) ----------------------------------------------------------------
 void register_resource(page_resource* r);

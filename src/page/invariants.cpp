@@ -59,7 +59,13 @@ void page_resource::check_invariants() const {
       const page_map_hit hit = page_map_find(reinterpret_cast<const void*>(page_addr(r, i)));
       if (hit.owner != this || hit.region != ri) fail(ri, i, "I9: page map entry wrong");
     }
-    if (page_map_find(r.meta).owner == this) fail(ri, 0, "I9: metadata page in the page map");
+    for (std::uintptr_t a = r.span_begin; a < r.span_end; a += page_size)  // I9: metadata
+      if ((a < r.base || a >= page_addr(r, r.pages)) &&
+          page_map_entry(reinterpret_cast<const void*>(a)) != page_map_metadata)
+        fail(ri, (a - r.span_begin) >> page_shift, "I9: metadata page not marked in the page map");
+    for (const std::uintptr_t a : {r.span_begin - page_size, r.span_end})  // I9: nothing else
+      if (page_map_find(reinterpret_cast<const void*>(a)).owner == this && region_of(a) == ri)
+        fail(ri, 0, "I9: a page next to the region maps to it");
     std::array<std::size_t, max_order + 1> free_heads{};
     std::size_t region_free = 0;
     std::uint32_t run_head = no_page, run_left = 0;  // the run being walked (I8)
@@ -71,8 +77,13 @@ void page_resource::check_invariants() const {
         fail(ri, i, "I2: block not aligned to its size");
       if (std::uint64_t{i} + (std::uint64_t{1} << k) > r.pages)
         fail(ri, i, "I2: block runs past its region");
-      for (std::uint32_t t = 1; t < (std::uint32_t{1} << k); ++t)
+      for (std::uint32_t t = 1; t < (std::uint32_t{1} << k); ++t) {
         if (r.meta[i + t].state != meta_none) fail(ri, i + t, "I1: head state inside a block");
+        if (run_mark(r.meta[i + t].run) != run_none)
+          fail(ri, i + t, "I11: run mark on a page that is not a run head");
+      }
+      if (!(m.state == meta_allocated && (m.flags & flag_run_head)) && run_mark(m.run) != run_none)
+        fail(ri, i, "I11: run mark on a block that is not a run head");
       const std::size_t size = std::size_t{1} << k;
       if (m.state != meta_allocated && run_left != 0) fail(ri, i, "I8: run cut short");
       if (m.state == meta_free) {
@@ -96,11 +107,12 @@ void page_resource::check_invariants() const {
           if (m.next == 0) fail(ri, i, "I8: run head without a page count");
           run_head = i;
           run_left = m.next;
-          if (cached_mark(m.cached)) ++cached_heads;
+          const std::uint8_t mark = run_mark(m.run);
+          if (mark == run_cached) ++cached_heads;
+          if (mark != run_cached && mark != run_live)
+            fail(ri, i, "I11: allocated run head marked neither live nor cached");
         } else if (run_left == 0) {
           fail(ri, i, "I8: allocated block outside every run (no run head)");
-        } else if (cached_mark(m.cached)) {
-          fail(ri, i, "I8: cached mark on a block that is not a run head");
         }
         if (m.prev != run_head) fail(ri, i, "I8: block does not record its run head");
         if (size > run_left) fail(ri, i, "I8: block runs past its run's page count");

@@ -65,8 +65,8 @@ std::size_t page_resource::purge(std::size_t keep_bytes, unsigned min_block_orde
               if (hi <= lo) {  // nothing resident after all: clean, so it moves to the back
                 push_free(r, i, static_cast<unsigned>(order), false);
               } else {
-                r.meta[i] = page_meta{meta_purging, static_cast<std::uint8_t>(order), 0, 0, no_page,
-                                      no_page};
+                set_meta(r.meta[i], meta_purging, static_cast<unsigned>(order), 0, run_none,
+                         no_page, no_page);
                 purging_pages_ += size;
                 victim_spans_[n] = {lo, hi};
                 victims_[n++] = {ri, i, static_cast<unsigned>(order)};
@@ -131,10 +131,10 @@ std::size_t page_resource::trim() {
       if (r.meta[q].flags & flag_resident) ++resident;
     // Out of the page map before the munmap: once unmapped, the address range may be mapped
     // again at once by another resource, whose entries must not be cleared by ours.
-    page_map_clear(r.base, r.pages);
+    page_map_clear(r.span_begin, r.span_end);
     region copy = r;
-    if (!unmap_region(copy)) {                  // the OS refused: the region stays, intact
-      page_map_set(r.base, r.pages, this, ri);  // its leaves exist: cannot fail
+    if (!unmap_region(copy)) {  // the OS refused: the region stays, intact
+      page_map_record(r.span_begin, r.span_end, r.base, r.pages, this, ri);  // leaves exist
       continue;
     }
     dirty_free_pages_ -= resident;

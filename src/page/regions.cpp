@@ -45,30 +45,27 @@ std::size_t page_resource::add_region(std::span<std::byte> memory) {
   r.span_end = r.base + (managed << page_shift);
 
   std::lock_guard lock(mutex_);
-  for (const auto& o : regions_) {
-    if (o.in_use && r.span_begin < o.span_end && o.span_begin < r.span_end)
-      throw std::invalid_argument(fmt::format(
-          "bsalloc::page_resource::add_region({}, {} bytes): overlaps the managed region "
-          "[{:#x}, {:#x})",
-          static_cast<const void*>(memory.data()), memory.size(), o.span_begin, o.span_end));
-  }
-  for (std::uintptr_t a = r.span_begin; a < r.span_end; a += page_size)
-    if (page_map_find(reinterpret_cast<const void*>(a)).owner != nullptr)
-      throw std::invalid_argument(fmt::format(
-          "bsalloc::page_resource::add_region({}, {} bytes): page {:#x} is managed by another "
-          "page_resource",
-          static_cast<const void*>(memory.data()), memory.size(), a));
   if (region_count_ == max_regions)
     throw std::length_error(fmt::format(
         "bsalloc::page_resource::add_region: already {} regions (max_regions)", max_regions));
-  std::memset(r.meta, 0, managed * sizeof(page_meta));  // checked: inside the caller's span
+  // insert_region refuses, with nothing written, any overlap with memory that a page_resource
+  // (this one included) manages: pages or metadata, as the process page map records them.
   return insert_region(r);
 }
 
 std::size_t page_resource::insert_region(const region& r) {
   std::size_t slot = 0;
-  while (regions_[slot].in_use) ++slot;       // region_count_ < max_regions: a slot is free
-  page_map_set(r.base, r.pages, this, slot);  // may throw: nothing changed yet
+  while (regions_[slot].in_use) ++slot;  // region_count_ < max_regions: a slot is free
+  // May throw std::bad_alloc: nothing changed yet.
+  const page_map_conflict c = page_map_claim(r.span_begin, r.span_end, r.base, r.pages, this, slot);
+  if (c.page != 0)
+    throw std::invalid_argument(
+        fmt::format("bsalloc::page_resource::add_region: [{:#x}, {:#x}) overlaps memory that a "
+                    "page_resource already manages (page {:#x} is {})",
+                    r.span_begin, r.span_end, c.page,
+                    c.metadata ? "page metadata of a region" : "a managed page of a region"));
+  // The span is ours now: a caller region's metadata starts zeroed (an OS region's is fresh).
+  if (!r.os_backed) std::memset(r.meta, 0, std::size_t{r.pages} * sizeof(page_meta));
   regions_[slot] = r;
   regions_[slot].in_use = true;
   ++region_count_;
@@ -79,7 +76,7 @@ std::size_t page_resource::insert_region(const region& r) {
 
 void page_resource::remove_region(std::size_t ri, bool clear_map) noexcept {
   region& r = regions_[ri];
-  if (clear_map) page_map_clear(r.base, r.pages);
+  if (clear_map) page_map_clear(r.span_begin, r.span_end);
   managed_pages_ -= r.pages;
   --region_count_;
   r = region{};
@@ -135,6 +132,12 @@ void* page_resource::grow(std::size_t count, unsigned order) {
   std::size_t ri;
   try {
     ri = insert_region(r);
+  } catch (const std::invalid_argument&) {
+    // Only if a caller unmapped memory it had given to a live resource, which the OS then
+    // handed to us: that memory is still recorded as managed.
+    lock.unlock();
+    unmap_region(r);
+    throw std::bad_alloc();
   } catch (...) {
     lock.unlock();
     unmap_region(r);

@@ -8,7 +8,7 @@
 //   C1  an entry of bin n is the head of a live allocated run of n pages whose head meta has
 //       cached == 1; no run is in two bins; no other run head has cached == 1.
 //   C2  core.pages == sum over its bins of n x entries <= cache_bytes_per_core / page_size.
-// Lock order: mutex_ before any core lock; the cache paths never hold both.
+// Lock order: mutex_ before any core lock; the cache paths take only a core lock.
 #include <sched.h>
 #if __has_include(<sys/rseq.h>)
 #include <sys/rseq.h>
@@ -47,8 +47,8 @@ void* page_resource::cache_take(std::size_t count) noexcept {
   std::uint8_t& n = c.count[count];
   if (n == 0) return nullptr;
   const core_cache::entry e = c.bin(count)[--n];
-  assert(cached_mark(e.head->cached) == 1 && e.head->next == count);  // C1
-  set_cached_mark(e.head->cached, 0);
+  assert(run_mark(e.head->run) == run_cached && e.head->next == count);  // C1
+  set_run_mark(e.head->run, run_live);                                   // the caller's now
   c.pages.store(c.pages.load(std::memory_order_relaxed) - count, std::memory_order_relaxed);
   return e.run;
 }
@@ -58,14 +58,15 @@ bool page_resource::cache_put(void* p, std::size_t count, page_meta* head) noexc
   std::lock_guard lock(c.lock);
   std::uint8_t& n = c.count[count];
   const std::size_t pages = c.pages.load(std::memory_order_relaxed);
-  if (n == bin_capacity(count) || ((pages + count) << page_shift) > options_.cache_bytes_per_core)
+  if (n == bin_capacities[count] || pages + count > cache_page_limit_) return false;
+  // Claim the run (I11): of two frees of it racing (a double free), on this path or the locked
+  // one, exactly one wins; the loser goes to the slow path, which throws naming p. Once claimed,
+  // the run is ours: its count can be read.
+  if (!claim_run_mark(head->run, run_cached)) return false;
+  if (head->next != count) [[unlikely]] {  // a wrong count: give it back, the slow path names it
+    set_run_mark(head->run, run_live);
     return false;
-  // Claim the run: of two frees of it racing on the fast path (a double free), only one may
-  // cache it; the other goes to the slow path, which throws.
-  std::uint8_t unmarked = 0;
-  if (!std::atomic_ref(head->cached)
-           .compare_exchange_strong(unmarked, 1, std::memory_order_relaxed))
-    return false;
+  }
   c.bin(count)[n++] = {p, head};
   c.pages.store(pages + count, std::memory_order_relaxed);
   return true;
@@ -79,25 +80,26 @@ std::size_t page_resource::cached_pages() const noexcept {
 }
 
 void page_resource::drain_caches(bool) {
-  // One core at a time: take its runs out under its lock (into a fixed array: no allocation,
-  // which might come back here through a malloc built on this resource), then free them under
-  // the buddy lock.
+  // Under the buddy lock, one core lock at a time (mutex_ before a core lock: the lock order):
+  // take a bin's runs out (into a fixed array: no allocation, which might come back here
+  // through a malloc built on this resource), then free them. No run is ever out of the cache
+  // and not yet free with neither lock held: check_invariants() sees none (I11).
   std::array<core_cache::entry, max_bin_capacity> batch;
+  std::lock_guard lock(mutex_);
   for (std::size_t c = 0; c < core_count_; ++c) {
     for (std::size_t count = 1; count <= max_cached_run_pages; ++count) {
       std::size_t n;
       {
-        std::lock_guard lock(cores_[c].lock);
+        std::lock_guard core_lock(cores_[c].lock);
         n = cores_[c].count[count];
         if (n == 0) continue;
         std::copy_n(cores_[c].bin(count), n, batch.begin());
-        // Out of the cache: plain allocated runs now, owned by this thread (C1 holds).
-        for (std::size_t i = 0; i < n; ++i) set_cached_mark(batch[i].head->cached, 0);
+        // Out of the cache, claimed for the buddy lists (I11: none, set by unmark_run too).
+        for (std::size_t i = 0; i < n; ++i) set_run_mark(batch[i].head->run, run_none);
         cores_[c].count[count] = 0;
         cores_[c].pages.store(cores_[c].pages.load(std::memory_order_relaxed) - n * count,
                               std::memory_order_relaxed);
       }
-      std::lock_guard lock(mutex_);
       for (std::size_t i = 0; i < n; ++i) {
         const auto addr = reinterpret_cast<std::uintptr_t>(batch[i].run);
         const std::size_t ri = region_of(addr);
@@ -161,6 +163,11 @@ std::size_t page_resource::check_cache_locked() const {
   for (std::size_t c = 0; c < core_count_; ++c) {  // every core lock held by the caller
     std::size_t pages = 0;
     for (std::size_t count = 1; count <= max_cached_run_pages; ++count) {
+      if (cores_[c].count[count] > bin_capacity(count))
+        throw std::logic_error(fmt::format(
+            "bsalloc::page_resource invariant broken: C2: bin {} of core {} holds {} runs, more "
+            "than its capacity {}",
+            count, c, cores_[c].count[count], bin_capacity(count)));
       for (std::size_t i = 0; i < cores_[c].count[count]; ++i) {
         const auto& e = cores_[c].bin(count)[i];
         const auto addr = reinterpret_cast<std::uintptr_t>(e.run);
@@ -171,7 +178,7 @@ std::size_t page_resource::check_cache_locked() const {
         const region& r = regions_[ri];
         const page_meta& m = r.meta[(addr - r.base) >> page_shift];
         if (&m != e.head || m.state != meta_allocated || !(m.flags & flag_run_head) ||
-            cached_mark(m.cached) != 1 || m.next != count)
+            run_mark(m.run) != run_cached || m.next != count)
           throw std::logic_error(fmt::format(
               "bsalloc::page_resource invariant broken: C1: cached run {} (bin {} of core {}) "
               "is not a live run of that count marked cached",
