@@ -409,9 +409,10 @@ TEST_CASE("run cache under threads: cross-core frees, stats and invariants meanw
   for (auto& s : slots) s = nullptr;
   std::atomic<int> bad{0};
   std::vector<std::thread> pool;
+  const std::uint64_t seed0 = seed();
   for (int t = 0; t < threads; ++t)
     pool.emplace_back([&, t] {
-      std::mt19937 rng(static_cast<unsigned>(t));
+      std::mt19937 rng(static_cast<unsigned>(seed0 + static_cast<std::uint64_t>(t)));
       for (int i = 0; i < 4000; ++i) {
         const std::size_t n = 1 + rng() % 8;
         auto* p = static_cast<unsigned char*>(res.allocate_pages(n));

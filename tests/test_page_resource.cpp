@@ -380,7 +380,7 @@ TEST_CASE("randomised against a model: no overlap, contents kept, all pages back
     std::uint32_t tag;
   };
   std::map<std::uintptr_t, live_block> model;  // start -> block
-  std::mt19937_64 rng(12345);
+  std::mt19937_64 rng(bsalloc_test::test_seed("page_resource randomised model"));
   std::size_t live_pages = 0;
   const int ops = 1'000'000;
   auto stamp = [](void* p, std::size_t count, std::uint32_t tag) {
@@ -463,9 +463,10 @@ TEST_CASE("several threads share one resource") {
   constexpr int threads = 4;
   std::vector<std::thread> pool;
   std::atomic<int> bad{0};
+  const std::uint64_t seed = bsalloc_test::test_seed("several threads share one resource");
   for (int t = 0; t < threads; ++t) {
     pool.emplace_back([&, t] {
-      std::mt19937 rng(static_cast<unsigned>(t));
+      std::mt19937 rng(static_cast<unsigned>(seed + static_cast<std::uint64_t>(t)));
       std::vector<std::pair<unsigned char*, std::size_t>> mine;
       for (int i = 0; i < 20000; ++i) {
         if (mine.size() < 64 && (mine.empty() || rng() % 2)) {

@@ -4,7 +4,8 @@
 //
 // Policy: retained = free resident pages + run-cache pages. Above retain_bytes, a deallocation
 // that reaches the buddy lock purges down to retain_bytes / 2, at most once per purge_interval,
-// or at once above 4 x retain_bytes. The purge takes its victims (oldest freed first) out of
+// or at once above 4 x retain_bytes. The purge takes its victims (largest free blocks first;
+// among blocks of one order, oldest freed first) out of
 // the free lists under the lock, madvises them without it, and puts them back under it; at
 // most one purge runs at a time (purge_running_), and release() / the destructor wait for it.
 #include "internal.hpp"
