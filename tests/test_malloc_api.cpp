@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include <doctest/doctest.h>
@@ -256,4 +257,54 @@ TEST_CASE("malloc: a pointer nobody can own aborts with a message naming it") {
   CHECK(r3.aborted);
   CHECK(r3.err.find("free(0x") != std::string::npos);
   bsalloc_free(p);
+}
+
+// The inline malloc / free path (src/malloc/fast.hpp) and the slab layer's own path share the
+// thread cache: every size maps to a class whose objects fit it, a freed object is the next one
+// handed out for its class (LIFO), bins that overflow and objects freed by another thread go
+// through the slow path, and the counts agree with the slab layer's afterwards.
+TEST_CASE("malloc: the inline path serves every size up to 64 KiB and agrees with the slab layer") {
+  const std::size_t before = bsalloc_malloc_objects_in_use();
+  std::vector<std::size_t> sizes;
+  for (std::size_t n = 0; n <= 2048; ++n) sizes.push_back(n);
+  for (std::size_t n = 2049; n <= 65536; n += 127) sizes.push_back(n);
+  sizes.push_back(65535);
+  sizes.push_back(65536);
+  for (const std::size_t n : sizes) {
+    void* p = bsalloc_malloc(n);
+    REQUIRE(p != nullptr);
+    CHECK(aligned(p, 16));
+    const std::size_t usable = bsalloc_malloc_usable_size(p);
+    CHECK(usable >= n);
+    CHECK(usable % 16 == 0);
+    fill(p, usable, static_cast<unsigned char>(n));
+    bsalloc_free(p);
+    void* q = bsalloc_malloc(n);  // the same class's newest free object: p again
+    CHECK(q == p);
+    CHECK(bsalloc_malloc_usable_size(q) == usable);
+    bsalloc_free(q);
+  }
+  // Far more objects of one class than a bin holds: the bin overflows on free (slow path) and
+  // runs empty on malloc (refills).
+  for (const std::size_t n : {24u, 200u, 5000u}) {
+    std::vector<void*> v;
+    for (int i = 0; i < 20000; ++i) {
+      v.push_back(bsalloc_malloc(n));
+      REQUIRE(v.back() != nullptr);
+      fill(v.back(), n, static_cast<unsigned char>(i));
+    }
+    for (std::size_t i = 0; i < v.size(); ++i)
+      REQUIRE(filled(v[i], n, static_cast<unsigned char>(i)));
+    for (void* p : v) bsalloc_free(p);
+  }
+  // Allocated here, freed by another thread (into that thread's cache, then flushed at its
+  // exit as remote frees).
+  std::vector<void*> v;
+  for (int i = 0; i < 5000; ++i) v.push_back(bsalloc_malloc(static_cast<std::size_t>(i % 300)));
+  std::thread t([&] {
+    for (void* p : v) bsalloc_free(p);
+  });
+  t.join();
+  CHECK(bsalloc_malloc_objects_in_use() == before);
+  bsalloc_malloc_check_invariants();
 }

@@ -2,10 +2,11 @@
 // bsalloc_malloc & co.: the process allocator's entry points (include/bsalloc/malloc.h). The
 // replacement (malloc/override.cpp) forwards malloc, free, ... and operator new/delete here.
 //
-//   bsalloc_malloc  up to 64 KiB, outside bsalloc: the slab layer's inline fast path with the
-//                   re-entrancy flag set around it; everything else in allocate_cold.
+//   bsalloc_malloc  up to 64 KiB: a thread-cache hit inline (fast.hpp); a miss takes the slab
+//                   layer's path with the re-entrancy flag set around it; the rest allocate_cold.
 //   bsalloc_free    the page map names the owner; a slab page: the class from the slab header,
-//                   then the slab layer's fast path; everything else in release_cold.
+//                   a push onto the thread cache's bin inline (fast.hpp), else the slab layer's
+//                   path; everything else in release_cold.
 #include <bsalloc/malloc.h>
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include "../page/internal.hpp"
 #include "../slab/unsized.hpp"
 #include "engine.hpp"
+#include "fast.hpp"
 
 using namespace bsalloc;
 using namespace bsalloc::detail::mx;
@@ -44,11 +46,9 @@ std::size_t usable_in(engine& e, const page_resource* owner, void* p, const char
   }
 }
 
-}  // namespace
-
-extern "C" {
-
-void* bsalloc_malloc(std::size_t size) noexcept {
+// malloc when the inline path missed: the slab layer's own path (a refill, a first call of this
+// thread), with the re-entrancy flag set around it; else allocate_cold.
+[[gnu::noinline]] void* malloc_miss(std::size_t size) noexcept {
   if (size <= max_small && !t_busy) [[likely]] {
     if (engine* e = g_engine.load(std::memory_order_acquire)) [[likely]] {
       t_busy = true;
@@ -66,17 +66,34 @@ void* bsalloc_malloc(std::size_t size) noexcept {
   return allocate_cold(size, min_align);
 }
 
+// free when the inline path did not take p. On the engine's slab pages (a full bin, no cache
+// yet, hardened mode, a re-entrant call): the slab layer's own path; else release_cold.
+[[gnu::noinline]] void free_miss(void* p) noexcept {
+  if (reinterpret_cast<std::uintptr_t>(page_map_find(p).owner) !=
+          g_fast_owner.load(std::memory_order_acquire) ||
+      t_busy)
+    return release_cold(p);
+  t_busy = true;
+  g_engine.load(std::memory_order_relaxed)
+      ->small.give(p, detail::unsized_class_bytes(p, slab_bytes), min_align);
+  t_busy = false;
+}
+
+}  // namespace
+
+extern "C" {
+
+void* bsalloc_malloc(std::size_t size) noexcept {
+  if (size <= max_small) [[likely]]
+    if (void* p = fast_malloc(size)) [[likely]]
+      return p;
+  return malloc_miss(size);
+}
+
 void bsalloc_free(void* p) noexcept {
-  if (reinterpret_cast<std::uintptr_t>(page_map_find(p).owner) ==
-          g_fast_owner.load(std::memory_order_acquire) &&
-      !t_busy) [[likely]] {
-    t_busy = true;
-    g_engine.load(std::memory_order_relaxed)
-        ->small.give(p, detail::unsized_class_bytes(p, slab_bytes), min_align);
-    t_busy = false;
+  if (fast_owned(p) && fast_free(p)) [[likely]]
     return;
-  }
-  release_cold(p);
+  free_miss(p);
 }
 
 void* bsalloc_calloc(std::size_t n, std::size_t size) noexcept {

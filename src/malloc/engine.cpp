@@ -20,6 +20,7 @@
 #include "../page/internal.hpp"
 #include "../slab/unsized.hpp"
 #include "engine.hpp"
+#include "fast.hpp"
 #include "options.hpp"
 
 // Defined by the replacement (malloc/override.cpp) when it is linked into the same object as
@@ -34,6 +35,7 @@ namespace bsalloc::detail::mx {
 
 std::atomic<engine*> g_engine{nullptr};
 std::atomic<std::uintptr_t> g_fast_owner{no_owner};
+fast_state g_fast;
 next_allocator g_next;
 thread_local constinit bool t_busy __attribute__((tls_model(BSALLOC_TLS_MODEL))) = false;
 
@@ -85,11 +87,13 @@ void resolve_next() noexcept {
 // operator new, under the slab layer's registry lock) on the first use of its CPU — which may be
 // a thread-exit flush, called by the C++ runtime outside any bsalloc entry point, where an
 // allocation would come back here and wait for that lock.
-void precreate_cores(engine& e) {
+// Returns the slab layer's state (found through a slab header: the engine has one slab size).
+slab_state& precreate_cores(engine& e) {
   void* p = e.small.take(min_align, min_align);
   slab_state& st = *slab_at(p, slab_bytes)->res;
   for (std::size_t ci = 0; ci < st.ncores; ++ci) st.core(ci);
   e.small.give(p, min_align, min_align);
+  return st;
 }
 
 void print_stats_at_exit() {
@@ -115,15 +119,17 @@ engine* start() noexcept {
     const options o = read_options();
     g_stats_mode = o.stats;
     engine* e = nullptr;
+    const slab_state* st = nullptr;
     try {
       e = ::new (g_storage) engine(o.slab_pages, o.large_pages, o.knobs);
-      precreate_cores(*e);
+      st = &precreate_cores(*e);
     } catch (const std::exception& x) {
       std::fprintf(stderr, "bsalloc: malloc: cannot start the allocator: %s\n", x.what());
       std::abort();
     }
     g_fast_owner.store(e->checked ? no_owner : reinterpret_cast<std::uintptr_t>(&e->slab_pages),
                        std::memory_order_release);
+    enable_fast(*st, e->checked);
     g_engine.store(e, std::memory_order_release);
     g_state.store(2, std::memory_order_release);
     if (g_stats_mode) std::atexit(print_stats_at_exit);
@@ -133,6 +139,13 @@ engine* start() noexcept {
   if (t_busy) return nullptr;  // this thread is building it (a call from inside the build)
   while (g_state.load(std::memory_order_acquire) != 2) ::sched_yield();
   return g_engine.load(std::memory_order_acquire);
+}
+
+void enable_fast(const slab_state& st, bool checked) noexcept {
+  if (checked || st.careful) return;  // F1: every call takes the slow path
+  g_fast.slot.store(st.slot, std::memory_order_relaxed);
+  g_fast.owner.store(g_fast_owner.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  g_fast.id.store(st.id, std::memory_order_release);
 }
 
 bool in_bootstrap_arena(const void* p) noexcept {
@@ -299,6 +312,16 @@ extern "C" void bsalloc_malloc_check_invariants(void) noexcept {
                     reinterpret_cast<std::uintptr_t>(&e->slab_pages);
   if (fast == e->checked) {  // E1: the fast free path is on exactly when checked mode is off
     std::fprintf(stderr, "bsalloc: malloc: invariant E1 broken (fast free owner)\n");
+    std::abort();
+  }
+  const std::uint64_t fid = g_fast.id.load(std::memory_order_relaxed);
+  if ((fid != no_fast_id &&
+       (e->checked || !fast ||
+        g_fast.owner.load() != reinterpret_cast<std::uintptr_t>(&e->slab_pages))) ||
+      (fid == no_fast_id && g_fast.owner.load() != no_owner) ||
+      (fid != no_fast_id && bsalloc::detail::t_slots[g_fast.slot.load()].id != 0 &&
+       bsalloc::detail::t_slots[g_fast.slot.load()].id != fid)) {  // F1, F2
+    std::fprintf(stderr, "bsalloc: malloc: invariant F1 broken (fast path id)\n");
     std::abort();
   }
   busy_scope busy;

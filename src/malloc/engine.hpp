@@ -5,6 +5,9 @@
 // page_resource for larger (or more aligned) blocks, built lazily in static storage on the first
 // call and never destroyed.
 //
+// The hot paths (a thread-cache hit for malloc and free) are inline in the C API, on the slab
+// layer's structures: src/malloc/fast.hpp.
+//
 // free(p) without a size: the page map says in O(1) whose page p is on —
 //   the slab pages   a slab object: every slab is slab_bytes (1 MiB) big and aligned to it, so
 //                    its header is at p & ~(slab_bytes - 1) and names the class;
