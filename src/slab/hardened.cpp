@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // The careful path: hardened mode and the memcheck client requests. A resource that is hardened,
-// or that was constructed under Valgrind, sends every call through the slow path (its inline
-// bounds are 0, as in checked mode), and the slow path calls in here; other resources never do.
+// or that was constructed under Valgrind, has its inline bounds at 0 (as in checked mode): every
+// call leaves the inline path. A hardened one (alone) then takes the lean hit path at the end of
+// this file (hardened_fast.hpp); everything else goes through the slow path, which calls in here.
+// Other resources never do.
 //
 // Hardened mode (slab_resource_options::hardened)
 //   H1  every free object (in a thread-cache bin, a slab's free list, a remote chain or an
@@ -254,23 +256,53 @@ void slab_state::slab_dies(slab* s) const {
 
 namespace bsalloc {
 
-// The lean hardened hit path (hardened_fast.hpp): one validated pop or push, else the slow path,
-// which checks everything (and aborts naming the pointer when something is bad). Every exit is a
-// return or a tail call: no frame.
+namespace detail {
+
+void* pop_far(const slab_state& st, bin& b, int c) {
+  void* p = b.head;
+  void* next = st.next_careful(p, c, nullptr);  // aborts naming p unless next checks out
+  BSALLOC_UNPOISON(p, st.geom[static_cast<std::size_t>(c)].size);
+  auto* w = static_cast<std::uintptr_t*>(p);
+  if (w[1] != (reinterpret_cast<std::uintptr_t>(p) ^ st.tag_key))
+    st.corrupt(p, "free-state tag of {} corrupted (use after free?)");
+  b.head = next;
+  b.count.store(b.count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+  w[0] = 0;
+  w[1] = 0;
+  return p;
+}
+
+void push_far(const slab_state& st, bin& b, int c, void* p, std::size_t bytes,
+              std::size_t alignment) {
+  st.take_back(p, c, bytes, alignment);  // aborts unless p is a live object of st; sets the tag
+  BSALLOC_POISON_FREE(p, st.geom[static_cast<std::size_t>(c)].size);
+  link_set(p, b.head, st.link_key);
+  b.head = p;
+  b.count.store(b.count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+
+}  // namespace detail
+
+// The lean hardened hit path (hardened_fast.hpp): one validated pop or push; links and frees
+// that cross slabs, and anything bad, take pop_far / push_far (which abort naming the pointer
+// when something is bad); a miss or a full bin, the slow path. Every exit is a return or a tail
+// call, so the inline path jumps here and nothing else needs a frame.
 void* slab_resource::allocate_hardened(std::size_t bytes, std::size_t alignment) {
   int c = 0;
-  if (detail::bin* b = detail::hardened_bin(*state_, slot_, id_, bytes, alignment, c))
-    if (void* p = detail::hardened_pop(*state_, *b, c)) return p;
-  return allocate_slow(bytes, alignment);
+  detail::bin* b = detail::hardened_bin(*state_, slot_, id_, bytes, alignment, c);
+  if (!b || !b->head) return allocate_slow(bytes, alignment);
+  if (void* p = detail::hardened_pop(*state_, *b, c)) return p;
+  return detail::pop_far(*state_, *b, c);
 }
 
 void slab_resource::deallocate_hardened(void* p, std::size_t bytes, std::size_t alignment) {
   int c = 0;
-  if (detail::bin* b = detail::hardened_bin(*state_, slot_, id_, bytes, alignment, c)) {
-    const std::uint32_t n = b->count.load(std::memory_order_relaxed);
-    if (n < b->limit && detail::hardened_push(*state_, *b, n, c, p)) return;
-  }
-  deallocate_slow(p, bytes, alignment);
+  detail::bin* b = detail::hardened_bin(*state_, slot_, id_, bytes, alignment, c);
+  if (!b) return deallocate_slow(p, bytes, alignment);
+  const std::uint32_t n = b->count.load(std::memory_order_relaxed);
+  if (n >= b->limit) return deallocate_slow(p, bytes, alignment);
+  if (detail::hardened_push(*state_, *b, n, c, p)) return;
+  return detail::push_far(*state_, *b, c, p, bytes, alignment);
 }
 
 }  // namespace bsalloc

@@ -41,14 +41,12 @@ namespace bsalloc::detail {
   return &ts.cache->bins[static_cast<std::size_t>(c)];
 }
 
-/// Pops the head of b (class c) when it and its link check out (H2 for the new head in the
-/// head's slab, the tag of the object handed out); nullptr otherwise — an empty bin, a link into
-/// another slab, a bad link or tag: the caller's slow path then pops it with every check (and
-/// aborts naming the object if it is bad). No call in here, so that no register needs saving on
-/// the unhardened hit path of the function this is inlined into.
+/// Pops the head of b (class c, not empty) when its link checks out within its own slab (H2
+/// for the new head) and its tag is intact; nullptr otherwise — the caller then tail-calls
+/// pop_far, which checks the link fully (another slab: page map, header) and aborts naming the
+/// object if the link or the tag is bad. No call in here, so no frame.
 [[gnu::always_inline]] inline void* hardened_pop(const slab_state& st, bin& b, int c) {
   void* p = b.head;
-  if (!p) return nullptr;
   const class_geom& g = st.geom[static_cast<std::size_t>(c)];
   const auto a = reinterpret_cast<std::uintptr_t>(p);
   auto* w = static_cast<std::uintptr_t*>(p);
@@ -66,10 +64,16 @@ namespace bsalloc::detail {
   return p;
 }
 
+/// hardened_pop's other case (hardened.cpp): the full check of the head's link, then the pop.
+[[gnu::noinline]] void* pop_far(const slab_state& st, bin& b, int c);
+/// hardened_push's other case (hardened.cpp): every check of take_back (page map, header,
+/// boundary, double free; aborts naming p), then the push. b has room.
+[[gnu::noinline]] void push_far(const slab_state& st, bin& b, int c, void* p, std::size_t bytes,
+                                std::size_t alignment);
+
 /// Pushes p (class c) onto b, which has room, when p is an object boundary in the head's slab
 /// (live, validated) that does not carry its free tag; false otherwise — an empty bin, p in
-/// another slab, a double free: the caller's slow path then checks everything (and aborts if p
-/// is bad). No call in here (see hardened_pop).
+/// another slab, a double free: the caller then tail-calls push_far. No call in here.
 [[gnu::always_inline]] inline bool hardened_push(const slab_state& st, bin& b, std::uint32_t n,
                                                  int c, void* p) {
   const class_geom& g = st.geom[static_cast<std::size_t>(c)];
