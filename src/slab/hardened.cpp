@@ -258,13 +258,19 @@ namespace bsalloc {
 
 namespace detail {
 
+// The common far cases checked here with the inline tests (is_object, is_slab: page map, header);
+// anything that fails them goes to next_careful / take_back, which name the problem and abort.
 void* pop_far(const slab_state& st, bin& b, int c) {
   void* p = b.head;
-  void* next = st.next_careful(p, c, nullptr);  // aborts naming p unless next checks out
-  BSALLOC_UNPOISON(p, st.geom[static_cast<std::size_t>(c)].size);
   auto* w = static_cast<std::uintptr_t*>(p);
-  if (w[1] != (reinterpret_cast<std::uintptr_t>(p) ^ st.tag_key))
+  void* next = link_get(p, st.link_key);
+  const slab* s = st.slab_of(next, c);
+  const bool ok = !next || (is_object(st, next, c, s) && is_slab(st, s, c));
+  BSALLOC_UNPOISON(p, st.geom[static_cast<std::size_t>(c)].size);
+  if (!ok || w[1] != (reinterpret_cast<std::uintptr_t>(p) ^ st.tag_key)) [[unlikely]] {
+    st.next_careful(p, c, nullptr);  // aborts naming p if the link is bad; else the tag is
     st.corrupt(p, "free-state tag of {} corrupted (use after free?)");
+  }
   b.head = next;
   b.count.store(b.count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
   w[0] = 0;
@@ -274,7 +280,19 @@ void* pop_far(const slab_state& st, bin& b, int c) {
 
 void push_far(const slab_state& st, bin& b, int c, void* p, std::size_t bytes,
               std::size_t alignment) {
-  st.take_back(p, c, bytes, alignment);  // aborts unless p is a live object of st; sets the tag
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  const slab* s = st.slab_of(p, c);
+  auto* w = static_cast<std::uintptr_t*>(p);
+  const std::uintptr_t tag = a ^ st.tag_key;
+  bool ok = is_slab(st, s, c) && is_object(st, p, c, s);  // no read of p before this
+  if (ok) {
+    BSALLOC_UNPOISON(w + 1, sizeof *w);
+    ok = w[1] != tag;  // else a double free
+  }
+  if (ok) [[likely]]
+    w[1] = tag;
+  else
+    st.take_back(p, c, bytes, alignment);  // aborts: names the pointer and the problem
   BSALLOC_POISON_FREE(p, st.geom[static_cast<std::size_t>(c)].size);
   link_set(p, b.head, st.link_key);
   b.head = p;
