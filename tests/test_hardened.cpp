@@ -129,6 +129,60 @@ TEST_CASE("hardened: the message names the object whose link was overwritten") {
   CHECK(r.err.find("free-list link of " + victim + " corrupted") != std::string::npos);
 }
 
+TEST_CASE("hardened: a link nudged to a non-boundary address in its own slab aborts") {
+  // A partial overwrite (a low byte) leaves the decoded link inside the same slab: the thread
+  // cache's hit path must still see that it is no object boundary, and abort naming the object.
+  for (bool cache : {true, false}) {
+    CAPTURE(cache);
+    const auto r = run_in_child([cache] {
+      slab_resource pool({}, hardened(cache));
+      void* keep = pool.allocate(48);
+      void* p = pool.allocate(48);
+      void* q = pool.allocate(48);
+      pool.deallocate(q, 48);
+      pool.deallocate(p, 48);  // p's link leads to q, in the same slab
+      std::fprintf(stderr, "victim %s\n", ptr(p).c_str());
+      std::uint64_t stored = 0;
+      std::memcpy(&stored, p, sizeof stored);  // the link word is never poisoned
+      scribble(p, 0, stored ^ 0x10);           // decodes to q + 16: inside the slab, mid-object
+      void* got = pool.allocate(48);
+      std::fprintf(stderr, "handed out %p\n", got);
+      (void)keep;
+    });
+    REQUIRE(r.aborted);
+    const auto at = r.err.find("victim ");
+    REQUIRE(at != std::string::npos);
+    const std::string victim = r.err.substr(at + 7, r.err.find('\n', at) - at - 7);
+    CHECK(r.err.find("free-list link of " + victim + " corrupted") != std::string::npos);
+    CHECK(r.err.find("not an object boundary of its class") != std::string::npos);
+    CHECK(r.err.find("handed out") == std::string::npos);
+  }
+}
+
+TEST_CASE("hardened: objects freed into a bin from several slabs come back intact") {
+  // The hit path checks a link against the popped object's slab and a freed pointer against the
+  // head's slab; links and frees that cross slabs take the full check. Interleave two slabs.
+  slab_resource pool({}, hardened());
+  std::vector<unsigned char*> a, b;
+  for (int i = 0; i < 4000; ++i) a.push_back(static_cast<unsigned char*>(pool.allocate(64)));
+  for (std::size_t i = 0; i < a.size(); ++i) std::memset(a[i], static_cast<int>(i & 0xff), 64);
+  // Free every 97th object first (objects spread over many slabs), then the rest.
+  for (std::size_t i = 0; i < a.size(); i += 97) pool.deallocate(a[i], 64);
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (i % 97 != 0) {
+      CHECK(filled(a[i], 64, static_cast<unsigned char>(i & 0xff)));
+      pool.deallocate(a[i], 64);
+    }
+  for (int i = 0; i < 4000; ++i) b.push_back(static_cast<unsigned char*>(pool.allocate(64)));
+  std::sort(b.begin(), b.end());
+  CHECK(std::adjacent_find(b.begin(), b.end()) == b.end());
+  for (auto* p : b) {
+    CHECK(filled(p, 16, 0));  // link and tag cleared when handed out
+    pool.deallocate(p, 64);
+  }
+  pool.check_invariants();
+}
+
 TEST_CASE("hardened: a write over the free-state tag aborts when the object is handed out") {
   const auto r = run_in_child([] {
     slab_resource pool({}, hardened());

@@ -219,7 +219,8 @@ class slab_resource : public std::pmr::memory_resource {
   [[gnu::noinline]] void* allocate_slow(std::size_t bytes, std::size_t alignment);
   void* allocate_attempt(std::size_t bytes, std::size_t alignment);  // allocate_slow, unreported
   [[gnu::noinline]] void deallocate_slow(void* p, std::size_t bytes, std::size_t alignment);
-  // Hardened mode (src/slab/hardened.cpp): a thread-cache hit, validated; else the slow path.
+  // Hardened mode (src/slab/hardened.cpp): a validated thread-cache hit, reached by a tail jump
+  // from the inline path's slow label (no frame, nothing recomputed twice); else the slow path.
   [[gnu::noinline]] void* allocate_hardened(std::size_t bytes, std::size_t alignment);
   [[gnu::noinline]] void deallocate_hardened(void* p, std::size_t bytes, std::size_t alignment);
 

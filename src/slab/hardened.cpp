@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // The careful path: hardened mode and the memcheck client requests. A resource that is hardened,
-// or that was constructed under Valgrind, sends every call through the slow path (its inline
-// bounds are 0, as in checked mode), and the slow path calls in here; other resources never do.
+// or that was constructed under Valgrind, has its inline bounds at 0 (as in checked mode): every
+// call leaves the inline path. A hardened one (alone) then takes the lean hit path at the end of
+// this file (hardened_fast.hpp); everything else goes through the slow path, which calls in here.
+// Other resources never do.
 //
 // Hardened mode (slab_resource_options::hardened)
 //   H1  every free object (in a thread-cache bin, a slab's free list, a remote chain or an
@@ -32,6 +34,7 @@
 #include <bsalloc/page_map.hpp>
 
 #include "../page/internal.hpp"
+#include "hardened_fast.hpp"
 #include "state.hpp"
 
 #if defined(__has_include)
@@ -89,7 +92,7 @@ inline bool is_object(const slab_state& st, const void* p, int c, const slab* s)
   const auto& g = st.geom[static_cast<std::size_t>(c)];
   const std::uint64_t x =
       reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(s) - g.offset;
-  return x < g.span && std::rotr(x * g.inv, g.shift) <= g.lim;
+  return x < g.span && (x & g.low) == 0 && x * g.inv <= g.lim;
 }
 inline bool is_slab(const slab_state& st, const slab* s, int c) {
   return (reinterpret_cast<std::uintptr_t>(s) >> 47) == 0 &&
@@ -117,19 +120,22 @@ void slab_state::init_careful() {
     tag_key = random_word();
     for (int c = 0; c < classes; ++c) {
       auto& g = geom[static_cast<std::size_t>(c)];
-      g.shift = std::countr_zero(g.size);
-      const std::uint64_t m = g.size >> g.shift;
+      const int shift = std::countr_zero(g.size);
+      g.low = (std::uint64_t{1} << shift) - 1;
+      const std::uint64_t m = g.size >> shift;
       std::uint64_t inv = m;  // Newton's iteration: 3 → 6 → 12 → 24 → 48 → 96 correct bits
       for (int i = 0; i < 5; ++i) inv *= 2 - m * inv;
       g.inv = inv;
-      g.lim = ~std::uint64_t{0} / g.size;
+      g.lim = ~std::uint64_t{0} / m;
       g.span = std::size_t{g.capacity} * g.size;
+      g.slab_mask = ~(g.slab_bytes - 1);
     }
   }
   std::pmr::memory_resource* up = upstream;
   while (auto* b = dynamic_cast<budget_resource*>(up)) up = b->upstream_resource();
   pages_known = dynamic_cast<page_resource*>(up) != nullptr;
   lean = hardened && !knobs.checked && !knobs.hardened_zero_on_free && !valgrind;
+  lean_bound = lean ? pool.largest_required_pool_block + 1 : 0;
 }
 
 void slab_state::corrupt(const void* p, const std::string& problem) const {
@@ -250,75 +256,71 @@ void slab_state::slab_dies(slab* s) const {
 
 namespace bsalloc {
 
-using detail::slab_state;
+namespace detail {
 
-namespace {
-
-// Hardened mode's thread-cache bin for (bytes, alignment) as the inline fast path finds it, or
-// nullptr where that would go to the slow path. c: the class.
-inline detail::bin* lean_bin(const slab_state& st, std::size_t bytes, std::size_t alignment,
-                             int& c) {
-  if (!st.lean || alignment > detail::inline_max_align) return nullptr;
-  if (bytes <= detail::small_max)
-    c = detail::small_class(bytes, alignment);
-  else if (bytes <= st.pool.largest_required_pool_block)
-    c = detail::medium_class(bytes, alignment);
-  else
-    return nullptr;
-  if (c == 0) c = 1;                    // room for the link and the tag
-  if (c >= st.classes) return nullptr;  // bad_class too
-  const detail::tls_slot& ts = detail::t_slots[st.slot];
-  if (ts.id != st.id) return nullptr;
-  return &ts.cache->bins[static_cast<std::size_t>(c)];
-}
-
-}  // namespace
-
-void* slab_resource::allocate_hardened(std::size_t bytes, std::size_t alignment) {
-  slab_state& st = *state_;
-  int c = 0;
-  detail::bin* b = lean_bin(st, bytes, alignment, c);
-  void* p = b ? b->head : nullptr;
-  if (!p) return allocate_slow(bytes, alignment);
-  void* next = detail::link_get(p, st.link_key);
-  if (next) {
-    // The head's slab was validated when it became the head: a link within it needs no new
-    // look at the page map and the header.
-    const detail::slab* s = st.slab_of(next, c);
-    if (!detail::is_object(st, next, c, s) || (s != st.slab_of(p, c) && !detail::is_slab(st, s, c)))
-        [[unlikely]]
-      st.next_careful(p, c, nullptr);  // aborts, naming p and the problem
-  }
-  BSALLOC_UNPOISON(p, st.geom[static_cast<std::size_t>(c)].size);
+// The common far cases checked here with the inline tests (is_object, is_slab: page map, header);
+// anything that fails them goes to next_careful / take_back, which name the problem and abort.
+void* pop_far(const slab_state& st, bin& b, int c) {
+  void* p = b.head;
   auto* w = static_cast<std::uintptr_t*>(p);
-  if (w[1] != (reinterpret_cast<std::uintptr_t>(p) ^ st.tag_key)) [[unlikely]]
+  void* next = link_get(p, st.link_key);
+  const slab* s = st.slab_of(next, c);
+  const bool ok = !next || (is_object(st, next, c, s) && is_slab(st, s, c));
+  BSALLOC_UNPOISON(p, st.geom[static_cast<std::size_t>(c)].size);
+  if (!ok || w[1] != (reinterpret_cast<std::uintptr_t>(p) ^ st.tag_key)) [[unlikely]] {
+    st.next_careful(p, c, nullptr);  // aborts naming p if the link is bad; else the tag is
     st.corrupt(p, "free-state tag of {} corrupted (use after free?)");
-  b->head = next;
-  b->count.store(b->count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+  }
+  b.head = next;
+  b.count.store(b.count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
   w[0] = 0;
   w[1] = 0;
   return p;
 }
 
-void slab_resource::deallocate_hardened(void* p, std::size_t bytes, std::size_t alignment) {
-  slab_state& st = *state_;
-  int c = 0;
-  detail::bin* b = lean_bin(st, bytes, alignment, c);
-  const std::uint32_t n = b ? b->count.load(std::memory_order_relaxed) : 0;
-  if (!b || n >= b->limit) return deallocate_slow(p, bytes, alignment);
-  const detail::slab* s = st.slab_of(p, c);
+void push_far(const slab_state& st, bin& b, int c, void* p, std::size_t bytes,
+              std::size_t alignment) {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  const slab* s = st.slab_of(p, c);
   auto* w = static_cast<std::uintptr_t*>(p);
-  const std::uintptr_t tag = reinterpret_cast<std::uintptr_t>(p) ^ st.tag_key;
-  BSALLOC_UNPOISON(w + 1, sizeof *w);
-  const bool known = b->head && s == st.slab_of(b->head, c);  // the head's slab: validated
-  if ((!known && !detail::is_slab(st, s, c)) || !detail::is_object(st, p, c, s) || w[1] == tag)
-      [[unlikely]]
-    st.take_back(p, c, bytes, alignment);  // aborts, naming p and the problem
-  w[1] = tag;
+  const std::uintptr_t tag = a ^ st.tag_key;
+  bool ok = is_slab(st, s, c) && is_object(st, p, c, s);  // no read of p before this
+  if (ok) {
+    BSALLOC_UNPOISON(w + 1, sizeof *w);
+    ok = w[1] != tag;  // else a double free
+  }
+  if (ok) [[likely]]
+    w[1] = tag;
+  else
+    st.take_back(p, c, bytes, alignment);  // aborts: names the pointer and the problem
   BSALLOC_POISON_FREE(p, st.geom[static_cast<std::size_t>(c)].size);
-  detail::link_set(p, b->head, st.link_key);
-  b->head = p;
-  b->count.store(n + 1, std::memory_order_relaxed);
+  link_set(p, b.head, st.link_key);
+  b.head = p;
+  b.count.store(b.count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+
+}  // namespace detail
+
+// The lean hardened hit path (hardened_fast.hpp): one validated pop or push; links and frees
+// that cross slabs, and anything bad, take pop_far / push_far (which abort naming the pointer
+// when something is bad); a miss or a full bin, the slow path. Every exit is a return or a tail
+// call, so the inline path jumps here and nothing else needs a frame.
+void* slab_resource::allocate_hardened(std::size_t bytes, std::size_t alignment) {
+  int c = 0;
+  detail::bin* b = detail::hardened_bin(*state_, slot_, id_, bytes, alignment, c);
+  if (!b || !b->head) return allocate_slow(bytes, alignment);
+  if (void* p = detail::hardened_pop(*state_, *b, c)) return p;
+  return detail::pop_far(*state_, *b, c);
+}
+
+void slab_resource::deallocate_hardened(void* p, std::size_t bytes, std::size_t alignment) {
+  int c = 0;
+  detail::bin* b = detail::hardened_bin(*state_, slot_, id_, bytes, alignment, c);
+  if (!b) return deallocate_slow(p, bytes, alignment);
+  const std::uint32_t n = b->count.load(std::memory_order_relaxed);
+  if (n >= b->limit) return deallocate_slow(p, bytes, alignment);
+  if (detail::hardened_push(*state_, *b, n, c, p)) return;
+  return detail::push_far(*state_, *b, c, p, bytes, alignment);
 }
 
 }  // namespace bsalloc

@@ -113,11 +113,12 @@ struct class_geom {
   std::uint32_t bitmap_words = 0;  // checked mode: one bit per object, after the header
   std::uint32_t cache_limit = 0;   // thread cache: most objects kept at first
   std::uint32_t cache_max = 0;     // ... and after growing (a bin that overflows doubles)
-  // Hardened: x = address - (slab + offset) is an object's iff x < span and
-  // rotr(x * inv, shift) <= lim (size = 2^shift * odd, inv its odd part's inverse mod 2^64).
+  // Hardened: x = address - (slab + offset) is an object's iff x < span, x & low == 0 and
+  // x * inv <= lim (size = 2^k * m, m odd: low = 2^k - 1, inv = m's inverse mod 2^64,
+  // lim = (2^64 - 1) / m: x * inv <= lim iff m divides x).
   std::size_t span = 0;
-  std::uint64_t inv = 0, lim = 0;
-  int shift = 0;
+  std::uintptr_t slab_mask = 0;  // ~(slab_bytes - 1): an address's slab start, by masking
+  std::uint64_t low = 0, inv = 0, lim = 0;
 };
 
 // A thread cache's list of one class. Owner thread only; count is atomic only so that stats()
@@ -229,6 +230,7 @@ struct slab_state {
   bool careful = false;      // hardened || valgrind
   bool pages_known = false;  // slabs come from page_resources: the page map vouches for them
   bool lean = false;  // hardened alone (not checked, no zero-on-free, no memcheck): lean path
+  std::size_t lean_bound = 0;   // lean: requests below it take the inline hardened path; else 0
   std::uintptr_t link_key = 0;  // hardened: free-list link secret (never 0), else 0
   std::uintptr_t tag_key = 0;   // hardened: free-state tag secret
   std::uint64_t id = 0;
