@@ -28,7 +28,10 @@ if [ -z "$mbench" ]; then
 fi
 if [ -z "$so" ] && [ -d "$build" ]; then
   # The preload library's target, if this tree has one (its name: the .so's, without lib).
-  if cmake --build "$build" --target help 2>/dev/null | grep -qw bsalloc_malloc; then
+  # (The target list is read whole first: grep -q would stop reading early, and under pipefail
+  # cmake's SIGPIPE would make the test false.)
+  targets=$(cmake --build "$build" --target help 2>/dev/null || true)
+  if grep -qw bsalloc_malloc <<<"$targets"; then
     cmake --build "$build" --target bsalloc_malloc -j "$(nproc)" >/dev/null
   fi
   so=$(find "$build" -name libbsalloc_malloc.so -print -quit)
