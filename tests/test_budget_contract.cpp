@@ -58,7 +58,9 @@ std::string text_of(const std::invalid_argument& e) {
 /// `refuse` is set.
 struct refusing_resource final : std::pmr::memory_resource {
   bool refuse = false;
+  bool refuse_allocate = false;
   void* do_allocate(std::size_t n, std::size_t a) override {
+    if (refuse_allocate) throw std::bad_alloc();
     return std::pmr::new_delete_resource()->allocate(n, a);
   }
   void do_deallocate(void* p, std::size_t n, std::size_t a) override {
@@ -276,4 +278,54 @@ TEST_CASE("handlers may read budgets when called from an allocation under the re
   CHECK(w.aborted);
   CHECK(w.err.find("budget registry's lock is held by this thread") != std::string::npos);
   b.deallocate(p, 64, 8);
+}
+
+TEST_CASE("budget_resource: a request its upstream refuses raises no peak") {
+  // Found by fuzz_budget: the lease paths raised the thread's high mark before the upstream
+  // call and kept it when the upstream threw.
+  for (const std::size_t lease : {bsalloc::budget_resource::default_max_lease, std::size_t{0}}) {
+    CAPTURE(lease);
+    refusing_resource up;
+    bsalloc::budget_resource b{"contract.upstream_refuses", 1 << 20, &up};
+    b.set_max_lease(lease);
+    up.refuse_allocate = true;
+    CHECK_THROWS_AS((void)b.allocate(69632, 8), std::bad_alloc);  // the slow path
+    CHECK(b.peak() == 0);
+    up.refuse_allocate = false;
+    void* p = b.allocate(16, 8);  // a lease now (with leases)
+    b.deallocate(p, 16, 8);
+    up.refuse_allocate = true;
+    CHECK_THROWS_AS((void)b.allocate(64, 8), std::bad_alloc);  // the fast path
+    CHECK(b.peak() == 16);
+    CHECK(b.in_use() == 0);
+    CHECK(b.count() == 0);
+  }
+}
+
+TEST_CASE("budget_resource: over the limit a 0-byte request meets it too") {
+  // Found by fuzz_budget: the lease's fast path served allocate(0) with an empty lease while
+  // the budget was over its limit (after a handler had allowed an excess).
+  bool allow = true;
+  int asked = 0;
+  bsalloc::budget_resource b{"contract.zero", 100, std::pmr::new_delete_resource(),
+                             [&](const bsalloc::over_budget_info&) {
+                               ++asked;
+                               return allow;
+                             }};
+  void* big = b.allocate(200, 8);  // allowed over the limit
+  CHECK(asked == 1);
+  allow = false;
+  CHECK_THROWS_AS((void)b.allocate(0, 8), std::bad_alloc);
+  CHECK(asked == 2);
+  allow = true;
+  void* z = b.allocate(0, 8);
+  CHECK(asked == 3);
+  CHECK(b.stats().over_limit == 2);
+  b.deallocate(z, 0, 8);
+  b.deallocate(big, 200, 8);
+  void* w = b.allocate(0, 8);  // under the limit: no handler
+  CHECK(asked == 3);
+  b.deallocate(w, 0, 8);
+  CHECK(b.in_use() == 0);
+  CHECK(b.count() == 0);
 }

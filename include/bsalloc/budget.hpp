@@ -209,20 +209,24 @@ class budget_resource : public std::pmr::memory_resource {
     if (e.id == id_) [[likely]] {
       detail::budget_lease& l = *e.lease;
       const std::size_t credit = l.credit.load(std::memory_order_relaxed);
-      if (bytes <= credit) [[likely]] {
+      // bytes in 1..credit (a 0-byte request over the limit must meet it on the slow path).
+      if (bytes - 1 < credit) [[likely]] {
         // The lease is updated before the upstream call, which may re-enter a budget on this
         // thread (a nested budget's slow path may move this lease's credit back).
         l.credit.store(credit - bytes, std::memory_order_relaxed);
         l.count.store(l.count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
         const std::size_t estimate = l.floor - (credit - bytes);
-        if (estimate > l.high.load(std::memory_order_relaxed)) [[unlikely]]
-          l.high.store(estimate, std::memory_order_relaxed);
+        void* p;
         try {
-          return upstream_->allocate(bytes, alignment);
+          p = upstream_->allocate(bytes, alignment);
         } catch (...) {
           refund(l, bytes);
           throw;
         }
+        // The high mark once served: a request the upstream refused is no peak.
+        if (estimate > l.high.load(std::memory_order_relaxed)) [[unlikely]]
+          l.high.store(estimate, std::memory_order_relaxed);
+        return p;
       }
     }
     return allocate_slow(bytes, alignment);

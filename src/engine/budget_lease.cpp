@@ -223,7 +223,9 @@ void* budget_resource::allocate_slow(std::size_t bytes, std::size_t alignment) {
   const std::size_t credit = l->credit.load(relaxed);
   const std::size_t lease_min = std::min(detail::min_lease, max_lease_);
   std::size_t extra = 0, now = 0;
-  if (bytes > credit) {  // take a new lease: the missing bytes and some credit ahead
+  // Take a new lease: the missing bytes and some credit ahead (with none left, a 0-byte
+  // request too: over the limit it is refused or goes to the handler like any other).
+  if (bytes > credit || credit == 0) {
     const std::size_t need = bytes - credit;
     const std::size_t lim = limit();
     std::size_t cur = reserved_.load(relaxed);
@@ -249,13 +251,15 @@ void* budget_resource::allocate_slow(std::size_t bytes, std::size_t alignment) {
   l->credit.store(left, relaxed);
   l->count.store(l->count.load(relaxed) + 1, relaxed);
   const std::size_t estimate = l->floor - left;
-  if (estimate > l->high.load(relaxed)) l->high.store(estimate, relaxed);
+  void* p;
   try {
-    return upstream_->allocate(bytes, alignment);
+    p = upstream_->allocate(bytes, alignment);
   } catch (...) {
     refund(*l, bytes);
     throw;
   }
+  if (estimate > l->high.load(relaxed)) l->high.store(estimate, relaxed);  // once served
+  return p;
 }
 
 void budget_resource::refund(detail::budget_lease& l, std::size_t bytes) noexcept {
