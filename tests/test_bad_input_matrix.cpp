@@ -161,6 +161,10 @@ struct row {
 
 // The table. Every (input, resource) pair appears once; the README shows it grouped by input.
 constexpr outcome slab_bad_align = invalid("is not a power of two");
+// A budget refuses a deallocate of more than it holds before its upstream sees it (here it
+// holds nothing); within what it holds, its upstream judges the pointer.
+constexpr outcome budget_refuses =
+    invalid("more than the 0 bytes in use", "when it holds less; else as its upstream");
 constexpr row table[] = {
     // double free
     {input::double_free, resource::page, all(invalid("double free"))},
@@ -174,8 +178,7 @@ constexpr row table[] = {
      checked_only(abort_with("not a live allocation of this resource"))},
     {input::foreign, resource::pool, checked_only(abort_with("not allocated from this pool"))},
     {input::foreign, resource::arena, all(ignored)},
-    {input::foreign, resource::budget,
-     checked_only(abort_with("not a live allocation of this resource"))},
+    {input::foreign, resource::budget, all(budget_refuses)},
     // interior pointer
     {input::interior, resource::page, all(invalid("not its start"))},
     {input::interior, resource::slab, checked_only(abort_with("not the start of an object"))},
@@ -233,8 +236,7 @@ constexpr row table[] = {
     {input::other_resource, resource::pool,
      checked_only(abort_with("not allocated from this pool"))},
     {input::other_resource, resource::arena, all(ignored)},
-    {input::other_resource, resource::budget,
-     checked_only(abort_with("not a live allocation of this resource"))},
+    {input::other_resource, resource::budget, all(budget_refuses)},
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -39,8 +39,24 @@
 //
 // Invariants (check_invariants(), when no other thread uses the budget)
 //   B1  in_use == sum of the sizes of live allocations; count == their number.
-//   B2  peak >= in_use; in_use <= limit unless the handler allowed an excess.
-// deallocate must be given the size that was allocated (as every memory_resource requires).
+//   B2  peak >= in_use; in_use <= max(limit, ceiling), where ceiling is what was reserved (in use
+//       plus the leases) when set_limit() last put the limit below it, or when a handler last let
+//       a request through over the limit: no new allocation is served while over the limit
+//       unless a handler allows it (other threads may still spend their leases).
+//
+// Bad deallocations (deallocate must be given a live allocation of this budget and its size, as
+// every memory_resource requires). A deallocate that would take the budget's bytes in use below
+// zero — a pointer of another resource, a wrong size — is refused with std::invalid_argument
+// naming the budget, the pointer and the size, and changes nothing (the upstream is not called):
+//   - exactly, with shared counters (set_max_lease(0)) and in tracking mode; tracking mode also
+//     refuses a pointer it has no record of, or a size other than the recorded one, and erases
+//     the record only once the upstream accepted the call;
+//   - with leases (the default), only when the call takes the slow path (no lease yet, or the
+//     lease fills past its cap): the check needs the shared total. A bad deallocate on the fast
+//     path (a few KiB at most) goes into the thread's lease unchecked; the bytes in use then read
+//     low (never below 0), and the excess is caught by a later slow-path deallocate, which is
+//     refused although it may be a good one. The upstream judges the pointer either way.
+// If the upstream throws from deallocate, the budget's counters (and its record) are as before.
 #include <bsalloc/detail/requires_cxx20.hpp>  // first: one clear error before C++20
 
 #include <algorithm>
@@ -141,7 +157,8 @@ class budget_resource : public std::pmr::memory_resource {
 
   const std::string& name() const noexcept { return name_; }
   std::size_t limit() const noexcept { return limit_.load(std::memory_order_relaxed); }
-  /// A new limit; allocations already made stay (in_use may be above it until they are freed).
+  /// A new limit; allocations already made stay (in_use may be above it until they are freed,
+  /// and no new one is served meanwhile unless a handler allows it: B2).
   /// The calling thread's lease goes back at once; other threads may spend what their leases
   /// hold (each at most max_lease()) before they see a lower limit.
   void set_limit(std::size_t limit) noexcept;
@@ -182,6 +199,8 @@ class budget_resource : public std::pmr::memory_resource {
   std::size_t count() const noexcept;
   budget_stats stats() const;
   /// Verifies B2 (B1 needs the caller's own bookkeeping); throws std::logic_error.
+  /// in_use(), stats(), budget_report() may be called from any handler (over-budget or
+  /// out-of-memory), even one called from an allocation made under the registry lock.
   void check_invariants() const;
 
  protected:
@@ -190,20 +209,24 @@ class budget_resource : public std::pmr::memory_resource {
     if (e.id == id_) [[likely]] {
       detail::budget_lease& l = *e.lease;
       const std::size_t credit = l.credit.load(std::memory_order_relaxed);
-      if (bytes <= credit) [[likely]] {
+      // bytes in 1..credit (a 0-byte request over the limit must meet it on the slow path).
+      if (bytes - 1 < credit) [[likely]] {
         // The lease is updated before the upstream call, which may re-enter a budget on this
         // thread (a nested budget's slow path may move this lease's credit back).
         l.credit.store(credit - bytes, std::memory_order_relaxed);
         l.count.store(l.count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
         const std::size_t estimate = l.floor - (credit - bytes);
-        if (estimate > l.high.load(std::memory_order_relaxed)) [[unlikely]]
-          l.high.store(estimate, std::memory_order_relaxed);
+        void* p;
         try {
-          return upstream_->allocate(bytes, alignment);
+          p = upstream_->allocate(bytes, alignment);
         } catch (...) {
           refund(l, bytes);
           throw;
         }
+        // The high mark once served: a request the upstream refused is no peak.
+        if (estimate > l.high.load(std::memory_order_relaxed)) [[unlikely]]
+          l.high.store(estimate, std::memory_order_relaxed);
+        return p;
       }
     }
     return allocate_slow(bytes, alignment);
@@ -213,10 +236,16 @@ class budget_resource : public std::pmr::memory_resource {
     if (e.id == id_) [[likely]] {
       detail::budget_lease& l = *e.lease;
       const std::size_t credit = l.credit.load(std::memory_order_relaxed);
-      if (credit + bytes <= lease_cap_.load(std::memory_order_relaxed)) [[likely]] {
+      if (credit + bytes <= lease_cap_.load(std::memory_order_relaxed) && credit + bytes >= bytes)
+          [[likely]] {
         l.credit.store(credit + bytes, std::memory_order_relaxed);
         l.count.store(l.count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
-        upstream_->deallocate(p, bytes, alignment);
+        try {
+          upstream_->deallocate(p, bytes, alignment);
+        } catch (...) {
+          unrefund(l, bytes);
+          throw;
+        }
         return;
       }
     }
@@ -233,6 +262,19 @@ class budget_resource : public std::pmr::memory_resource {
   [[gnu::noinline]] void deallocate_slow(void* p, std::size_t bytes, std::size_t alignment);
   /// The upstream threw: the lease gets back what was taken from it.
   [[gnu::noinline]] static void refund(detail::budget_lease& l, std::size_t bytes) noexcept;
+  /// Over the limit: the lease cap drops to 0 (see budget_lease.cpp).
+  void stop_leases() noexcept;
+  /// The upstream refused a deallocate: the bytes given to the lease are in use again.
+  [[gnu::noinline]] void unrefund(detail::budget_lease& l, std::size_t bytes) noexcept;
+  /// Tracking mode: the record is checked, then erased once the upstream accepted the call.
+  void deallocate_tracked(void* p, std::size_t bytes, std::size_t alignment);
+  /// Shared counters: takes `bytes` and one allocation off, or refuses (nothing changed).
+  void unreserve(void* p, std::size_t bytes);
+  /// Takes `bytes` off the shared total (a lease giving back what exceeds `keep`), or refuses
+  /// when the total holds less than the lease's credit plus `bytes`; returns the new total.
+  std::size_t unreserve_lease(void* p, std::size_t bytes, std::size_t credit, std::size_t back);
+  [[noreturn, gnu::noinline]] void bad_deallocate(const void* p, std::size_t bytes,
+                                                  const std::string& problem) const;
   /// Shared-counter path (no lease): reserves, calls the upstream, counts.
   void* allocate_shared(std::size_t bytes, std::size_t alignment);
   /// `bytes` are reserved in reserved_ (now == reserved_ after the reservation).
@@ -243,7 +285,6 @@ class budget_resource : public std::pmr::memory_resource {
   void* allocate_fitting(std::size_t bytes, std::size_t alignment);
   void raise_peak(std::size_t now) noexcept;
   void track(void* p, std::size_t bytes, std::size_t alignment);
-  void untrack(void* p) noexcept;
   /// The calling thread's lease, installed in its TLS table; nullptr when leases are off.
   detail::budget_lease* lease();
   /// The calling thread's unspent lease goes back to the shared total (over the limit, before
@@ -261,6 +302,9 @@ class budget_resource : public std::pmr::memory_resource {
   /// granted, so it shrinks for every thread as the budget nears its limit.
   alignas(64) std::atomic<std::size_t> lease_cap_{2 * 4096};
   std::atomic<std::size_t> limit_;
+  /// B2: reserved_ when set_limit() last put the limit below it, or when a handler last let a
+  /// request through (0: none since the limit was last set above what was reserved).
+  std::atomic<std::size_t> ceiling_{0};
   // Slow path only.
   std::atomic<std::size_t> refused_{0};
   std::atomic<std::size_t> over_limit_{0};

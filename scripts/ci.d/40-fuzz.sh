@@ -11,7 +11,7 @@ out=${BSALLOC_OUT:-$root/build-ci}/fuzz
 seconds=${BSALLOC_FUZZ_SECONDS:-45}  # six targets on two cores: about 2.5 minutes of fuzzing
 # Known-defect input classes to fuzz too (docs/fuzzing.md): add each name here once its fix is
 # merged; the environment variable overrides the list.
-enabled_defects="slab-huge-size,slab-bad-alignment,slab-mismatch-message,slab-trim-report,slab-many-resources,page-tail-pointer"
+enabled_defects="slab-huge-size,slab-bad-alignment,slab-mismatch-message,slab-trim-report,slab-many-resources,page-tail-pointer,budget-low-limit"
 export BSALLOC_FUZZ_KNOWN_DEFECTS="${BSALLOC_FUZZ_KNOWN_DEFECTS-$enabled_defects}"
 export ASAN_OPTIONS="abort_on_error=1:detect_leaks=1:quarantine_size_mb=64"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"

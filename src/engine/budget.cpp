@@ -59,9 +59,8 @@ budget_resource::budget_resource(std::string name, std::size_t limit,
       name_(std::move(name)),
       handler_(std::move(handler)) {
   if (upstream_ == nullptr) throw std::invalid_argument("budget_resource: null upstream");
-  detail::budget_registry& r = detail::the_budget_registry();
-  const std::lock_guard lock(r.mutex);
-  r.budgets.insert(this);
+  const detail::registry_lock lock("budget_resource: constructor");
+  detail::the_budget_registry().budgets.insert(this);
 }
 
 budget_resource::~budget_resource() {
@@ -73,10 +72,9 @@ budget_resource::~budget_resource() {
       if (shown++ < 10) fmt::print(stderr, "  leaked {} bytes at {}\n", n, p);
     });
   }
-  detail::budget_registry& r = detail::the_budget_registry();
-  const std::lock_guard lock(r.mutex);
+  const detail::registry_lock lock("budget_resource: destructor");
   detail::orphan_leases(*this);
-  r.budgets.erase(this);
+  detail::the_budget_registry().budgets.erase(this);
 }
 
 std::mutex* detail::budget_lease_access::tracker_mutex(const budget_resource& b) {
@@ -86,7 +84,7 @@ std::mutex* detail::budget_lease_access::tracker_mutex(const budget_resource& b)
 void budget_resource::set_tracking() {
   if (tracker_ != nullptr) return;
   auto t = std::make_unique<detail::budget_tracker>();
-  const std::lock_guard lock(detail::the_budget_registry().mutex);  // the fork handlers read it
+  const detail::registry_lock lock("budget_resource::set_tracking");  // the fork handlers read it
   tracker_ = std::move(t);
 }
 
@@ -102,9 +100,89 @@ void budget_resource::track(void* p, std::size_t bytes, std::size_t alignment) {
   }
 }
 
-void budget_resource::untrack(void* p) noexcept {
-  const std::lock_guard lock(tracker_->mutex);
-  tracker_->live.erase(p);
+void budget_resource::bad_deallocate(const void* p, std::size_t bytes,
+                                     const std::string& problem) const {
+  throw std::invalid_argument(
+      fmt::format("bsalloc::budget_resource '{}': deallocate({}, {} bytes): {}; nothing changed",
+                  name_, p, bytes, problem));
+}
+
+void budget_resource::unreserve(void* p, std::size_t bytes) {
+  constexpr auto relaxed = std::memory_order_relaxed;
+  std::size_t cur = reserved_.load(relaxed);
+  do {
+    if (cur < bytes)
+      bad_deallocate(p, bytes,
+                     fmt::format("more than the {} bytes in use (a pointer of another resource, "
+                                 "or a wrong size)",
+                                 cur));
+  } while (!reserved_.compare_exchange_weak(cur, cur - bytes, relaxed));
+  // Leases hold counts of their own (a thread may free what another allocated): count_ alone
+  // is the budget's count only without them.
+  const bool exact = max_lease_ == 0 || tracker_ != nullptr;
+  std::size_t n = count_.load(relaxed);
+  do {
+    if (exact && n == 0) {
+      reserved_.fetch_add(bytes, relaxed);
+      bad_deallocate(p, bytes, "no allocation is live (a pointer of another resource)");
+    }
+  } while (!count_.compare_exchange_weak(n, n - 1, relaxed));
+}
+
+std::size_t budget_resource::unreserve_lease(void* p, std::size_t bytes, std::size_t credit,
+                                             std::size_t back) {
+  // The shared total holds what is in use plus every lease's credit: a good deallocate of
+  // `bytes` finds at least this lease's credit plus `bytes` there. A lower value read may be
+  // stale: the check is made on the latest one (a compare-and-swap) before refusing.
+  std::size_t cur = reserved_.load(std::memory_order_relaxed);
+  for (;;) {
+    if (cur < credit || cur - credit < bytes) {
+      if (reserved_.compare_exchange_strong(cur, cur, std::memory_order_relaxed))
+        bad_deallocate(p, bytes,
+                       fmt::format("more than the {} bytes in use (a pointer of another "
+                                   "resource, or a wrong size)",
+                                   cur - std::min(cur, credit)));
+      continue;
+    }
+    if (reserved_.compare_exchange_weak(cur, cur - back, std::memory_order_relaxed))
+      return cur - back;
+  }
+}
+
+void budget_resource::deallocate_tracked(void* p, std::size_t bytes, std::size_t alignment) {
+  using map = std::unordered_map<const void*, std::size_t>;
+  map::node_type node;
+  std::size_t recorded = 0;
+  {
+    const std::lock_guard lock(tracker_->mutex);
+    const auto it = tracker_->live.find(p);
+    if (it != tracker_->live.end()) {
+      recorded = it->second;
+      if (recorded == bytes) node = tracker_->live.extract(it);  // no allocation: re-insertable
+    }
+  }
+  if (node.empty())
+    bad_deallocate(
+        p, bytes,
+        recorded == 0 && bytes != 0
+            ? std::string("not a live allocation of this budget (tracking)")
+            : fmt::format("the size does not match the allocation ({} bytes)", recorded));
+  try {
+    unreserve(p, bytes);
+  } catch (...) {
+    const std::lock_guard lock(tracker_->mutex);
+    tracker_->live.insert(std::move(node));
+    throw;
+  }
+  try {
+    upstream_->deallocate(p, bytes, alignment);
+  } catch (...) {
+    count_.fetch_add(1, std::memory_order_relaxed);
+    reserved_.fetch_add(bytes, std::memory_order_relaxed);
+    const std::lock_guard lock(tracker_->mutex);
+    tracker_->live.insert(std::move(node));
+    throw;
+  }
 }
 
 std::vector<std::pair<const void*, std::size_t>> budget_resource::allocations() const {
@@ -177,6 +255,10 @@ void* budget_resource::allocate_over(std::size_t bytes, std::size_t alignment) {
   if (handler_ && handler_(over_budget_info{*this, bytes, alignment, in_use(), limit()})) {
     over_limit_.fetch_add(1, std::memory_order_relaxed);
     const std::size_t now = reserved_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+    std::size_t c = ceiling_.load(std::memory_order_relaxed);  // B2: allowed up to here
+    while (now > c && !ceiling_.compare_exchange_weak(c, now, std::memory_order_relaxed)) {
+    }
+    stop_leases();
     return allocate_reserved(bytes, alignment, now);
   }
   if (detail::report_out_of_memory("budget_resource", name_, this, bytes, alignment,
@@ -208,7 +290,7 @@ budget_stats budget_resource::stats_locked() const {
 }
 
 budget_stats budget_resource::stats() const {
-  const std::lock_guard lock(detail::the_budget_registry().mutex);
+  const detail::registry_lock lock("budget_resource::stats", true);
   return stats_locked();
 }
 
@@ -226,8 +308,12 @@ void budget_resource::check_invariants() const {
   const budget_stats s = stats();
   if (s.peak < s.in_use)
     throw std::logic_error("budget_resource '" + name_ + "': B2: peak < in_use");
-  if (s.in_use > s.limit && s.over_limit == 0)
-    throw std::logic_error("budget_resource '" + name_ + "': B2: over the limit, never allowed");
+  const std::size_t ceiling = ceiling_.load(std::memory_order_relaxed);
+  if (s.in_use > s.limit && s.in_use > ceiling)
+    throw std::logic_error(fmt::format(
+        "budget_resource '{}': B2: {} bytes in use, over the limit {} and over the {} reserved "
+        "when the limit was lowered or a handler last allowed an excess",
+        name_, s.in_use, s.limit, ceiling));
   if (s.in_use != 0 && s.count == 0)
     throw std::logic_error("budget_resource '" + name_ + "': B1: bytes in use but no allocation");
 }
@@ -235,7 +321,7 @@ void budget_resource::check_invariants() const {
 budget_snapshot budget_report() {
   budget_snapshot snap;
   detail::budget_registry& r = detail::the_budget_registry();
-  const std::lock_guard lock(r.mutex);
+  const detail::registry_lock lock("budget_report", true);
   snap.budgets.reserve(r.budgets.size());
   for (const budget_resource* b : r.budgets) snap.budgets.push_back(b->stats_locked());
   return snap;

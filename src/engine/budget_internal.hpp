@@ -5,6 +5,15 @@
 //
 // Lock order: registry mutex -> a budget's tracker mutex. Leases (creation, folding, the
 // budgets' lists) and stats() sums are all under the registry mutex.
+//
+// Handlers and the registry lock: no bsalloc resource is called under the registry lock, but
+// the standard containers used under it (the flat_set, a new lease, the report's strings) call
+// operator new — bsalloc's own when the malloc replacement is in use, which reports an
+// exhausted heap to the out-of-memory handler on the same thread, with the lock held. So the
+// readers (stats(), in_use(), budget_report(), leak_report()) do not lock again when this thread
+// holds the lock already (t_registry_held): the registry is consistent at every allocation made
+// under it. A writer (a budget created or destroyed there) aborts with a message instead of
+// deadlocking; lease() falls back to the shared counters.
 #include <bsalloc/budget.hpp>
 
 #include <functional>
@@ -31,6 +40,23 @@ struct budget_registry {
 /// The registry; the first call installs the fork handlers.
 budget_registry& the_budget_registry();
 
+/// True while this thread holds the registry lock (through registry_lock).
+extern thread_local constinit bool t_registry_held;
+
+/// The registry lock, held by this thread for the scope. A reader (`reader` true) that finds the
+/// lock held by this thread already reads under that hold (see the header comment); a writer
+/// aborts with a message naming the call instead of deadlocking.
+class registry_lock {
+ public:
+  explicit registry_lock(const char* what, bool reader = false);
+  ~registry_lock();
+  registry_lock(const registry_lock&) = delete;
+  registry_lock& operator=(const registry_lock&) = delete;
+
+ private:
+  bool owns_;
+};
+
 /// What budget.cpp needs of a budget's private state while it owns the registry lock.
 struct budget_lease_access {
   static std::atomic<std::size_t>& reserved(budget_resource& b) { return b.reserved_; }
@@ -47,7 +73,7 @@ struct budget_lease_access {
 template <class F>
 void for_each_live_budget(F f) {
   budget_registry& r = the_budget_registry();
-  const std::lock_guard lock(r.mutex);
+  const registry_lock lock("for_each_live_budget", true);
   for (const budget_resource* b : r.budgets) f(*b, budget_lease_access::stats(*b));
 }
 

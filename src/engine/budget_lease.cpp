@@ -4,6 +4,8 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <new>
 #include <vector>
@@ -14,6 +16,27 @@ namespace bsalloc {
 namespace detail {
 
 thread_local constinit budget_tls_entry t_budget_leases[budget_tls_ways] = {};
+thread_local constinit bool t_registry_held = false;
+
+registry_lock::registry_lock(const char* what, bool reader) : owns_(!t_registry_held) {
+  if (!owns_) {
+    if (reader) return;
+    std::fprintf(stderr,
+                 "bsalloc: %s: the budget registry's lock is held by this thread (a handler "
+                 "called from an allocation under it may read budgets, not create or destroy "
+                 "them)\n",
+                 what);
+    std::abort();
+  }
+  the_budget_registry().mutex.lock();
+  t_registry_held = true;
+}
+
+registry_lock::~registry_lock() {
+  if (!owns_) return;
+  t_registry_held = false;
+  the_budget_registry().mutex.unlock();
+}
 
 namespace {
 
@@ -48,8 +71,7 @@ void unlink(budget_lease& l) noexcept {
 
 thread_leases::~thread_leases() {
   t_exiting = true;
-  budget_registry& r = the_budget_registry();
-  const std::lock_guard lock(r.mutex);
+  const registry_lock lock("thread exit");
   for (budget_lease* l : all) {
     if (l->budget != nullptr) {
       fold_lease(*l);
@@ -131,12 +153,13 @@ budget_registry& the_budget_registry() {
 
 detail::budget_lease* budget_resource::lease() {
   using namespace detail;
-  if (max_lease_ == 0 || tracker_ != nullptr || t_exiting) return nullptr;
+  // Under the registry lock already (an out-of-memory handler called from an allocation made
+  // under it): no lease, the shared counters.
+  if (max_lease_ == 0 || tracker_ != nullptr || t_exiting || t_registry_held) return nullptr;
   budget_tls_entry& e = t_budget_leases[id_ % budget_tls_ways];
   if (e.id == id_) return e.lease;
   thread_leases& mine = my_leases();
-  budget_registry& r = the_budget_registry();
-  const std::lock_guard lock(r.mutex);
+  const registry_lock lock("budget_resource: a new lease");
   // Leases of budgets destroyed since: freed here (their TLS entries can never match again, but
   // are cleared all the same).
   std::erase_if(mine.all, [](budget_lease* l) {
@@ -168,6 +191,18 @@ detail::budget_lease* budget_resource::lease() {
 void budget_resource::set_limit(std::size_t limit) noexcept {
   limit_.store(limit, std::memory_order_relaxed);
   return_own_lease();
+  // B2: what is reserved now (in use, and what other threads' leases may still spend) may stay
+  // over the new limit; nothing more.
+  const std::size_t now = reserved_.load(std::memory_order_relaxed);
+  ceiling_.store(now > limit ? now : 0, std::memory_order_relaxed);
+  if (now > limit) stop_leases();
+}
+
+void budget_resource::stop_leases() noexcept {
+  // Over the limit, what a thread frees must not stay in its lease (where the next allocation
+  // would spend it unchecked): every deallocate gives its bytes back to the shared total until
+  // a lease is granted again, which needs room under the limit.
+  lease_cap_.store(0, std::memory_order_relaxed);
 }
 
 void budget_resource::return_own_lease() noexcept {
@@ -188,7 +223,9 @@ void* budget_resource::allocate_slow(std::size_t bytes, std::size_t alignment) {
   const std::size_t credit = l->credit.load(relaxed);
   const std::size_t lease_min = std::min(detail::min_lease, max_lease_);
   std::size_t extra = 0, now = 0;
-  if (bytes > credit) {  // take a new lease: the missing bytes and some credit ahead
+  // Take a new lease: the missing bytes and some credit ahead (with none left, a 0-byte
+  // request too: over the limit it is refused or goes to the handler like any other).
+  if (bytes > credit || credit == 0) {
     const std::size_t need = bytes - credit;
     const std::size_t lim = limit();
     std::size_t cur = reserved_.load(relaxed);
@@ -214,13 +251,15 @@ void* budget_resource::allocate_slow(std::size_t bytes, std::size_t alignment) {
   l->credit.store(left, relaxed);
   l->count.store(l->count.load(relaxed) + 1, relaxed);
   const std::size_t estimate = l->floor - left;
-  if (estimate > l->high.load(relaxed)) l->high.store(estimate, relaxed);
+  void* p;
   try {
-    return upstream_->allocate(bytes, alignment);
+    p = upstream_->allocate(bytes, alignment);
   } catch (...) {
     refund(*l, bytes);
     throw;
   }
+  if (estimate > l->high.load(relaxed)) l->high.store(estimate, relaxed);  // once served
+  return p;
 }
 
 void budget_resource::refund(detail::budget_lease& l, std::size_t bytes) noexcept {
@@ -231,7 +270,7 @@ void budget_resource::refund(detail::budget_lease& l, std::size_t bytes) noexcep
 
 void budget_resource::deallocate_slow(void* p, std::size_t bytes, std::size_t alignment) {
   if (tracker_ != nullptr) [[unlikely]]
-    untrack(p);
+    return deallocate_tracked(p, bytes, alignment);
   detail::budget_lease* l = nullptr;
   try {
     l = lease();
@@ -239,23 +278,48 @@ void budget_resource::deallocate_slow(void* p, std::size_t bytes, std::size_t al
   }
   constexpr auto relaxed = std::memory_order_relaxed;
   if (l == nullptr) {
-    upstream_->deallocate(p, bytes, alignment);
-    count_.fetch_sub(1, relaxed);
-    reserved_.fetch_sub(bytes, relaxed);
+    unreserve(p, bytes);  // or refuses, nothing changed
+    try {
+      upstream_->deallocate(p, bytes, alignment);
+    } catch (...) {
+      count_.fetch_add(1, relaxed);
+      reserved_.fetch_add(bytes, relaxed);
+      throw;
+    }
     return;
   }
-  // The lease first, then the upstream call (which may re-enter a budget on this thread).
-  l->count.store(l->count.load(relaxed) - 1, relaxed);
-  const std::size_t credit = l->credit.load(relaxed) + bytes;
+  // Checked against the shared total (or refused, nothing changed); then the lease, then the
+  // upstream call (which may re-enter a budget on this thread).
+  const std::size_t old = l->credit.load(relaxed);
   const std::size_t cap = lease_cap_.load(relaxed);
-  if (credit <= cap) {
-    l->credit.store(credit, relaxed);
-  } else {
-    const std::size_t keep = cap / 2;  // the rest goes back to the shared total
+  const std::size_t keep = cap / 2;  // past the cap, the rest goes back to the shared total
+  const bool back = old + bytes > cap || old + bytes < bytes;
+  const std::size_t now = unreserve_lease(p, bytes, old, back ? old + bytes - keep : 0);
+  l->count.store(l->count.load(relaxed) - 1, relaxed);
+  if (back) {
     l->credit.store(keep, relaxed);
-    l->floor = reserved_.fetch_sub(credit - keep, relaxed) - (credit - keep);
+    l->floor = now;
+  } else {
+    l->credit.store(old + bytes, relaxed);
   }
-  upstream_->deallocate(p, bytes, alignment);
+  try {
+    upstream_->deallocate(p, bytes, alignment);
+  } catch (...) {
+    unrefund(*l, bytes);
+    throw;
+  }
+}
+
+void budget_resource::unrefund(detail::budget_lease& l, std::size_t bytes) noexcept {
+  constexpr auto relaxed = std::memory_order_relaxed;
+  l.count.store(l.count.load(relaxed) + 1, relaxed);
+  const std::size_t credit = l.credit.load(relaxed);
+  if (credit >= bytes) {
+    l.credit.store(credit - bytes, relaxed);
+  } else {  // part went back to the shared total: in use again there
+    l.credit.store(0, relaxed);
+    l.floor = reserved_.fetch_add(bytes - credit, relaxed) + (bytes - credit);
+  }
 }
 
 }  // namespace bsalloc
