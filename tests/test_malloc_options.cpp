@@ -15,9 +15,8 @@ using bsalloc::detail::mx::read_options;
 
 namespace {
 void clear_env() {
-  for (const char* v :
-       {"BSALLOC_RETAIN_BYTES", "BSALLOC_PURGE_MS", "BSALLOC_CHECKED", "BSALLOC_HARDENED",
-        "BSALLOC_STATS"})
+  for (const char* v : {"BSALLOC_RETAIN_BYTES", "BSALLOC_PURGE_MS", "BSALLOC_CHECKED",
+                        "BSALLOC_HARDENED", "BSALLOC_STATS"})
     ::unsetenv(v);
 }
 }  // namespace
