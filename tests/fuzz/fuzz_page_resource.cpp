@@ -186,7 +186,10 @@ struct harness {
     }
     FUZZ_CHECK(!bad_alignment, "alignment " + num(alignment) + " accepted");
     const auto a = reinterpret_cast<std::uintptr_t>(p);
-    const std::size_t pages = pages_of(count);
+    // The memory_resource interface rounds counts above 16 pages to its size classes
+    // (page_resource::class_pages); allocate_pages takes the count as given.
+    const std::size_t pages =
+        via_pmr ? bsalloc::page_resource::class_pages(pages_of(count)) : pages_of(count);
     if (in_span)
       FUZZ_CHECK(a >= in_span->lo && a + pages * page_size <= in_span->hi,
                  "constrained allocation " + hex(p) + " outside region " + num(in_span->index));
@@ -198,7 +201,7 @@ struct harness {
     FUZZ_CHECK(info && info->head == p && info->state == bsalloc::block_state::allocated,
                "find_block(" + hex(p) + ") does not show an allocated head");
     model.add(p, pages * page_size, std::max(alignment, page_size),
-              in.ConsumeIntegral<std::uint8_t>(), via_pmr ? pages : count);
+              in.ConsumeIntegral<std::uint8_t>(), via_pmr ? pages : count);  // the run's pages
     allocated_pages += pages;
     freed.erase(std::remove(freed.begin(), freed.end(), a), freed.end());
   }
@@ -209,6 +212,9 @@ struct harness {
     const std::uintptr_t a = it->first;
     const std::size_t count = it->second.tag;
     model.remove(a);
+    // Through the memory_resource interface only when it names the run's exact count (a run of
+    // allocate_pages whose count is no size class of the interface goes back as it came).
+    if (bsalloc::page_resource::class_pages(pages_of(count)) != pages_of(count)) via_pmr = false;
     try {
       if (via_pmr)
         res.deallocate(reinterpret_cast<void*>(a), pages_of(count) * page_size, page_size);
