@@ -5,7 +5,7 @@
 #   scripts/fuzz.sh TARGET|all [SECONDS] [--merge] [-- extra libFuzzer flags]
 #
 # Targets: the tests/fuzz/fuzz_*.cpp files (page_resource, slab_resource, object_pool,
-# checked_misuse, frame_arena, budget; the "fuzz_" prefix is optional). SECONDS defaults to 60.
+# checked_misuse, frame_arena, budget, malloc; the "fuzz_" prefix is optional). SECONDS defaults to 60.
 #
 # Corpus: the committed seeds in tests/fuzz/corpus/<target>/ stay untouched; new inputs go to a
 # work corpus, $BSALLOC_FUZZ_WORK/corpus/<target>/ (default build-fuzz/work), kept between runs.

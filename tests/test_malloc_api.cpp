@@ -7,6 +7,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
@@ -86,6 +87,38 @@ TEST_CASE("malloc: failure is NULL with errno ENOMEM; calloc and reallocarray ov
   CHECK(bsalloc_malloc_usable_size(p) >= 32);
   bsalloc_free(p);
 }
+
+TEST_CASE("malloc: realloc of any block to a size nobody holds fails and keeps the block") {
+  // Found by fuzz_malloc: for a page run, realloc(p, SIZE_MAX) rounded the size to a page count
+  // that wrapped to 0 and "shrank" the run in place, returning p.
+  for (const std::size_t n : {std::size_t{16}, std::size_t{4000}, std::size_t{70000},
+                              std::size_t{600000}, std::size_t{3} << 20}) {
+    auto* p = static_cast<unsigned char*>(bsalloc_malloc(n));
+    REQUIRE(p != nullptr);
+    std::memset(p, 0x5c, n);
+    for (const std::size_t huge : {~std::size_t{0}, ~std::size_t{0} - 1, ~std::size_t{0} - 4095,
+                                   ~std::size_t{0} >> 1, (~std::size_t{0} >> 1) + 1,
+                                   std::size_t{1} << 46}) {
+      CAPTURE(n);
+      CAPTURE(huge);
+      errno = 0;
+      CHECK(bsalloc_realloc(p, huge) == nullptr);
+      CHECK(errno == ENOMEM);
+      errno = 0;
+      CHECK(bsalloc_reallocarray(p, 1, huge) == nullptr);
+      CHECK(errno == ENOMEM);
+      CHECK(bsalloc_malloc_usable_size(p) >= n);
+    }
+    CHECK(std::count(p, p + n, 0x5c) == static_cast<std::ptrdiff_t>(n));
+    bsalloc_free(p);
+  }
+  bsalloc_malloc_check_invariants();
+}
+// The page count of any byte count, without wrapping.
+static_assert(bsalloc::page_resource::pages_for(~std::size_t{0}) ==
+              (~std::size_t{0} >> bsalloc::page_shift) + 1);
+static_assert(bsalloc::page_resource::pages_for(~std::size_t{0} - 4095) ==
+              (~std::size_t{0} >> bsalloc::page_shift));
 
 TEST_CASE("malloc: calloc zeroes, also memory given back dirty") {
   for (std::size_t n : {24u, 3000u, 70000u, 1u << 20}) {

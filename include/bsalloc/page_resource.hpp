@@ -246,8 +246,9 @@ class page_resource : public std::pmr::memory_resource {
   void check_invariants() const;
   const page_resource_options& options() const noexcept { return options_; }
 
+  /// Pages that hold `bytes` (at least one). No overflow: SIZE_MAX gives SIZE_MAX / page_size + 1.
   static constexpr std::size_t pages_for(std::size_t bytes) noexcept {
-    return bytes == 0 ? 1 : (bytes + page_size - 1) >> page_shift;
+    return bytes == 0 ? 1 : (bytes >> page_shift) + ((bytes & (page_size - 1)) != 0);
   }
   /// The page count the memory_resource interface allocates for a request of `pages` pages:
   /// up to 16 pages exact, then rounded up to a multiple of an eighth of the power of two below

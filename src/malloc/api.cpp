@@ -115,6 +115,11 @@ void* bsalloc_realloc(void* p, std::size_t size) noexcept {
   }
   const page_resource* owner = page_map_find(p).owner;
   engine* e = g_engine.load(std::memory_order_acquire);
+  if (size > (page_size << max_order) && owner && e &&
+      (owner == &e->slab_pages || owner == &e->large_pages)) {
+    errno = ENOMEM;  // no run holds it; p untouched
+    return nullptr;
+  }
   if (!owner || !e || (owner != &e->slab_pages && owner != &e->large_pages)) {
     if (in_bootstrap_arena(p)) {  // never freed; its contents move
       void* q = bsalloc_malloc(size);

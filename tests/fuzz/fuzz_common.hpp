@@ -153,6 +153,14 @@ class shadow {
     return lb;
   }
 
+  // Drops the block's record without reading it (its memory is gone: realloc moved it).
+  void forget(std::uintptr_t a) {
+    auto it = blocks_.find(a);
+    FUZZ_CHECK(it != blocks_.end(), "model: no live block at " + hex(reinterpret_cast<void*>(a)));
+    bytes_ -= it->second.size;
+    blocks_.erase(it);
+  }
+
   // The n-th live block (n taken modulo the count); blocks_ must not be empty.
   std::map<std::uintptr_t, live_block>::iterator pick(std::size_t n) {
     auto it = blocks_.begin();
