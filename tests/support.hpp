@@ -17,6 +17,39 @@
 
 namespace bsalloc_test {
 
+// Which sanitizer this test binary runs under (GCC defines __SANITIZE_*; clang has
+// __has_feature).
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool asan_build = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+inline constexpr bool asan_build = true;
+#else
+inline constexpr bool asan_build = false;
+#endif
+#else
+inline constexpr bool asan_build = false;
+#endif
+#if defined(__SANITIZE_THREAD__)
+inline constexpr bool tsan_build = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+inline constexpr bool tsan_build = true;
+#else
+inline constexpr bool tsan_build = false;
+#endif
+#else
+inline constexpr bool tsan_build = false;
+#endif
+inline constexpr bool sanitized_build = asan_build || tsan_build;
+
+/// fork() from a parent whose other threads allocate: the fork-under-load tests run in the
+/// normal build only. Clang 14's AddressSanitizer allocator takes no lock around fork(), so a
+/// child can deadlock inside the sanitizer's own malloc whatever bsalloc does; ThreadSanitizer's
+/// fork support is flaky with a multi-threaded parent (a child now and then terminates inside
+/// it: "terminate called without an active exception").
+inline constexpr bool fork_under_load_unreliable = sanitized_build;
+
 /// Nothing allocated, and every region tiled by the fewest possible free blocks: what a buddy
 /// allocator looks like when everything has merged back.
 inline bool fully_coalesced(const bsalloc::page_resource& r) {

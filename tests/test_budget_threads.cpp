@@ -21,28 +21,18 @@
 
 #include <doctest/doctest.h>
 
+#include "support.hpp"
+
 namespace {
 
 using bsalloc::budget_resource;
 
 std::uint64_t seed() {
-  const char* e = std::getenv("BSALLOC_SEED");
-  const std::uint64_t v = e ? std::strtoull(e, nullptr, 10) : std::random_device{}();
-  MESSAGE("seed " << v << " (set BSALLOC_SEED to repeat)");
-  return v;
+  return bsalloc_test::test_seed("test_budget_threads");
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool sanitizer_malloc_forks_badly = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool sanitizer_malloc_forks_badly = true;
-#else
-constexpr bool sanitizer_malloc_forks_badly = false;
-#endif
-#else
-constexpr bool sanitizer_malloc_forks_badly = false;
-#endif
+// (Clang 14's ASan malloc takes no lock around fork: support.hpp.)
+constexpr bool sanitizer_malloc_forks_badly = bsalloc_test::asan_build;
 
 }  // namespace
 

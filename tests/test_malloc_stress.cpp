@@ -18,20 +18,15 @@
 
 #include <doctest/doctest.h>
 
+#include "support.hpp"
+
 namespace {
 
 std::uint64_t seed() {
-  const char* s = std::getenv("BSALLOC_SEED");
-  const std::uint64_t v = s != nullptr ? std::strtoull(s, nullptr, 10) : std::random_device{}();
-  MESSAGE("seed " << v << " (set BSALLOC_SEED to repeat)");
-  return v;
+  return bsalloc_test::test_seed("test_malloc_stress");
 }
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-constexpr int rounds = 3000;
-#else
-constexpr int rounds = 20000;
-#endif
+constexpr int rounds = bsalloc_test::sanitized_build ? 3000 : 20000;
 
 struct block {
   unsigned char* p = nullptr;

@@ -14,6 +14,8 @@
 
 #include <doctest/doctest.h>
 
+#include "support.hpp"
+
 using bsalloc::page_resource;
 using bsalloc::page_resource_options;
 
@@ -26,17 +28,8 @@ std::size_t rss_bytes() {
   return resident * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
 }
 
-#if BSALLOC_ASAN || defined(__SANITIZE_THREAD__)
-constexpr bool sanitized = true;  // shadow memory follows what is touched and stays resident
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-constexpr bool sanitized = true;
-#else
-constexpr bool sanitized = false;
-#endif
-#else
-constexpr bool sanitized = false;
-#endif
+// Sanitizers' shadow memory follows what is touched and stays resident.
+constexpr bool sanitized = bsalloc_test::sanitized_build;
 
 // Allocates `total` bytes of `size`-byte objects through `mr` (each written), frees them all,
 // then calls trim; returns RSS growth over the start, in bytes (may be negative).

@@ -23,21 +23,7 @@ using bsalloc::slab_resource_options;
 
 namespace {
 
-// Clang 14's AddressSanitizer allocator takes no lock around fork(): a child can deadlock inside
-// the sanitizer's malloc, whatever bsalloc does. The fork tests run in the other builds.
-// ThreadSanitizer's own fork support is flaky with a multi-threaded parent (a child sometimes
-// terminates inside it): skipped there too.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool sanitizer_malloc_forks_badly = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool sanitizer_malloc_forks_badly = true;
-#else
-constexpr bool sanitizer_malloc_forks_badly = false;
-#endif
-#else
-constexpr bool sanitizer_malloc_forks_badly = false;
-#endif
+constexpr bool sanitizer_malloc_forks_badly = bsalloc_test::fork_under_load_unreliable;
 
 // Runs f in a forked child that must exit 0 within `limit`; a deadlocked child is killed and
 // reported (the test fails rather than hangs).

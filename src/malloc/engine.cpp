@@ -270,7 +270,11 @@ extern "C" void bsalloc_malloc_stats_print(int json) noexcept {
   t_busy = was_busy;
 }
 
-extern "C" std::size_t bsalloc_malloc_objects_in_use(void) noexcept {
+namespace {
+// A count read from the engine's stats, with the re-entrancy flag set (stats() may allocate);
+// 0 before the engine exists or if reading fails.
+template <class F>
+std::size_t engine_count(F read) noexcept {
   using namespace bsalloc::detail::mx;
   engine* e = g_engine.load(std::memory_order_acquire);
   if (!e) return 0;
@@ -278,26 +282,20 @@ extern "C" std::size_t bsalloc_malloc_objects_in_use(void) noexcept {
   t_busy = true;
   std::size_t n = 0;
   try {
-    n = e->small.stats().objects_in_use;
+    n = read(*e);
   } catch (...) {
   }
   t_busy = was_busy;
   return n;
 }
+}  // namespace
+
+extern "C" std::size_t bsalloc_malloc_objects_in_use(void) noexcept {
+  return engine_count([](auto& e) { return e.small.stats().objects_in_use; });
+}
 
 extern "C" std::size_t bsalloc_malloc_large_in_use(void) noexcept {
-  using namespace bsalloc::detail::mx;
-  engine* e = g_engine.load(std::memory_order_acquire);
-  if (!e) return 0;
-  const bool was_busy = t_busy;
-  t_busy = true;
-  std::size_t n = 0;
-  try {
-    n = e->large_pages.stats().allocated_bytes;
-  } catch (...) {
-  }
-  t_busy = was_busy;
-  return n;
+  return engine_count([](auto& e) { return e.large_pages.stats().allocated_bytes; });
 }
 
 extern "C" void bsalloc_malloc_check_invariants(void) noexcept {

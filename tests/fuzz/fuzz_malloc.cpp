@@ -10,8 +10,9 @@
 // own malloc: bsalloc_malloc_owns says no, bsalloc_free and bsalloc_realloc hand them on).
 // A shadow model checks alignment, no overlap, fill patterns (kept across realloc up to the
 // smaller size, calloc's zeroes), malloc_usable_size >= the request with all of it writable,
-// and bsalloc_malloc_check_invariants() every 128 operations and every 8th input; at the end of every input, after
-// everything is freed, the allocator's objects and large bytes in use are back where they were.
+// and bsalloc_malloc_check_invariants() every 128 operations and every 8th input; at the end of
+// every input, after everything is freed, the allocator's objects and large bytes in use are back
+// where they were.
 #include <bsalloc/malloc.h>
 
 #include <cerrno>
@@ -25,7 +26,7 @@ using namespace bsalloc_fuzz;
 
 struct harness {
   FuzzedDataProvider& in;
-  shadow model;                  // tag: 1 for a foreign block (the process's malloc)
+  shadow model;  // tag: 1 for a foreign block (the process's malloc)
   std::uint8_t next_fill = 1;
 
   std::uint8_t fill() { return next_fill = static_cast<std::uint8_t>(next_fill * 5 + 3); }
@@ -49,8 +50,8 @@ struct harness {
   // A new block from bsalloc: owned, at least `bytes` usable and all of it writable, then filled.
   void add(void* p, std::size_t bytes, std::size_t align, const char* how) {
     FUZZ_CHECK(p != nullptr, std::string(how) + "(" + num(bytes) + ") returned NULL");
-    FUZZ_CHECK(bsalloc_malloc_owns(p) != 0, std::string(how) + " gave " + hex(p) +
-                                                " that bsalloc_malloc_owns denies");
+    FUZZ_CHECK(bsalloc_malloc_owns(p) != 0,
+               std::string(how) + " gave " + hex(p) + " that bsalloc_malloc_owns denies");
     const std::size_t usable = bsalloc_malloc_usable_size(p);
     FUZZ_CHECK(usable >= bytes, std::string(how) + ": usable size " + num(usable) + " below " +
                                     num(bytes) + " at " + hex(p));
@@ -280,7 +281,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::size_t large = bsalloc_malloc_large_in_use();
   FUZZ_CHECK(objects == base_objects, "objects in use " + num(objects) + " after the input, " +
                                           num(base_objects) + " before");
-  FUZZ_CHECK(large == base_large,
-             "large bytes in use " + num(large) + " after the input, " + num(base_large) + " before");
+  FUZZ_CHECK(large == base_large, "large bytes in use " + num(large) + " after the input, " +
+                                      num(base_large) + " before");
   return 0;
 }
