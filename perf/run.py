@@ -25,14 +25,10 @@ import statistics
 import subprocess
 import sys
 
-LIBDIR = "/usr/lib/x86_64-linux-gnu"
-PRELOAD = {
-    "jemalloc": "libjemalloc.so.2",
-    "mimalloc": "libmimalloc.so.2",
-    "tcmalloc": "libtcmalloc_minimal.so.4",
-}
+from perfcommon import FAST_PEERS, PRELOAD, cpu_model, fmt, gnuplot_terminal, preload_env, sh, \
+    write_csv
+
 REFERENCE = "slab"
-FAST_PEERS = ["jemalloc", "mimalloc", "tcmalloc"]
 COLORS = {  # one colour per peer in every chart; bsalloc's in reds
     "slab": "#c0001a", "object_pool": "#ff7f0e", "page": "#f4a3a8", "std_sync": "#4c4c9d",
     "std_unsync": "#8c8cd0", "boost_sync": "#2ca02c", "glibc": "#7f7f7f",
@@ -50,11 +46,7 @@ GROUP_TITLES = {
 
 
 def run_env(peer):
-    env = dict(os.environ)
-    env.pop("LD_PRELOAD", None)
-    if peer in PRELOAD:
-        env["LD_PRELOAD"] = os.path.join(LIBDIR, PRELOAD[peer])
-    return env
+    return preload_env(peer)
 
 
 def read_matrix(bench):
@@ -67,15 +59,8 @@ def read_matrix(bench):
     return matrix
 
 
-def sh(cmd):
-    try:
-        return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return ""
-
-
 def machine_info(argv):
-    cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
+    cpu = cpu_model()
     load = sh("cut -d' ' -f1-3 /proc/loadavg")
     libs = sh("dpkg-query -W -f='${Package} ${Version}\\n' libjemalloc2 libmimalloc2.0 "
               "libtcmalloc-minimal4 libboost-container1.74.0 2>/dev/null")
@@ -264,21 +249,6 @@ def evaluate_goals(summary, matrix):
     return goals
 
 
-def write_csv(path, rows):
-    if not rows:
-        open(path, "w").close()
-        return
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
-
-
-def fmt(v, spec):
-    return "-" if v is None else format(v, spec)
-
-
 def print_table(summary, goals, reps):
     print(f"\nmedians of {reps} run(s); x slab = peer / slab (above 1: slab wins); MiB of RSS: "
           "peak, growth = peak - RSS before the workload, freed = after freeing everything, "
@@ -345,14 +315,6 @@ def markdown_report(summary, goals, matrix, peer_order, reps, machine):
                      for g in goals)
         lines.append("")
     return "\n".join(lines)
-
-
-def gnuplot_terminal(width):
-    for term in (f"pngcairo size {width},520 font ',10'", f"png size {width},520"):
-        if subprocess.run(["gnuplot", "-e", f"set terminal {term}"], capture_output=True,
-                          input="").returncode == 0:
-            return term
-    return None
 
 
 def draw_charts(out, summary, matrix, peer_order):

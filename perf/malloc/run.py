@@ -30,14 +30,11 @@ import sys
 import tempfile
 import time
 
-LIBDIR = "/usr/lib/x86_64-linux-gnu"
-PRELOAD = {
-    "jemalloc": "libjemalloc.so.2",
-    "mimalloc": "libmimalloc.so.2",
-    "tcmalloc": "libtcmalloc_minimal.so.4",
-}
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from perfcommon import FAST_PEERS, LIBDIR, PRELOAD, cpu_model, fmt, gnuplot_terminal, \
+    loadavg, preload_env, sh, write_csv  # noqa: E402
+
 PEERS = ["bsalloc", "glibc", "jemalloc", "mimalloc", "tcmalloc"]
-FAST_PEERS = ["jemalloc", "mimalloc", "tcmalloc"]
 COLORS = {"bsalloc": "#c0001a", "glibc": "#7f7f7f", "jemalloc": "#17becf",
           "mimalloc": "#1f77b4", "tcmalloc": "#bcbd22"}
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -45,24 +42,7 @@ PROGRAMS = ["python", "sqlite3", "perl", "g++"]
 
 
 def run_env(peer, so):
-    env = dict(os.environ)
-    env.pop("LD_PRELOAD", None)
-    if peer == "bsalloc":
-        env["LD_PRELOAD"] = so
-    elif peer in PRELOAD:
-        env["LD_PRELOAD"] = os.path.join(LIBDIR, PRELOAD[peer])
-    return env
-
-
-def sh(cmd):
-    try:
-        return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return ""
-
-
-def loadavg():
-    return " ".join(open("/proc/loadavg").read().split()[:3])
+    return preload_env(peer, so)
 
 
 def so_info(so):
@@ -79,7 +59,7 @@ def machine_info(args):
     commit = sh(f"git -C '{HERE}' log -1 --format='%h %s'")
     dirty = sh(f"git -C '{HERE}' status --porcelain -- ':(top)' ':(top,exclude)perf/results'")
     dirty = " (with uncommitted changes)" if dirty else ""
-    cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
+    cpu = cpu_model()
     return "\n".join([
         f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"command: {os.environ.get('BSALLOC_PERF_COMMAND') or ' '.join(sys.argv)}",
@@ -386,20 +366,6 @@ def summarize(rows):
     return summary
 
 
-def write_csv(path, rows):
-    with open(path, "w", newline="") as f:
-        if not rows:
-            return
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
-
-
-def fmt(v, spec):
-    return "-" if v is None else format(v, spec)
-
-
 def geomeans(summary, kind):
     """Per peer: geometric means over the workloads (or programs) of the three ratios."""
     out = {}
@@ -522,12 +488,7 @@ def draw_charts(out, summary):
     if not shutil.which("gnuplot"):
         print("gnuplot not found: no charts", file=sys.stderr)
         return
-    term = None
-    for t in ("pngcairo size 1100,520 font ',10'", "png size 1100,520"):
-        if subprocess.run(["gnuplot", "-e", f"set terminal {t}"], capture_output=True,
-                          input="").returncode == 0:
-            term = t
-            break
+    term = gnuplot_terminal(1100)
     if term is None:
         print("gnuplot has no png terminal: no charts", file=sys.stderr)
         return
