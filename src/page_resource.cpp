@@ -68,8 +68,9 @@ page_resource::~page_resource() {
 
 void* page_resource::allocate_pages(std::size_t count, std::size_t alignment,
                                     page_constraint where) {
-  // Fast path: a cached run of exactly `count` pages, page alignment, no constraint.
-  if (cores_ && count - 1 < max_cached_run_pages && alignment <= page_size &&
+  // Fast path: a cached run of exactly `count` pages, page alignment, no constraint. Alignment
+  // 0 (alignment - 1 wraps) takes the slow path, which refuses it.
+  if (cores_ && count - 1 < max_cached_run_pages && alignment - 1 < page_size &&
       (alignment & (alignment - 1)) == 0 && where.region == any_region &&
       where.below == std::numeric_limits<std::uintptr_t>::max())
     if (void* p = cache_take(count)) return p;
@@ -178,7 +179,12 @@ void page_resource::deallocate_pages(void* p, std::size_t count) {
       const region& r = regions_[hit.region];
       const auto addr = reinterpret_cast<std::uintptr_t>(p);
       page_meta& m = r.meta[(addr - r.base) >> page_shift];
-      if (addr % page_size == 0 && run_mark(m.run) == run_live && cache_put(p, count, &m)) return;
+      // Only runs aligned to their buddy block are cached (C3: the aligned path of
+      // allocate_attempt relies on it); a run resized in place may start lower, and goes back
+      // to the buddy lists.
+      if ((addr & ((page_size << detail::run_order(count)) - 1)) == 0 &&
+          run_mark(m.run) == run_live && cache_put(p, count, &m))
+        return;
     }
   }
   deallocate_slow(p, count);

@@ -3,6 +3,7 @@
 // Helpers shared by the test suites.
 #include <bsalloc/page_resource.hpp>
 
+#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -71,6 +72,22 @@ inline bool fully_coalesced(const bsalloc::page_resource& r) {
   }
   return blocks == minimal;
 }
+
+/// Keeps the calling thread on the CPU it runs on (per-core caches), restoring the old affinity
+/// at the end.
+struct pin_to_this_cpu {
+  cpu_set_t old;
+  pin_to_this_cpu() {
+    REQUIRE(::sched_getaffinity(0, sizeof old, &old) == 0);
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(::sched_getcpu(), &one);
+    REQUIRE(::sched_setaffinity(0, sizeof one, &one) == 0);
+  }
+  ~pin_to_this_cpu() { ::sched_setaffinity(0, sizeof old, &old); }
+  pin_to_this_cpu(const pin_to_this_cpu&) = delete;
+  pin_to_this_cpu& operator=(const pin_to_this_cpu&) = delete;
+};
 
 /// The seed of a randomised test: BSALLOC_SEED when set (decimal or 0x hex), else a fresh one per
 /// process. Printed at every call with `what` (the test), so that a failure can be replayed:

@@ -332,7 +332,7 @@ class page_resource : public std::pmr::memory_resource {
   std::size_t cached_pages() const noexcept;
   void drain_caches(bool all);
   void clear_core(std::size_t c) noexcept;
-  std::size_t check_cache_locked() const;  // C1, C2; returns the number of cached runs
+  std::size_t check_cache_locked() const;  // C1-C3; returns the number of cached runs
   std::vector<std::size_t> core_cached_bytes()
       const;                   // lock held: forget the core's runs (release)
   void lock_all() noexcept;    // fork prepare: mutex_, then every core cache

@@ -104,7 +104,8 @@ inline unsigned greedy_order(std::uint64_t abs, std::uint64_t room) {
   return std::min(k, fit);
 }
 
-// Order of the buddy block a run of `count` pages is carved from (its head's alignment).
+// Order of the buddy block a run of `count` pages is carved from (its head's alignment, unless
+// the run was resized in place: resize_pages keeps the head).
 inline unsigned run_order(std::size_t count) {
   return static_cast<unsigned>(std::bit_width(count - 1));
 }

@@ -8,6 +8,9 @@
 //   C1  an entry of bin n is the head of a live allocated run of n pages whose head meta has
 //       cached == 1; no run is in two bins; no other run head has cached == 1.
 //   C2  core.pages == sum over its bins of n x entries <= cache_bytes_per_core / page_size.
+//   C3  a cached run of n pages starts at a multiple of 2^run_order(n) pages (its buddy block),
+//       so an over-aligned request may take it; runs resized in place that start lower are
+//       not cached (deallocate_pages checks).
 // Lock order: mutex_ before any core lock; the cache paths take only a core lock.
 #include <sched.h>
 #if __has_include(<sys/rseq.h>)
@@ -155,7 +158,7 @@ void page_resource::after_fork_child() noexcept {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Cache invariants (C1, C2), with mutex_ held by check_invariants().
+// Cache invariants (C1-C3), with mutex_ held by check_invariants().
 // ---------------------------------------------------------------------------------------------
 
 std::size_t page_resource::check_cache_locked() const {
@@ -183,6 +186,11 @@ std::size_t page_resource::check_cache_locked() const {
               "bsalloc::page_resource invariant broken: C1: cached run {} (bin {} of core {}) "
               "is not a live run of that count marked cached",
               e.run, count, c));
+        if ((addr & ((page_size << run_order(count)) - 1)) != 0)
+          throw std::logic_error(fmt::format(
+              "bsalloc::page_resource invariant broken: C3: cached run {} of {} pages is not "
+              "aligned to its buddy block ({} pages)",
+              e.run, count, std::size_t{1} << run_order(count)));
         pages += count;
         ++heads;
       }

@@ -5,8 +5,11 @@
 // options), then a sequence of operations: allocate runs (counts, alignments, constraints),
 // free them, misuse (double free, wrong count, interior / unaligned / foreign pointers: each must
 // throw std::invalid_argument and change nothing), add_region (disjoint, overlapping, too
-// small), trim, release, find_block probes. A shadow model checks alignment, no overlap, fill
-// patterns intact, the stats against the model, and check_invariants() every 16 operations.
+// small), trim, release, find_block probes, in-place resizes (resize_pages: grow into free
+// buddy pages, shrink). OS mode runs with or without the run cache, so runs freed into it (and
+// resized ones) meet over-aligned requests. A shadow model checks alignment, no overlap, fill
+// patterns intact (kept by a resize up to the smaller size), the stats against the model, and
+// check_invariants() every 16 operations.
 #include <bsalloc/page_resource.hpp>
 
 #include <algorithm>
@@ -61,9 +64,9 @@ struct harness {
                "allocated_bytes " + num(s.allocated_bytes) + " != model " +
                    num(allocated_pages * page_size));
     FUZZ_CHECK(s.peak_allocated_bytes >= s.allocated_bytes, "peak below allocated");
-    FUZZ_CHECK(s.free_bytes + s.allocated_bytes == s.managed_bytes,
+    FUZZ_CHECK(s.free_bytes + s.allocated_bytes + s.cached_bytes == s.managed_bytes,
                "free " + num(s.free_bytes) + " + allocated " + num(s.allocated_bytes) +
-                   " != managed " + num(s.managed_bytes));
+                   " + cached " + num(s.cached_bytes) + " != managed " + num(s.managed_bytes));
     FUZZ_CHECK(s.dirty_free_bytes <= s.free_bytes, "dirty above free");
     std::size_t free_pages = 0, total = 0, blocks_pages = 0;
     for (const auto& r : s.regions) {
@@ -327,6 +330,36 @@ struct harness {
     }
   }
 
+  // resize_pages on a live run: grown in place (the pages after it must be free: the model's
+  // no-overlap check sees a wrong grow) or shrunk; its contents up to the smaller size stay.
+  void op_resize() {
+    if (model.empty()) return;
+    auto it = model.pick(in.ConsumeIntegral<std::size_t>());
+    const std::uintptr_t a = it->first;
+    const live_block old = it->second;
+    const std::size_t from = old.size / page_size;
+    const std::size_t to = in.ConsumeBool() ? in.ConsumeIntegralInRange<std::size_t>(1, 80)
+                                            : from + in.ConsumeIntegralInRange<std::size_t>(0, 3);
+    model.remove(a);  // verifies the pattern
+    bool done = false;
+    try {
+      done = res.resize_pages(reinterpret_cast<void*>(a), old.tag, to);
+    } catch (const std::exception& e) {
+      fail("resize_pages(" + hex(reinterpret_cast<void*>(a)) + ", " + num(old.tag) + ", " +
+           num(to) + ") of a live run threw: " + e.what());
+    }
+    const std::size_t now = done ? to : from;
+    const auto* b = reinterpret_cast<const std::uint8_t*>(a);
+    for_checked_bytes(old.size, [&](std::size_t i) {
+      if (i < now * page_size && b[i] != pattern_at(old.fill, i))
+        fail("resize_pages " + hex(b) + " " + num(from) + " -> " + num(to) + " pages: byte " +
+             num(i) + " not kept");
+    });
+    if (done) FUZZ_CHECK(res.usable_size(b) == now * page_size, "usable_size after a resize");
+    model.add(reinterpret_cast<void*>(a), now * page_size, old.align, old.fill, now);
+    allocated_pages = allocated_pages - from + now;
+  }
+
   void op_trim() {
     const std::size_t given = res.trim();
     const auto s = res.stats();
@@ -402,10 +435,16 @@ struct harness {
           check_stats();
           break;
         case 13:
-          if (in.ConsumeBool())
-            model.verify_all();
-          else
-            print_stats(res.stats());
+          switch (in.ConsumeIntegralInRange<int>(0, 3)) {
+            case 0:
+              model.verify_all();
+              break;
+            case 1:
+              print_stats(res.stats());
+              break;
+            default:
+              op_resize();
+          }
           break;
         case 14:
           op_trim();
@@ -427,6 +466,7 @@ struct harness {
       res.deallocate_pages(reinterpret_cast<void*>(a), count);
       allocated_pages -= pages_of(count);
     }
+    res.flush_cache();  // cached runs merge back too
     check_stats();
     const auto s = res.stats();
     std::size_t blocks = 0, minimal = 0;
@@ -458,6 +498,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     o.retain_bytes = in.ConsumeBool() ? 0 : pow2(in, 12, 24);
     o.purge_interval = std::chrono::milliseconds(in.ConsumeBool() ? 0 : 1000);
     o.grow_from_os = in.ConsumeIntegralInRange<int>(0, 7) != 0;
+    o.cache_bytes_per_core = in.ConsumeBool() ? 0 : pow2(in, 15, 22);
     bsalloc::page_resource res(o);
     harness h{in, res, true, o.grow_from_os, {}, {}, 0, {}};
     h.run();
