@@ -9,7 +9,9 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <cstdio>
 #include <cstring>
+#include <exception>
 #include <memory_resource>
 #include <thread>
 #include <vector>
@@ -33,7 +35,17 @@ int fork_and_wait(F f, std::chrono::milliseconds limit) {
   REQUIRE(pid >= 0);
   if (pid == 0) {
     ::alarm(static_cast<unsigned>(limit.count() / 1000 + 2));  // a second line of defence
-    f();
+    // Nothing may unwind out of the child into the test runner (which would go on running the
+    // parent's test in the child): an exception is reported and is the child's failure.
+    try {
+      f();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "fork child: exception: %s\n", e.what());
+      ::_exit(3);
+    } catch (...) {
+      std::fprintf(stderr, "fork child: unknown exception\n");
+      ::_exit(3);
+    }
     ::_exit(0);
   }
   const auto deadline = std::chrono::steady_clock::now() + limit;
