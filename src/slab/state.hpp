@@ -9,7 +9,10 @@
 //   checked.cpp       checked mode: allocation bitmap, request records, verdicts
 //   hardened.cpp      hardened mode (encoded, validated free-list links; free-state tags) and
 //                     the memcheck client requests (the "careful" path)
-// The facade (src/slab_resource.cpp) holds the inline fast path and dispatches.
+// The facade (src/slab_resource.cpp) holds the inline fast path and dispatches. The slab header,
+// geometry, lists, take / put back of one object, the empty-slab policy, the checked bitmap and
+// the invariant walk are the slab core's (include/bsalloc/detail/slab_core.hpp), which
+// object_pool uses too.
 //
 // Lock order (a lock is only taken after those before it; none is held across an upstream call
 // but upstream_lock, which is held exactly across one):
