@@ -236,12 +236,12 @@ class object_pool {
   /// The slab header's magic is verified always; in checked mode also the pool's registry, the
   /// object boundary and the allocation bit, before ~T runs. Unlike deallocate / destroy, this
   /// has to read the header p masks to, so p must at least point into mapped memory.
-  static void dispose(T* p) noexcept {
+  [[gnu::always_inline]] static void dispose(T* p) noexcept {
     if (!p) return;
     slab* s = core::slab_of(p);
     // Checked or not (one compare on the header's first cache line): the header must be a
     // live slab's before its owner pointer is followed.
-    if (s->magic != detail::pool_slab_magic) [[unlikely]]
+    if (!detail::pool_slab_live(s)) [[unlikely]]
       detail::pool_bad_pointer(detail::pool_type_name<T>(), "dispose", p,
                                "not in a live object_pool slab (bad slab header)");
     if (s->res->checked) [[unlikely]] {

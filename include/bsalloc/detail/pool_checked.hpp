@@ -37,7 +37,7 @@ struct pool_checked {
     if (!core::in_registry(c, a & ~(slab_bytes - 1)))
       pool_bad_pointer(type, op, p, "not allocated from this pool (no slab of it holds it)");
     const slab* s = core::slab_of(p);
-    if (s->magic != pool_slab_magic || s->res != &c)
+    if (!pool_slab_live(s) || s->res != &c)
       pool_bad_pointer(type, op, p, "the slab header is corrupt");
     const std::size_t offset = a & (slab_bytes - 1);
     if (offset < first_slot)
@@ -83,7 +83,7 @@ struct pool_checked {
     const std::size_t used = slab_check_lists(
         c.lists, walk,
         [&](const slab* s) {
-          return s->magic == pool_slab_magic && s->res == &c && s->cls == 0 && s->owner == 0;
+          return pool_slab_live(s) && s->res == &c && s->cls == 0 && s->owner == 0;
         },
         [](void* p, const slab*) { return core::link_of(p); },
         [&](const char* what, const slab* s) {

@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory_resource>
 #include <string>
 #include <string_view>
@@ -86,8 +87,18 @@ void pool_vg_slab_dies(const void* slab, std::size_t n) noexcept;
 void pool_vg_alloc(const void* slab, const void* p, std::size_t n) noexcept;
 void pool_vg_free(const void* slab, const void* p) noexcept;  // p's link word stays accessible
 
-/// The magic of a live object_pool slab (slab_resource's slabs have their own).
-inline constexpr std::uint32_t pool_slab_magic = 0x706f6f6cu;  // "pool"
+/// The magic of a live object_pool slab: a constant mixed with the slab's own address (above
+/// the page bits), so that neither a header given back (zeroed) nor user data that happens to
+/// sit at a slab-aligned address passes for one by holding a fixed value. One compare.
+inline constexpr std::uint32_t pool_slab_key = 0xb5a1b001u;
+inline std::uint32_t pool_slab_magic(const void* slab) noexcept {
+  const auto a = reinterpret_cast<std::uintptr_t>(slab);
+  return pool_slab_key ^ static_cast<std::uint32_t>(a >> 12);
+}
+template <class Slab>
+inline bool pool_slab_live(const Slab* slab) noexcept {
+  return slab->magic == pool_slab_magic(slab);
+}
 
 /// A slot: room for one T, at least one pointer (the free-list link), aligned to at least a
 /// pointer. Every slab reserves room for the checked bitmap (checked is chosen at run time).
@@ -149,7 +160,10 @@ struct alignas(64) pool_control {
   std::pmr::memory_resource* const upstream;
   std::size_t handles = 1;
   std::pmr::vector<std::uintptr_t> registry;  // from upstream: a pool takes nothing elsewhere
-  pool_cache_key key;                         // the thread caches' view (no slot: none)
+  // The thread caches' view (no slot: none). Read by every thread's fast path: on a cache line
+  // of its own, away from handles and the registry, which copies of handles and slab traffic
+  // write.
+  alignas(64) pool_cache_key key;
 };
 
 /// What a thread does after it released the lock: give a slab back, destroy the pool.

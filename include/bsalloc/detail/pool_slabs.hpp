@@ -109,8 +109,9 @@ struct pool_slabs {
       c.upstream->deallocate(mem, slab_bytes, slab_bytes);
       pool_misaligned_slab(pool_type_name<T>(), mem, slab_bytes);
     }
-    slab* s = slab_carve(mem, pool_slab_magic, 0, 0, static_cast<std::uint32_t>(objects_per_slab),
-                         first_slot, &c);
+    static_assert(objects_per_slab <= UINT32_MAX, "a slab's object count must fit 32 bits");
+    slab* s = slab_carve(mem, pool_slab_magic(mem), 0, 0,
+                         static_cast<std::uint32_t>(objects_per_slab), first_slot, &c);
     slab_bitmap_init(s, geom::bitmap_words);
     pool_poison(s->tail, slab_bytes - first_slot);
     if (c.memcheck) [[unlikely]]

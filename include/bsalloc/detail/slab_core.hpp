@@ -60,6 +60,9 @@ struct slab_header {
   slab_header* next;
   Owner* res;
 };
+static_assert(sizeof(slab_header<void>) <= slab_header_size, "the header fits its 64 bytes");
+// object_pool reads magic, cls and owner as one 8-byte word (pool_slab_word).
+static_assert(offsetof(slab_header<void>, cls) == 4 && offsetof(slab_header<void>, owner) == 6);
 
 // -- geometry -------------------------------------------------------------------------------------
 
