@@ -53,11 +53,10 @@ bool known_thread_safe(std::pmr::memory_resource* up) {
                   res, p, bytes, alignment, alignment));
 }
 
-// Objects of `size` that fit in `slab_bytes` after the header.
+// Objects of `size` that fit in `slab_bytes` after the header (the slab core's geometry, with a
+// 4-byte request record per object in checked mode).
 std::size_t fit(std::size_t slab_bytes, std::size_t size, std::size_t obj_align, bool checked) {
-  std::size_t n = (slab_bytes - 64) / size;
-  while (n > 0 && detail::slab_header_bytes(n, obj_align, checked) + n * size > slab_bytes) --n;
-  return n;
+  return detail::slab_capacity(slab_bytes, size, obj_align, checked, 4);
 }
 
 }  // namespace

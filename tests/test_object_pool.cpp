@@ -216,6 +216,28 @@ TEST_CASE("pool_ptr adopting a pointer that is in no pool's slab: caught in eith
   std::free(region);
 }
 
+TEST_CASE("pool_ptr: memory that holds another slab's header bytes is no live slab") {
+  // A block given back by a pool and reused by the upstream for user data can hold the bytes of
+  // a pool slab's header; so can any data copied from one. The magic is mixed with the slab's
+  // own address, so a header's bytes at another address are refused (a fixed magic was not).
+  using P = object_pool<counted>;
+  P pool;
+  auto live = pool.make(7);
+  auto* slab_start = reinterpret_cast<std::byte*>(reinterpret_cast<std::uintptr_t>(live.get()) &
+                                                  ~(P::slab_bytes - 1));
+  void* region = std::aligned_alloc(P::slab_bytes, P::slab_bytes);
+  REQUIRE(region);
+  std::memcpy(region, slab_start, 64);  // the live slab's whole header, at another address
+  auto* p = reinterpret_cast<counted*>(static_cast<std::byte*>(region) + 4096);
+  ::new (p) counted(1);
+  const auto r = run_in_child([&] { pool_ptr<counted> wrong(p); });
+  CHECK(r.aborted);
+  CHECK(contains(r.err, "bad slab header"));
+  p->~counted();
+  std::free(region);
+  pool.check_invariants();
+}
+
 TEST_CASE("checked mode: correct use passes, and the allocation bitmap stays consistent") {
   counted::reset();
   counting_resource up;

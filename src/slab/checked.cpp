@@ -39,8 +39,7 @@ void slab_state::bad(const void* p, std::size_t bytes, std::size_t alignment,
 
 void slab_state::init_checked(slab* s) {
   const auto& g = geom[s->cls];
-  for (std::uint32_t w = 0; w < g.bitmap_words; ++w)
-    ::new (bitmap(s) + w) std::atomic<std::uint64_t>(0);
+  slab_bitmap_init(s, g.bitmap_words);
   for (std::uint32_t i = 0; i < g.capacity; ++i)
     ::new (records(s) + i) std::atomic<std::uint32_t>(0);
   std::lock_guard lock(checked_lock);
@@ -66,11 +65,8 @@ slab* slab_state::registered_slab(const void* p) const {
 void slab_state::mark_allocated(void* p, int c, std::size_t bytes, std::size_t alignment) {
   slab* s = slab_of(p, c);
   const auto& g = geom[static_cast<std::size_t>(c)];
-  const std::size_t i =
-      (static_cast<std::size_t>(static_cast<char*>(p) - reinterpret_cast<char*>(s)) - g.offset) /
-      g.size;
-  const std::uint64_t bit = std::uint64_t{1} << (i % 64);
-  if (bitmap(s)[i / 64].fetch_or(bit, std::memory_order_relaxed) & bit) {
+  const std::size_t i = slab_index(s, p, g.offset, g.size);
+  if (slab_bit_set(s, i)) {
     fmt::print(stderr,
                "bsalloc: slab_resource {}: allocate: object {} handed out twice "
                "(heap corruption: a write after free?)\n",
@@ -94,10 +90,8 @@ bool slab_state::check_deallocate(void* p, std::size_t bytes, std::size_t alignm
           "double free or a foreign pointer)");
     if ((off - g.offset) % g.size != 0 || (off - g.offset) / g.size >= g.capacity)
       bad(p, bytes, alignment, "pointer is not the start of an object");
-    const std::size_t i = (off - g.offset) / g.size;
-    const std::uint64_t bit = std::uint64_t{1} << (i % 64);
-    if (!(bitmap(s)[i / 64].load(std::memory_order_relaxed) & bit))
-      bad(p, bytes, alignment, "double free");
+    const std::size_t i = slab_index(s, p, g.offset, g.size);
+    if (!slab_bit(s, i)) bad(p, bytes, alignment, "double free");
     const std::uint32_t r = records(s)[i].load(std::memory_order_relaxed);
     if (record_bytes(r) != bytes)
       bad(p, bytes, alignment,
@@ -106,7 +100,7 @@ bool slab_state::check_deallocate(void* p, std::size_t bytes, std::size_t alignm
       bad(p, bytes, alignment,
           fmt::format("alignment does not match the allocation (alignment {})",
                       record_alignment(r)));
-    bitmap(s)[i / 64].fetch_and(~bit, std::memory_order_relaxed);
+    slab_bit_clear(s, i);
     return false;
   }
   std::lock_guard large_guard(large_lock);

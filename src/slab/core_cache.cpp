@@ -26,30 +26,22 @@ std::size_t slab_state::current_core() const {
   return cpu < 0 ? 0 : static_cast<std::size_t>(cpu) % ncores;
 }
 
-// Lock held. An object comes back into its slab (owned by `core`).
+// Lock held. An object comes back into its slab (owned by `core`): the slab core's put back
+// and empty-slab policy (S4: an emptied slab beyond max_empty_slabs_per_class goes upstream).
 void slab_state::put_back(core_cache& core, void* p, int c, slab_list& returns) {
   slab* s = slab_of(p, c);
   BSALLOC_ASSERT(s->magic == slab_magic && s->cls == c && s->res == this, "S2 (slab of p)");
   BSALLOC_ASSERT(core_if(s->owner) == &core && s->used > 0, "S1/S2 (put back to its owner)");
   if (hardened) [[unlikely]]
     check_slab(s, c, "put back");
-  set_next(p, s->free);
-  s->free = p;
+  slab_put(s, p, [this](void* at, void* next) { set_next(at, next); });
   BSALLOC_POISON_FREE(p, geom[static_cast<std::size_t>(c)].size);
-  --s->used;
   auto& l = core.cls[static_cast<std::size_t>(c)];
-  if (s->list == list_full) move(l, s, list_partial);
-  BSALLOC_ASSERT(s->list != list_full, "S2 (a slab with a free object is not full)");
-  if (s->used == 0) {
-    if (l.empty_count < knobs.max_empty_slabs_per_class) {
-      move(l, s, list_empty);
-    } else {
-      unlink(list_head(l, s->list), s);
-      --l.slabs;
-      ++core.counters.slab_returns;
-      returns.push(s);
-    }
+  if (slab* gone = slab_settle(l, s, knobs.max_empty_slabs_per_class)) {
+    ++core.counters.slab_returns;
+    returns.push(gone);
   }
+  BSALLOC_ASSERT(s->list != list_full, "S2 (a slab with a free object is not full)");
 }
 
 // Lock held. Applies every remote free posted to this core.
@@ -82,39 +74,30 @@ void slab_state::drain(core_cache& core, slab_list& returns) {
   }
 }
 
-// Lock held. Takes up to n objects of class c from the core's slabs; returns them chained.
+// Lock held. Takes up to n objects of class c from the core's slabs (the slab core's take);
+// returns them chained.
 std::uint32_t slab_state::take(core_cache& core, int c, std::uint32_t n, void*& chain) {
   auto& l = core.cls[static_cast<std::size_t>(c)];
   const std::size_t size = geom[static_cast<std::size_t>(c)].size;
   std::uint32_t got = 0;
   while (got < n) {
-    slab* s = l.partial;
-    if (!s) {
-      if (!l.empty) break;
-      s = l.empty;
-      move(l, s, list_partial);
-    }
+    slab* s = slab_to_take(l);
+    if (!s) break;
     if (hardened) [[unlikely]]
       check_slab(s, c, "take");
-    while (got < n && (s->free || s->untouched)) {
-      void* p;
-      if (s->free) {
-        p = s->free;
-        s->free = next_of(p, c, s);
-      } else {
-        p = s->tail;
-        s->tail += size;
-        --s->untouched;
-        if (careful) [[unlikely]]
-          mark_fresh(p, c);
-      }
-      ++s->used;
+    while (got < n && !slab_exhausted(s)) {
+      void* p = slab_take(
+          s, size, [&](void* at) { return next_of(at, c, s); },
+          [&](void* fresh) {
+            if (careful) [[unlikely]]
+              mark_fresh(fresh, c);
+          });
       set_next(p, chain);
       chain = p;
       ++got;
     }
     BSALLOC_ASSERT(s->used + s->untouched <= s->capacity, "S1 (take)");
-    if (!s->free && !s->untouched) move(l, s, list_full);
+    if (slab_exhausted(s)) slab_move(l, s, list_full);
   }
   BSALLOC_ASSERT(l.empty_count <= knobs.max_empty_slabs_per_class, "S4");
   core.counters.allocations += got;

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// slab_resource::check_invariants(): S1-S4 (slab_resource.hpp) and the large records' L1.
+// slab_resource::check_invariants(): S1-S4 (slab_resource.hpp; S1, S2, S4 and checked mode's
+// S5 by the slab core's walk, detail/slab_core.hpp), T1 and the large records' L1.
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -34,32 +35,33 @@ void slab_resource::check_invariants() const {
     if (!core) continue;
     std::lock_guard lock(core->lock);
     for (int c = 0; c < class_count; ++c) {
-      auto& l = core->cls[static_cast<std::size_t>(c)];
-      std::uint32_t count = 0, empties = 0;
-      for (std::uint8_t which : {detail::list_partial, detail::list_full, detail::list_empty}) {
-        detail::slab* prev = nullptr;
-        for (detail::slab* s = slab_state::list_head(l, which); s; prev = s, s = s->next) {
-          ++count;
-          if (s->magic != detail::slab_magic || s->cls != c || s->owner != ci || s->res != &st)
-            fail(ci, c, "S2: foreign slab on a list");
-          if (s->prev != prev) fail(ci, c, "S2: list back link broken");
-          if (s->list != which) fail(ci, c, "S2: slab tagged with another list");
-          std::uint32_t free_len = 0;
-          for (void* p = s->free; p; p = st.next_of(p, c, s))
-            if (++free_len > s->capacity) fail(ci, c, "S1: free list longer than the slab");
-          if (s->used + free_len + s->untouched != s->capacity)
-            fail(ci, c, "S1: used + free + untouched != capacity");
-          const bool full = free_len == 0 && s->untouched == 0;
-          if ((which == detail::list_full) != full) fail(ci, c, "S2: full list iff no free object");
-          if ((which == detail::list_empty) != (s->used == 0))
-            fail(ci, c, "S2: empty list iff nothing used");
-          used[static_cast<std::size_t>(c)] += s->used;
-          if (which == detail::list_empty) ++empties;
-        }
+      const auto& g = st.geom[static_cast<std::size_t>(c)];
+      if (c >= st.classes) {
+        const auto& l = core->cls[static_cast<std::size_t>(c)];
+        if (l.slabs || l.partial || l.full || l.empty)
+          fail(ci, c, "S2: slabs of a class not in use");
+        continue;
       }
-      if (count != l.slabs) fail(ci, c, "S2: slab count wrong");
-      if (empties != l.empty_count) fail(ci, c, "S2: empty count wrong");
-      if (empties > st.knobs.max_empty_slabs_per_class) fail(ci, c, "S4: too many empty slabs");
+      // S1, S2, S4 and S5 (the slab core's walk); thread caches hold objects in checked mode
+      // too, so set bits may be fewer than used.
+      const detail::slab_walk_geom walk{.size = g.size,
+                                        .first_object = g.offset,
+                                        .slab_bytes = g.slab_bytes,
+                                        .capacity = g.capacity,
+                                        .max_empty = st.knobs.max_empty_slabs_per_class,
+                                        .checked = st.knobs.checked,
+                                        .exact_bits = false};
+      used[static_cast<std::size_t>(c)] += static_cast<std::int64_t>(detail::slab_check_lists(
+          core->cls[static_cast<std::size_t>(c)], walk,
+          [&](const detail::slab* s) {
+            return s->magic == detail::slab_magic && s->cls == c && s->owner == ci && s->res == &st;
+          },
+          [&](void* p, const detail::slab* s) { return st.next_of(p, c, s); },
+          [&](const char* what, const detail::slab* s) {
+            throw std::logic_error(fmt::format(
+                "bsalloc::slab_resource invariant broken (core {}, class {}, slab {}): {}", ci, c,
+                static_cast<const void*>(s), what));
+          }));
     }
   }
   for (int c = 0; c < class_count; ++c)

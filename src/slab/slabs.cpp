@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// Slab mechanics and the upstream: new/return slabs, list links. See state.hpp.
+// Slabs and the upstream: new slabs (carved by the slab core), slabs given back. See state.hpp;
+// the header, the lists and take/put back are the slab core's (detail/slab_core.hpp).
 #include <new>
 
 #include "state.hpp"
@@ -19,28 +20,6 @@ void slab_state::up_deallocate(void* p, std::size_t bytes, std::size_t alignment
   upstream->deallocate(p, bytes, alignment);
 }
 
-void slab_state::unlink(slab*& head, slab* s) {
-  if (s->prev)
-    s->prev->next = s->next;
-  else
-    head = s->next;
-  if (s->next) s->next->prev = s->prev;
-  s->prev = s->next = nullptr;
-}
-void slab_state::link(slab*& head, slab* s) {
-  s->prev = nullptr;
-  s->next = head;
-  if (head) head->prev = s;
-  head = s;
-}
-void slab_state::move(core_cache::lists& l, slab* s, std::uint8_t to) {
-  unlink(list_head(l, s->list), s);
-  if (s->list == list_empty) --l.empty_count;
-  s->list = to;
-  link(list_head(l, to), s);
-  if (to == list_empty) ++l.empty_count;
-}
-
 // No lock held: the slab is not published until take_from links it.
 slab* slab_state::new_slab(std::size_t core, int c) {
   const auto& g = geom[static_cast<std::size_t>(c)];
@@ -51,18 +30,8 @@ slab* slab_state::new_slab(std::size_t core, int c) {
     up_deallocate(mem, g.slab_bytes, g.slab_bytes);
     throw std::bad_alloc();  // an upstream that does not honour alignment cannot serve slabs
   }
-  auto* s = static_cast<slab*>(mem);
-  s->magic = slab_magic;
-  s->cls = static_cast<std::uint16_t>(c);
-  s->owner = static_cast<std::uint16_t>(core);
-  s->used = 0;
-  s->capacity = g.capacity;
-  s->untouched = g.capacity;
-  s->list = list_partial;
-  s->free = nullptr;
-  s->tail = reinterpret_cast<char*>(s) + g.offset;
-  s->prev = s->next = nullptr;
-  s->res = this;
+  slab* s = slab_carve(mem, slab_magic, static_cast<std::uint16_t>(c),
+                       static_cast<std::uint16_t>(core), g.capacity, g.offset, this);
   if (knobs.checked) {
     try {
       init_checked(s);  // registers the slab: may throw std::bad_alloc

@@ -9,7 +9,10 @@
 //   checked.cpp       checked mode: allocation bitmap, request records, verdicts
 //   hardened.cpp      hardened mode (encoded, validated free-list links; free-state tags) and
 //                     the memcheck client requests (the "careful" path)
-// The facade (src/slab_resource.cpp) holds the inline fast path and dispatches.
+// The facade (src/slab_resource.cpp) holds the inline fast path and dispatches. The slab header,
+// geometry, lists, take / put back of one object, the empty-slab policy, the checked bitmap and
+// the invariant walk are the slab core's (include/bsalloc/detail/slab_core.hpp), which
+// object_pool uses too.
 //
 // Lock order (a lock is only taken after those before it; none is held across an upstream call
 // but upstream_lock, which is held exactly across one):
@@ -17,6 +20,7 @@
 //   core locks -> checked_lock -> large_lock
 // The fork handlers (thread_cache.cpp) take them all in that order.
 #include <bsalloc/detail/config.hpp>
+#include <bsalloc/detail/slab_core.hpp>
 #include <bsalloc/page_resource.hpp>
 #include <bsalloc/slab_resource.hpp>
 
@@ -81,29 +85,16 @@ inline void link_set(void* at, const void* next, std::uintptr_t key) noexcept {
 }
 
 constexpr std::uint32_t slab_magic = 0xb5a1ab5au;
-enum : std::uint8_t { list_partial, list_full, list_empty };
 
 struct slab_state;
 
-// The slab header: the first 64 bytes of every slab. Checked mode puts the allocation bitmap
-// (one bit per object) and the request records (one 32-bit word per object) after it.
+// The slab header (detail/slab_core.hpp): the first 64 bytes of every slab; cls is the size
+// class, owner the core cache, res this resource's state. Checked mode puts the allocation
+// bitmap (one bit per object) and the request records (one 32-bit word per object) after it.
 // magic/cls/owner/res never change after the slab is published; the owner core's lock guards
 // the rest (S1, S2).
-struct slab {
-  std::uint32_t magic;
-  std::uint16_t cls;
-  std::uint16_t owner;  // core cache index
-  std::uint32_t used;   // objects out of the slab
-  std::uint32_t capacity;
-  std::uint32_t untouched;  // objects never handed out, from `tail` on
-  std::uint8_t list;
-  void* free;  // objects given back, LIFO, linked through their first word
-  char* tail;
-  slab* prev;
-  slab* next;
-  slab_state* res;
-};
-static_assert(sizeof(slab) <= 64);
+using slab = slab_header<slab_state>;
+static_assert(sizeof(slab) <= slab_header_size);
 
 struct class_geom {
   std::size_t size = 0;
@@ -156,13 +147,7 @@ struct remote_batch {  // a chain of `count` objects of one class, linked throug
 // Per CPU, created on the first use of that CPU (registry_mutex held while creating).
 struct alignas(64) core_cache {
   explicit core_cache(std::size_t capacity) : inbox(capacity) {}
-  struct lists {
-    slab* partial = nullptr;
-    slab* full = nullptr;
-    slab* empty = nullptr;
-    std::uint32_t empty_count = 0;
-    std::uint32_t slabs = 0;
-  };
+  using lists = slab_lists<slab_state>;  // the slab core's partial/full/empty lists
   std::mutex lock;
   std::array<lists, class_count> cls;  // lock
   slab_core_stats counters;            // lock
@@ -262,15 +247,13 @@ struct slab_state {
   void* up_allocate(std::size_t bytes, std::size_t alignment);
   void up_deallocate(void* p, std::size_t bytes, std::size_t alignment);
   slab* slab_of(const void* p, int c) const {
-    return reinterpret_cast<slab*>(reinterpret_cast<std::uintptr_t>(p) &
-                                   ~(geom[static_cast<std::size_t>(c)].slab_bytes - 1));
+    return slab_at<slab>(p, geom[static_cast<std::size_t>(c)].slab_bytes);
   }
-  static void unlink(slab*& head, slab* s);
-  static void link(slab*& head, slab* s);
-  static slab*& list_head(core_cache::lists& l, std::uint8_t which) {
-    return which == list_partial ? l.partial : which == list_full ? l.full : l.empty;
-  }
-  static void move(core_cache::lists& l, slab* s, std::uint8_t to);
+  // The slab core's list operations (detail/slab_core.hpp), by their names here.
+  static void unlink(slab*& head, slab* s) { slab_unlink(head, s); }
+  static void link(slab*& head, slab* s) { slab_link(head, s); }
+  static slab*& list_head(core_cache::lists& l, std::uint8_t which) { return l.head(which); }
+  static void move(core_cache::lists& l, slab* s, std::uint8_t to) { slab_move(l, s, to); }
   slab* new_slab(std::size_t core, int c);
   /// Gives the slabs back upstream (no lock held); returns their bytes.
   std::size_t return_slabs(slab_list& l);
@@ -345,9 +328,7 @@ struct slab_state {
   // -- checked mode (checked.cpp) -------------------------------------------------------------
   [[noreturn]] void bad(const void* p, std::size_t bytes, std::size_t alignment,
                         const std::string& problem) const;
-  std::atomic<std::uint64_t>* bitmap(slab* s) const {
-    return reinterpret_cast<std::atomic<std::uint64_t>*>(reinterpret_cast<char*>(s) + 64);
-  }
+  std::atomic<std::uint64_t>* bitmap(slab* s) const { return slab_bitmap(s); }
   std::atomic<std::uint32_t>* records(slab* s) const {
     return reinterpret_cast<std::atomic<std::uint32_t>*>(bitmap(s) + geom[s->cls].bitmap_words);
   }
@@ -365,10 +346,10 @@ inline thread_cache* find_cache(const slab_state& st) {
   return s.id == st.id ? s.cache : nullptr;
 }
 
-/// First object offset for n objects of `size` (alignment obj_align) in checked mode or not.
+/// First object offset for n objects (alignment obj_align) in checked mode or not: the slab
+/// core's, with a 4-byte request record per object in checked mode.
 constexpr std::size_t slab_header_bytes(std::size_t n, std::size_t obj_align, bool checked) {
-  const std::size_t extra = checked ? (n + 63) / 64 * 8 + n * 4 : 0;
-  return round_up(64 + extra, obj_align);
+  return slab_first_object(n, obj_align, checked, 4);
 }
 
 }  // namespace bsalloc::detail

@@ -1,0 +1,339 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+// The slab core: what slab_resource (src/slab/) and object_pool share. Lock-agnostic — every
+// function here runs under whatever lock guards the lists it is given (a core cache's lock, a
+// pool's lock); none allocates, none takes a lock, none knows the front.
+//
+// Glossary (the same words in both fronts)
+//   slab       slab_bytes of memory from the upstream, aligned to its own size: the header
+//              (slab_header_size bytes), then in checked mode the allocation bitmap (one bit per
+//              object) and the front's per-object records, then `capacity` objects from
+//              `first_object` on. The slab of an object is found by masking its address.
+//   free       objects given back to the slab, LIFO, linked through their first word (the front
+//              reads and writes the links: plain, hardened or memcheck-aware).
+//   untouched  objects never handed out: [tail, end). A new slab is not written beyond its
+//              header until its objects are used.
+//   lists      per owner (a core cache's class, a pool): partial (some objects free, some out),
+//              full (none free), empty (none out; at most max_empty are kept, the rest go back
+//              upstream once no lock is held). Doubly linked through the headers.
+//
+// Invariants (slab_check_lists() verifies them; the lock of the lists guards every field but
+// magic, cls, owner, capacity and res, which never change while the slab is live)
+//   S1 used + |free| + untouched == capacity; the free list holds distinct object starts below
+//      tail.
+//   S2 a slab is on exactly one list of its owner, `list` says which: full iff no free object
+//      and nothing untouched, empty iff used == 0; back links hold; `slabs` and `empty_count`
+//      count them; the header is the front's (magic, res, cls, owner).
+//   S3 (the front's) the objects its users and thread caches hold == sum of used.
+//   S4 empty_count <= max_empty.
+//   S5 checked mode: bit i of the bitmap set => object i is out (neither free nor untouched);
+//      set bits == used where no thread cache holds objects, <= used otherwise.
+#include <bsalloc/detail/config.hpp>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <new>
+#include <vector>
+
+namespace bsalloc::detail {
+
+enum : std::uint8_t { list_partial, list_full, list_empty };
+
+/// Bytes of the header at the start of every slab; the checked bitmap follows it.
+inline constexpr std::size_t slab_header_size = 64;
+
+/// The header of a slab. Owner: the front's state the slab belongs to (slab_state, a pool's
+/// control block).
+template <class Owner>
+struct slab_header {
+  std::uint32_t magic;      // the front's constant while the slab is live; 0 once given back
+  std::uint16_t cls;        // size class (slab_resource); 0 (object_pool)
+  std::uint16_t owner;      // core cache that owns the slab (slab_resource); 0 (object_pool)
+  std::uint32_t used;       // objects out of the slab: with users or in thread caches
+  std::uint32_t capacity;   // objects the slab holds
+  std::uint32_t untouched;  // objects never handed out, from `tail` on
+  std::uint8_t list;        // list_partial, list_full or list_empty
+  void* free;               // objects given back, LIFO, linked through their first word
+  char* tail;               // the first untouched object
+  slab_header* prev;        // neighbours on its list
+  slab_header* next;
+  Owner* res;
+};
+static_assert(sizeof(slab_header<void>) <= slab_header_size, "the header fits its 64 bytes");
+// object_pool reads magic, cls and owner as one 8-byte word (pool_slab_word).
+static_assert(offsetof(slab_header<void>, cls) == 4 && offsetof(slab_header<void>, owner) == 6);
+
+// -- geometry -------------------------------------------------------------------------------------
+
+/// Offset of the first of n objects: the header, then (checked) the bitmap and record_bytes
+/// per object, rounded up to the objects' alignment.
+constexpr std::size_t slab_first_object(std::size_t n, std::size_t obj_align, bool checked,
+                                        std::size_t record_bytes = 0) noexcept {
+  const std::size_t extra = checked ? (n + 63) / 64 * 8 + n * record_bytes : 0;
+  return round_up(slab_header_size + extra, obj_align);
+}
+
+/// The most objects of `size` that fit in slab_bytes after the header (and checked data).
+constexpr std::size_t slab_capacity(std::size_t slab_bytes, std::size_t size, std::size_t obj_align,
+                                    bool checked, std::size_t record_bytes = 0) noexcept {
+  if (slab_bytes <= slab_header_size) return 0;
+  // An upper bound (each object costs size bytes, plus its bit and record when checked), then
+  // down by the rounding of the bitmap to words and of the header to obj_align.
+  std::size_t n =
+      (slab_bytes - slab_header_size) * 8 / (size * 8 + (checked ? 1 + 8 * record_bytes : 0));
+  while (n > 0 && slab_first_object(n, obj_align, checked, record_bytes) + n * size > slab_bytes)
+    --n;
+  return n;
+}
+
+/// The slab that holds p (slab_bytes a power of two).
+template <class Slab>
+[[gnu::always_inline]] inline Slab* slab_at(const void* p, std::size_t slab_bytes) noexcept {
+  return reinterpret_cast<Slab*>(reinterpret_cast<std::uintptr_t>(p) & ~(slab_bytes - 1));
+}
+
+/// Index of object p in slab s.
+inline std::size_t slab_index(const void* s, const void* p, std::size_t first_object,
+                              std::size_t size) noexcept {
+  return (static_cast<std::size_t>(static_cast<const char*>(p) - static_cast<const char*>(s)) -
+          first_object) /
+         size;
+}
+
+/// A new slab's header in `mem` (not yet on any list): everything untouched.
+template <class Owner>
+slab_header<Owner>* slab_carve(void* mem, std::uint32_t magic, std::uint16_t cls,
+                               std::uint16_t owner, std::uint32_t capacity,
+                               std::size_t first_object, Owner* res) noexcept {
+  return ::new (mem) slab_header<Owner>{magic,
+                                        cls,
+                                        owner,
+                                        0,
+                                        capacity,
+                                        capacity,
+                                        list_partial,
+                                        nullptr,
+                                        static_cast<char*>(mem) + first_object,
+                                        nullptr,
+                                        nullptr,
+                                        res};
+}
+
+// -- lists ----------------------------------------------------------------------------------------
+
+template <class Owner>
+struct slab_lists {
+  using slab = slab_header<Owner>;
+  slab* partial = nullptr;
+  slab* full = nullptr;
+  slab* empty = nullptr;
+  std::uint32_t empty_count = 0;
+  std::uint32_t slabs = 0;  // on the three lists
+
+  slab*& head(std::uint8_t which) noexcept {
+    return which == list_partial ? partial : which == list_full ? full : empty;
+  }
+  slab* const& head(std::uint8_t which) const noexcept {
+    return which == list_partial ? partial : which == list_full ? full : empty;
+  }
+};
+
+template <class Owner>
+inline void slab_link(slab_header<Owner>*& head, slab_header<Owner>* s) noexcept {
+  s->prev = nullptr;
+  s->next = head;
+  if (head) head->prev = s;
+  head = s;
+}
+template <class Owner>
+inline void slab_unlink(slab_header<Owner>*& head, slab_header<Owner>* s) noexcept {
+  if (s->prev)
+    s->prev->next = s->next;
+  else
+    head = s->next;
+  if (s->next) s->next->prev = s->prev;
+  s->prev = s->next = nullptr;
+}
+/// s moves to the front of list `to`.
+template <class Owner>
+inline void slab_move(slab_lists<Owner>& l, slab_header<Owner>* s, std::uint8_t to) noexcept {
+  slab_unlink(l.head(s->list), s);
+  if (s->list == list_empty) --l.empty_count;
+  s->list = to;
+  slab_link(l.head(to), s);
+  if (to == list_empty) ++l.empty_count;
+}
+/// A new slab joins the partial list.
+template <class Owner>
+inline void slab_adopt(slab_lists<Owner>& l, slab_header<Owner>* s) noexcept {
+  s->list = list_partial;
+  slab_link(l.partial, s);
+  ++l.slabs;
+}
+/// s leaves the lists (to be given back upstream once no lock is held).
+template <class Owner>
+inline void slab_forget(slab_lists<Owner>& l, slab_header<Owner>* s) noexcept {
+  slab_unlink(l.head(s->list), s);
+  if (s->list == list_empty) --l.empty_count;
+  --l.slabs;
+}
+
+// -- take one, put back one ----------------------------------------------------------------------
+
+/// The slab to take from: the partial list's head, else an empty slab (moved to partial), else
+/// nullptr (the caller carves a new slab). Partly used slabs fill first.
+template <class Owner>
+[[gnu::always_inline]] inline slab_header<Owner>* slab_to_take(slab_lists<Owner>& l) noexcept {
+  slab_header<Owner>* s = l.partial;
+  if (s) [[likely]]
+    return s;
+  if ((s = l.empty)) slab_move(l, s, list_partial);
+  return s;
+}
+
+/// One object out of s (which has a free or an untouched one); next_of(p) reads a free object's
+/// link, fresh(p) is told of an object that comes from the untouched tail.
+template <class Owner, class NextOf, class Fresh>
+[[gnu::always_inline]] inline void* slab_take(slab_header<Owner>* s, std::size_t size,
+                                              NextOf&& next_of, Fresh&& fresh) {
+  void* p = s->free;
+  if (p) {
+    s->free = next_of(p);
+  } else {
+    p = s->tail;
+    s->tail += size;
+    --s->untouched;
+    fresh(p);
+  }
+  ++s->used;
+  return p;
+}
+/// s has nothing left to hand out: it goes to the full list (S2).
+template <class Owner>
+[[gnu::always_inline]] inline bool slab_exhausted(const slab_header<Owner>* s) noexcept {
+  return !s->free && !s->untouched;
+}
+
+/// Object p goes back into s; set_next(p, next) writes its link.
+template <class Owner, class SetNext>
+[[gnu::always_inline]] inline void slab_put(slab_header<Owner>* s, void* p, SetNext&& set_next) {
+  set_next(p, s->free);
+  s->free = p;
+  --s->used;
+}
+/// After slab_put: a full slab becomes partial; an emptied one is kept on the empty list while
+/// fewer than max_empty are (S4), else it leaves the lists and is returned: the caller gives it
+/// back upstream once no lock is held.
+template <class Owner>
+[[gnu::always_inline]] inline slab_header<Owner>* slab_settle(slab_lists<Owner>& l,
+                                                              slab_header<Owner>* s,
+                                                              std::size_t max_empty) noexcept {
+  if (s->list == list_full) [[unlikely]]
+    slab_move(l, s, list_partial);
+  if (s->used != 0) [[likely]]
+    return nullptr;
+  if (l.empty_count < max_empty) {
+    slab_move(l, s, list_empty);
+    return nullptr;
+  }
+  slab_forget(l, s);
+  return s;
+}
+
+// -- checked mode: the allocation bitmap ---------------------------------------------------------
+
+inline std::atomic<std::uint64_t>* slab_bitmap(const void* s) noexcept {
+  return reinterpret_cast<std::atomic<std::uint64_t>*>(
+      const_cast<char*>(static_cast<const char*>(s)) + slab_header_size);
+}
+inline void slab_bitmap_init(void* s, std::size_t words) noexcept {
+  for (std::size_t w = 0; w < words; ++w)
+    ::new (static_cast<char*>(s) + slab_header_size + w * 8) std::atomic<std::uint64_t>(0);
+}
+inline bool slab_bit(const void* s, std::size_t i) noexcept {
+  return slab_bitmap(s)[i / 64].load(std::memory_order_relaxed) >> (i % 64) & 1;
+}
+/// Sets bit i; returns whether it was set already.
+inline bool slab_bit_set(const void* s, std::size_t i) noexcept {
+  const std::uint64_t bit = std::uint64_t{1} << (i % 64);
+  return slab_bitmap(s)[i / 64].fetch_or(bit, std::memory_order_relaxed) & bit;
+}
+inline void slab_bit_clear(const void* s, std::size_t i) noexcept {
+  slab_bitmap(s)[i / 64].fetch_and(~(std::uint64_t{1} << (i % 64)), std::memory_order_relaxed);
+}
+
+// -- the invariant walk ---------------------------------------------------------------------------
+
+struct slab_walk_geom {
+  std::size_t size = 0;
+  std::size_t first_object = 0;
+  std::size_t slab_bytes = 0;
+  std::uint32_t capacity = 0;
+  std::size_t max_empty = 0;
+  bool checked = false;     // S5 applies
+  bool exact_bits = false;  // S5: no thread cache, set bits == used
+};
+
+/// Verifies S1, S2, S4 and S5 for every slab of l (lock held, or no concurrent use).
+/// header_ok(s): the front's check of the header; next_of(p, s): a free object's link;
+/// fail(what, s) throws (or aborts). Returns the sum of used (for S3).
+template <class Owner, class HeaderOk, class NextOf, class Fail>
+std::size_t slab_check_lists(const slab_lists<Owner>& l, const slab_walk_geom& g,
+                             HeaderOk&& header_ok, NextOf&& next_of, Fail&& fail) {
+  using slab = slab_header<Owner>;
+  std::size_t used = 0;
+  std::uint32_t count = 0, empties = 0;
+  std::vector<bool> is_free(g.capacity);
+  for (std::uint8_t which : {list_partial, list_full, list_empty}) {
+    const slab* prev = nullptr;
+    for (slab* s = l.head(which); s; prev = s, s = s->next) {
+      ++count;
+      const auto a = reinterpret_cast<std::uintptr_t>(s);
+      if ((a & (g.slab_bytes - 1)) != 0) fail("S2: slab not aligned to its size", s);
+      if (!header_ok(s)) fail("S2: foreign slab on a list (bad header)", s);
+      if (s->prev != prev) fail("S2: list back link broken", s);
+      if (s->list != which) fail("S2: slab tagged with another list", s);
+      if (s->capacity != g.capacity || s->untouched > g.capacity ||
+          s->tail !=
+              reinterpret_cast<char*>(s) + g.first_object + (g.capacity - s->untouched) * g.size)
+        fail("S1: capacity or untouched tail wrong", s);
+      std::uint32_t free_len = 0;
+      for (void* p = s->free; p; p = next_of(p, s)) {
+        const auto off = reinterpret_cast<std::uintptr_t>(p) - a;
+        if (reinterpret_cast<std::uintptr_t>(p) < a || off < g.first_object ||
+            (off - g.first_object) % g.size != 0 || reinterpret_cast<char*>(p) >= s->tail)
+          fail("S1: free list holds something not a touched object of the slab", s);
+        const std::size_t i = (off - g.first_object) / g.size;
+        if (is_free[i]) fail("S1: an object twice on the free list", s);
+        is_free[i] = true;
+        ++free_len;
+      }
+      if (s->used + free_len + s->untouched != s->capacity)
+        fail("S1: used + free + untouched != capacity", s);
+      if (g.checked) {
+        std::size_t bits = 0;
+        for (std::size_t i = 0; i < g.capacity; ++i) {
+          if (!slab_bit(s, i)) continue;
+          ++bits;
+          if (is_free[i] || i >= g.capacity - s->untouched)
+            fail("S5: an object free or untouched is marked allocated", s);
+        }
+        if (g.exact_bits ? bits != s->used : bits > s->used)
+          fail("S5: allocation bits do not match used", s);
+      }
+      for (void* p = s->free; p; p = next_of(p, s))
+        is_free[slab_index(s, p, g.first_object, g.size)] = false;
+      if ((which == list_full) != slab_exhausted(s)) fail("S2: full list iff no free object", s);
+      if ((which == list_empty) != (s->used == 0)) fail("S2: empty list iff nothing used", s);
+      used += s->used;
+      if (which == list_empty) ++empties;
+    }
+  }
+  if (count != l.slabs) fail("S2: slab count wrong", nullptr);
+  if (empties != l.empty_count) fail("S2: empty count wrong", nullptr);
+  if (empties > g.max_empty) fail("S4: too many empty slabs", nullptr);
+  return used;
+}
+
+}  // namespace bsalloc::detail
