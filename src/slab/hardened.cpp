@@ -129,13 +129,19 @@ void slab_state::init_careful() {
       g.lim = ~std::uint64_t{0} / m;
       g.span = std::size_t{g.capacity} * g.size;
       g.slab_mask = ~(g.slab_bytes - 1);
+      // The hit path's copy (hardened_fast.hpp): Lemire's test needs every d it accepts < 2^32.
+      auto& h = hard[static_cast<std::size_t>(c)];
+      h.slab_mask = g.slab_mask;
+      h.offset = g.offset;
+      h.span = g.span;
+      h.div_mul = ~std::uint64_t{0} / g.size + 1;
+      BSALLOC_ASSERT(h.span < (std::uint64_t{1} << 32), "hardened geometry");
     }
   }
   std::pmr::memory_resource* up = upstream;
   while (auto* b = dynamic_cast<budget_resource*>(up)) up = b->upstream_resource();
   pages_known = dynamic_cast<page_resource*>(up) != nullptr;
   lean = hardened && !knobs.checked && !knobs.hardened_zero_on_free && !valgrind;
-  lean_bound = lean ? pool.largest_required_pool_block + 1 : 0;
 }
 
 void slab_state::corrupt(const void* p, const std::string& problem) const {
@@ -301,26 +307,34 @@ void push_far(const slab_state& st, bin& b, int c, void* p, std::size_t bytes,
 
 }  // namespace detail
 
-// The lean hardened hit path (hardened_fast.hpp): one validated pop or push; links and frees
-// that cross slabs, and anything bad, take pop_far / push_far (which abort naming the pointer
-// when something is bad); a miss or a full bin, the slow path. Every exit is a return or a tail
-// call, so the inline path jumps here and nothing else needs a frame.
-void* slab_resource::allocate_hardened(std::size_t bytes, std::size_t alignment) {
-  int c = 0;
-  detail::bin* b = detail::hardened_bin(*state_, slot_, id_, bytes, alignment, c);
-  if (!b || !b->head) return allocate_slow(bytes, alignment);
-  if (void* p = detail::hardened_pop(*state_, *b, c)) return p;
-  return detail::pop_far(*state_, *b, c);
+// The lean hardened hit path (hardened_fast.hpp), entered from the inline path with the bin of
+// the class it computed: one validated pop or push; links and frees that cross slabs, the last
+// object of a bin, and anything bad take pop_far / push_far (which abort naming the pointer when
+// something is bad); a miss or a full bin, the slow path. Every exit is a return or a tail call,
+// so nothing needs a frame. Classes not in use and bad_class (an alignment not a power of two)
+// need no test: their bins are always empty and full (limit 0).
+void* slab_resource::allocate_hardened(std::size_t bytes, std::size_t alignment, detail::bin* b,
+                                       std::size_t cls) {
+  if (cls == 0) [[unlikely]] {  // 8 B takes 16 B: room for the link and the tag
+    ++b;
+    cls = 1;
+  }
+  void* p = b->head;
+  if (!p) return allocate_slow(bytes, alignment);
+  if (void* q = detail::hardened_pop(*state_, *b, cls, p)) return q;
+  return detail::pop_far(*state_, *b, static_cast<int>(cls));
 }
 
-void slab_resource::deallocate_hardened(void* p, std::size_t bytes, std::size_t alignment) {
-  int c = 0;
-  detail::bin* b = detail::hardened_bin(*state_, slot_, id_, bytes, alignment, c);
-  if (!b) return deallocate_slow(p, bytes, alignment);
+void slab_resource::deallocate_hardened(void* p, std::size_t bytes, std::size_t alignment,
+                                        detail::bin* b, std::size_t cls) {
+  if (cls == 0) [[unlikely]] {
+    ++b;
+    cls = 1;
+  }
   const std::uint32_t n = b->count.load(std::memory_order_relaxed);
   if (n >= b->limit) return deallocate_slow(p, bytes, alignment);
-  if (detail::hardened_push(*state_, *b, n, c, p)) return;
-  return detail::push_far(*state_, *b, c, p, bytes, alignment);
+  if (detail::hardened_push(*state_, *b, n, cls, p)) return;
+  return detail::push_far(*state_, *b, static_cast<int>(cls), p, bytes, alignment);
 }
 
 }  // namespace bsalloc
