@@ -103,7 +103,7 @@ std::uint32_t slab_state::take(core_cache& core, int c, std::uint32_t n, void*& 
         s->free = next_of(p, c, s);
       } else {
         p = s->tail;
-        s->tail += size;
+        advance_tail(s, size);  // hardened deallocations read it unlocked
         --s->untouched;
         if (careful) [[unlikely]]
           mark_fresh(p, c);

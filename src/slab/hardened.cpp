@@ -231,6 +231,9 @@ void slab_state::take_back(void* p, int c, std::size_t bytes, std::size_t alignm
           "pointer or size mismatch; hardened)");
     if (!is_object(*this, p, c, s))
       bad(p, bytes, alignment, "pointer is not the start of an object (hardened)");
+    if (n >= reinterpret_cast<std::uintptr_t>(tail_of(s)))
+      bad(p, bytes, alignment,
+          "not a live allocation of this resource: its slab never handed it out (hardened)");
     if (word_get(p, 1, valgrind) == (n ^ tag_key))
       bad(p, bytes, alignment, "double free (the object is already free; hardened)");
   }
@@ -290,7 +293,8 @@ void push_far(const slab_state& st, bin& b, int c, void* p, std::size_t bytes,
   const slab* s = st.slab_of(p, c);
   auto* w = static_cast<std::uintptr_t*>(p);
   const std::uintptr_t tag = a ^ st.tag_key;
-  bool ok = is_slab(st, s, c) && is_object(st, p, c, s);  // no read of p before this
+  bool ok = is_slab(st, s, c) && is_object(st, p, c, s) &&     // no read of p before this
+            a < reinterpret_cast<std::uintptr_t>(tail_of(s));  // handed out
   if (ok) {
     BSALLOC_UNPOISON(w + 1, sizeof *w);
     ok = w[1] != tag;  // else a double free

@@ -60,14 +60,19 @@ namespace bsalloc::detail {
                                 std::size_t alignment);
 
 /// Pushes p (class c) onto b, which has room (n objects), when p is an object boundary in the
-/// head's slab (live, validated) that does not carry its free tag; false otherwise — an empty
-/// bin, p in another slab, a double free: the caller then tail-calls push_far. No call in here.
+/// head's slab (live, validated) that the slab has handed out (before its tail) and that does
+/// not carry its free tag; false otherwise — an empty bin, p in another slab, a pointer never
+/// handed out, a double free: the caller then tail-calls push_far. No call in here.
 [[gnu::always_inline]] inline bool hardened_push(const slab_state& st, bin& b, std::uint32_t n,
                                                  std::size_t c, void* p) {
   const hardened_geom& h = st.hard[c];
   const auto a = reinterpret_cast<std::uintptr_t>(p);
   const auto head = reinterpret_cast<std::uintptr_t>(b.head);
   if (!in_slab_of(h, head, a)) [[unlikely]]
+    return false;
+  // Never handed out (the slab's untouched tail): push_far names it.
+  if (a >= reinterpret_cast<std::uintptr_t>(
+               tail_of(reinterpret_cast<const slab*>(head & h.slab_mask)))) [[unlikely]]
     return false;
   auto* w = static_cast<std::uintptr_t*>(p);
   const std::uintptr_t tag = a ^ st.tag_key;

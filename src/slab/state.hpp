@@ -105,6 +105,17 @@ struct slab {
 };
 static_assert(sizeof(slab) <= 64);
 
+// slab::tail is read without the owner's lock by hardened deallocations (hardened_fast.hpp: a
+// pointer at or past it was never handed out), so the owner advances it with an atomic store.
+// It only grows while the slab is live: a reader that got an object legitimately sees a tail past
+// it.
+inline char* tail_of(const slab* s) noexcept {
+  return std::atomic_ref<char*>(const_cast<slab*>(s)->tail).load(std::memory_order_relaxed);
+}
+inline void advance_tail(slab* s, std::size_t size) noexcept {
+  std::atomic_ref<char*>(s->tail).store(s->tail + size, std::memory_order_relaxed);
+}
+
 struct class_geom {
   std::size_t size = 0;
   std::size_t slab_bytes = 0;
