@@ -70,14 +70,19 @@ std::uintptr_t random_word() {
 }
 
 // Word i of free object p: made accessible for the access (ASan, memcheck), no-access again
-// afterwards under memcheck (the object is free).
-std::uintptr_t word_get(const void* p, int i, bool vg) {
+// afterwards under memcheck (the object is free). The client requests out of line.
+[[gnu::noinline]] std::uintptr_t word_get_vg(const std::uintptr_t* w) {
+  VALGRIND_MAKE_MEM_DEFINED(w, sizeof *w);
+  const std::uintptr_t v = *w;
+  VALGRIND_MAKE_MEM_NOACCESS(w, sizeof *w);
+  return v;
+}
+inline std::uintptr_t word_get(const void* p, int i, bool vg) {
   auto* w = static_cast<const std::uintptr_t*>(p) + i;
   BSALLOC_UNPOISON(const_cast<std::uintptr_t*>(w), sizeof *w);
-  if (vg) VALGRIND_MAKE_MEM_DEFINED(w, sizeof *w);
-  const std::uintptr_t v = *w;
-  if (vg) VALGRIND_MAKE_MEM_NOACCESS(w, sizeof *w);
-  return v;
+  if (!vg) [[likely]]
+    return *w;
+  return word_get_vg(w);
 }
 void word_set(void* p, int i, std::uintptr_t v, bool vg) {
   auto* w = static_cast<std::uintptr_t*>(p) + i;
@@ -163,6 +168,14 @@ void* slab_state::next_careful(const void* at, int c, const slab* same) const {
   void* next = reinterpret_cast<void*>(stored ^ link_mask(at, link_key));
   if (!hardened || !next) return next;
   const auto n = reinterpret_cast<std::uintptr_t>(next);
+  // The common case, as on the hit path: an object boundary in the slab of `at` (reached through
+  // validated links or from a trusted head, so its slab is live and was validated) or in `same`
+  // (its header checked by the caller). No page-map or header load.
+  if (in_slab_of(
+          hard[static_cast<std::size_t>(c)],
+          same ? reinterpret_cast<std::uintptr_t>(same) : reinterpret_cast<std::uintptr_t>(at), n))
+      [[likely]]
+    return next;
   const slab* s = slab_of(next, c);
   if ((!same || s == same) && is_object(*this, next, c, s) && is_slab(*this, s, c)) return next;
   const char* problem;
