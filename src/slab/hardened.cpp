@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
-// The careful path: hardened mode and the memcheck client requests. A resource that is hardened,
-// or that was constructed under Valgrind, has its inline bounds at 0 (as in checked mode): every
-// call leaves the inline path. A hardened one (alone) then takes the lean hit path at the end of
-// this file (hardened_fast.hpp); everything else goes through the slow path, which calls in here.
-// Other resources never do.
+// The careful path: hardened mode and the memcheck client requests. A hardened resource alone
+// (no checked mode, no zero-on-free, not under memcheck: `lean`) keeps its inline bounds, but its
+// thread caches carry id | hardened_id_bit: the inline path finds the bin, its id test fails, and
+// a second test tail-jumps to the lean hit path at the end of this file (hardened_fast.hpp). Any
+// other careful resource has its inline bounds at 0 (as in checked mode): every call takes the
+// slow path, which calls in here. Other resources never do.
 //
 // Hardened mode (slab_resource_options::hardened)
 //   H1  every free object (in a thread-cache bin, a slab's free list, a remote chain or an
