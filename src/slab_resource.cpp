@@ -80,6 +80,7 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
     : state_(nullptr),
       id_(next_resource_id.fetch_add(1)),
       slot_(detail::no_slot),
+      hardened_id_(id_ | detail::hardened_id_bit),
       small_bound_(0),
       inline_bound_(0),
       checked_(knobs.checked),
@@ -138,7 +139,8 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
   st->pool.largest_required_pool_block = detail::class_size_of(st->classes - 1);
   st->pool.max_blocks_per_chunk = most_objects;
   st->init_careful();
-  if (!knobs.checked && !st->careful) {
+  if (st->lean) st->id = hardened_id_;  // its caches: see small_bound_
+  if (!knobs.checked && (!st->careful || st->lean)) {
     small_bound_ = static_cast<std::uint32_t>(
         std::min(detail::small_max, st->pool.largest_required_pool_block) + 1);
     inline_bound_ = static_cast<std::uint32_t>(st->pool.largest_required_pool_block + 1);
@@ -149,7 +151,7 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
   st->knobs.caches = n;
   st->ncores = n;
   st->cores = std::make_unique<std::atomic<detail::core_cache*>[]>(n);  // created on first use
-  slot_ = detail::acquire_slot(id_);
+  slot_ = detail::acquire_slot(st->id);
   st->slot = slot_;
   detail::register_live(*st);
   state_ = st.release();
@@ -211,10 +213,11 @@ void* slab_resource::do_allocate(std::size_t bytes, std::size_t alignment) {
         BSALLOC_UNPOISON(p, detail::class_size_of(static_cast<int>(cls)));
         return p;
       }
+    } else if (s.id == hardened_id_) {  // a hardened resource's cache
+      return allocate_hardened(bytes, alignment, &s.cache->bins[cls], cls);
     }
   }
 slow:
-  if (hardened_) return allocate_hardened(bytes, alignment);  // a flag: no cost to the hit path
   return allocate_slow(bytes, alignment);
 }
 
@@ -233,10 +236,11 @@ void slab_resource::do_deallocate(void* p, std::size_t bytes, std::size_t alignm
         BSALLOC_POISON_FREE(p, detail::class_size_of(static_cast<int>(cls)));
         return;
       }
+    } else if (s.id == hardened_id_) {
+      return deallocate_hardened(p, bytes, alignment, &s.cache->bins[cls], cls);
     }
   }
 slow:
-  if (hardened_) return deallocate_hardened(p, bytes, alignment);
   deallocate_slow(p, bytes, alignment);
 }
 #undef BSALLOC_INLINE_CLASS

@@ -5,7 +5,9 @@
 // table: a test renders it and compares it with the README, byte for byte. To change a row,
 // change it here, run this test, paste the table it prints into the README.
 //
-// Adding a mode (say "hardened") is one more entry in `modes` plus one more outcome per row.
+// Adding a mode is one more entry in `modes` plus one more outcome per row. A resource that has
+// no such mode (hardened: only slab_resource, and budget_resource over one) is not run in it, and
+// its cells show only the modes it has (has_mode).
 #include <bsalloc/budget.hpp>
 #include <bsalloc/frame_arena.hpp>
 #include <bsalloc/object_pool.hpp>
@@ -43,10 +45,13 @@ constexpr std::size_t max_bytes = std::numeric_limits<std::size_t>::max();
 
 struct mode {
   std::string_view name;
-  bool checked;  // slab_resource_options::checked, object_pool_options::checked
+  bool checked;   // slab_resource_options::checked, object_pool_options::checked
+  bool hardened;  // slab_resource_options::hardened (alone: checked off)
 };
-constexpr std::array modes{mode{"unchecked", false}, mode{"checked", true}};
+constexpr std::array modes{mode{"unchecked", false, false}, mode{"checked", true, false},
+                           mode{"hardened", false, true}};
 constexpr std::size_t mode_count = modes.size();
+constexpr std::size_t hardened_mode = 2;
 
 enum class input {
   double_free,
@@ -90,6 +95,11 @@ constexpr std::string_view describe(input in) {
 enum class resource { page, slab, pool, arena, budget };
 constexpr std::array resources{resource::page, resource::slab, resource::pool, resource::arena,
                                resource::budget};
+
+// Hardened mode exists for slab_resource only (a budget's column is a budget over one).
+constexpr bool has_mode(resource r, std::size_t m) {
+  return m != hardened_mode || r == resource::slab || r == resource::budget;
+}
 
 constexpr std::string_view describe(resource r) {
   switch (r) {
@@ -152,6 +162,10 @@ constexpr per_mode checked_only(outcome o) {
   r[0] = undefined;
   return r;
 }
+// Undefined when unchecked, `checked` in checked mode, `hardened` in hardened mode.
+constexpr per_mode checking(outcome checked, outcome hardened) {
+  return per_mode{undefined, checked, hardened};
+}
 
 struct row {
   input in;
@@ -165,6 +179,11 @@ constexpr outcome slab_bad_align = invalid("is not a power of two");
 // holds nothing); within what it holds, its upstream judges the pointer.
 constexpr outcome budget_refuses =
     invalid("more than the 0 bytes in use", "when it holds less; else as its upstream");
+// Hardened mode knows an object's class, not the request: a size of another class is a pointer
+// into no slab of that class; an alignment of the same class frees the object as allocated.
+constexpr outcome hardened_size_mismatch = abort_with("not in a slab of this resource");
+constexpr outcome hardened_same_class{
+    kind::accepted, {}, "its class is the same: the alignment is not checked"};
 constexpr row table[] = {
     // double free
     {input::double_free, resource::page, all(invalid("double free"))},
@@ -175,7 +194,8 @@ constexpr row table[] = {
     // foreign pointer
     {input::foreign, resource::page, all(invalid("not in any region of this resource"))},
     {input::foreign, resource::slab,
-     checked_only(abort_with("not a live allocation of this resource"))},
+     checking(abort_with("not a live allocation of this resource"),
+              abort_with("not in this resource's memory"))},
     {input::foreign, resource::pool, checked_only(abort_with("not allocated from this pool"))},
     {input::foreign, resource::arena, all(ignored)},
     {input::foreign, resource::budget, all(budget_refuses)},
@@ -190,21 +210,21 @@ constexpr row table[] = {
      all(invalid("page count does not match",
                  "when the page count differs; the same page count is the same allocation"))},
     {input::wrong_size, resource::slab,
-     checked_only(abort_with("size does not match the allocation"))},
+     checking(abort_with("size does not match the allocation"), hardened_size_mismatch)},
     {input::wrong_size, resource::pool, all(not_applicable)},
     {input::wrong_size, resource::arena, all(ignored)},
     {input::wrong_size, resource::budget,
-     checked_only(abort_with("size does not match the allocation"))},
+     checking(abort_with("size does not match the allocation"), hardened_size_mismatch)},
     // wrong alignment
     {input::wrong_alignment, resource::page,
      all(outcome{kind::accepted, {}, "the alignment is not used"})},
     {input::wrong_alignment, resource::slab,
-     checked_only(abort_with("alignment does not match the allocation"))},
+     checking(abort_with("alignment does not match the allocation"), hardened_same_class)},
     {input::wrong_alignment, resource::pool, all(not_applicable)},
     {input::wrong_alignment, resource::arena,
      all(outcome{kind::accepted, {}, "the alignment is not used"})},
     {input::wrong_alignment, resource::budget,
-     checked_only(abort_with("alignment does not match the allocation"))},
+     checking(abort_with("alignment does not match the allocation"), hardened_same_class)},
     // alignment not a power of two
     {input::bad_alignment, resource::page, all(invalid("is not a power of two"))},
     {input::bad_alignment, resource::slab, all(slab_bad_align)},
@@ -232,7 +252,8 @@ constexpr row table[] = {
     // another resource's pointer
     {input::other_resource, resource::page, all(invalid("not in any region of this resource"))},
     {input::other_resource, resource::slab,
-     checked_only(abort_with("not a live allocation of this resource"))},
+     checking(abort_with("not a live allocation of this resource"),
+              abort_with("not in a slab of this resource"))},
     {input::other_resource, resource::pool,
      checked_only(abort_with("not allocated from this pool"))},
     {input::other_resource, resource::arena, all(ignored)},
@@ -282,13 +303,15 @@ bool same(const outcome& a, const outcome& b) {
   return a.k == b.k && a.message == b.message && a.note == b.note;
 }
 
-// One cell: the outcome if every mode agrees, else "mode: outcome" for each.
-std::string render(const per_mode& p) {
+// One cell: the outcome if every mode the resource has agrees, else "mode: outcome" for each.
+std::string render(const per_mode& p, resource r) {
   bool uniform = true;
-  for (const auto& o : p) uniform = uniform && same(o, p[0]);
+  for (std::size_t m = 0; m < mode_count; ++m)
+    uniform = uniform && (!has_mode(r, m) || same(p[m], p[0]));
   if (uniform) return render(p[0]);
   std::string s;
   for (std::size_t m = 0; m < mode_count; ++m) {
+    if (!has_mode(r, m)) continue;
     if (m) s += "; ";
     s += fmt::format("{}: {}", modes[m].name, render(p[m]));
   }
@@ -317,7 +340,7 @@ std::string render_table() {
     s += fmt::format("| {} |", describe(in));
     for (resource r : resources) {
       const row* x = find_row(in, r);
-      s += fmt::format(" {} |", x ? render(x->expect) : std::string("MISSING"));
+      s += fmt::format(" {} |", x ? render(x->expect, r) : std::string("MISSING"));
     }
     s += "\n";
   }
@@ -342,6 +365,7 @@ struct subject {
   virtual std::size_t unit() const { return 64; }  // the size of a normal allocation
   virtual std::size_t interior_offset() const { return 16; }
   virtual std::size_t wrong_size() const { return 40; }  // another class than unit()
+  virtual std::size_t objects_in_use() { return 0; }     // slab_resource's own count (if any)
 };
 
 struct page_subject final : subject {
@@ -360,6 +384,7 @@ struct page_subject final : subject {
 bsalloc::slab_resource_options knobs(const mode& m) {
   bsalloc::slab_resource_options o;
   o.checked = m.checked;
+  o.hardened = m.hardened;
   return o;
 }
 
@@ -373,6 +398,7 @@ struct slab_subject final : subject {
     a.check_invariants();
     b.check_invariants();
   }
+  std::size_t objects_in_use() override { return a.stats().objects_in_use; }
 };
 
 struct arena_subject final : subject {
@@ -403,6 +429,7 @@ struct budget_subject final : subject {
     heap_a.check_invariants();
     heap_b.check_invariants();
   }
+  std::size_t objects_in_use() override { return heap_a.stats().objects_in_use; }
 };
 
 std::unique_ptr<subject> make_subject(resource r, const mode& m) {
@@ -621,6 +648,11 @@ void run_resource_case(const row& x, std::size_t m) {
         const std::size_t before = arena.used_bytes();
         bad_call(x.in, *s, tell);
         CHECK(arena.used_bytes() <= before + 15);  // only the alignment padding may remain
+      } else if (x.res == resource::slab || x.res == resource::budget) {
+        bad_call(x.in, *s, tell);
+        CHECK(s->objects_in_use() == 0);
+        void* p = s->mr().allocate(s->unit(), 8);  // still usable
+        s->mr().deallocate(p, s->unit(), 8);
       } else {
         auto& pages = static_cast<bsalloc::page_resource&>(s->mr());
         bad_call(x.in, *s, tell);
@@ -699,6 +731,7 @@ TEST_CASE("bad-input matrix: every (input, resource) has exactly one row") {
 TEST_CASE("bad-input matrix: every cell has its documented outcome") {
   for (const row& x : table)
     for (std::size_t m = 0; m < mode_count; ++m) {
+      if (!has_mode(x.res, m)) continue;
       CAPTURE(describe(x.in));
       CAPTURE(describe(x.res));
       CAPTURE(modes[m].name);

@@ -271,6 +271,37 @@ TEST_CASE("hardened: a pointer of another resource, or freed with the wrong size
   CHECK(r3.err.find("hardened") != std::string::npos);
 }
 
+// A pointer at an object boundary of a live slab that the slab has never handed out (its
+// untouched tail) is no live allocation: checked mode catches it with its bitmap, hardened mode
+// by the slab's tail — on the thread-cache hit path (the bin's head in the same slab), with an
+// empty bin, and with no thread cache.
+TEST_CASE("hardened: a pointer into a slab's never-handed-out tail aborts naming it") {
+  for (int path : {0, 1, 2}) {
+    CAPTURE(path);
+    const auto r = run_in_child([path] {
+      slab_resource pool({}, hardened(path != 2));
+      // 64 B: 64 KiB slabs of 1023 objects; the first refill takes the first 256 of them.
+      auto* p = static_cast<char*>(pool.allocate(64));
+      std::vector<void*> drained;
+      if (path == 1)  // empty the bin: the free finds no head to compare with
+        while (pool.stats().cached_objects > 0) drained.push_back(pool.allocate(64));
+      char* q = p + 64 * 512;  // same slab, past the tail
+      REQUIRE(((reinterpret_cast<std::uintptr_t>(p) ^ reinterpret_cast<std::uintptr_t>(q)) >> 16) ==
+              0);
+      std::fprintf(stderr, "untouched %s\n", ptr(q).c_str());
+      pool.deallocate(q, 64);
+      std::fprintf(stderr, "free returned\n");
+    });
+    CHECK(r.aborted);
+    const auto at = r.err.find("untouched ");
+    REQUIRE(at != std::string::npos);
+    const std::string q = r.err.substr(at + 10, r.err.find('\n', at) - at - 10);
+    CHECK(r.err.find("deallocate(" + q + ", 64") != std::string::npos);
+    CHECK(r.err.find("never handed it out") != std::string::npos);
+    CHECK(r.err.find("free returned") == std::string::npos);
+  }
+}
+
 TEST_CASE("hardened: randomised model — contents kept, no overlap, accounting, invariants") {
   const unsigned s0 = seed();
   for (int variant = 0; variant < 4; ++variant) {

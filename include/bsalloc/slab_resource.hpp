@@ -96,8 +96,9 @@ struct slab_resource_options {
   /// address (as glibc's safe-linking) and validated whenever one is followed; every free object
   /// carries a free-state tag. A use-after-free write into a free object, or a double free,
   /// aborts with a message naming the pointer — never is a wild pointer handed out. Slab headers
-  /// are validated on every slow-path use; 8-byte requests take 16-byte objects. Every call takes
-  /// the out-of-line path (the inline fast path of an unhardened resource is unchanged). See
+  /// are validated on every slow-path use; 8-byte requests take 16-byte objects. A thread-cache
+  /// hit takes a short validated path after the inline class lookup (the inline fast path of an
+  /// unhardened resource is unchanged). See
   /// docs/hardening.md for what it detects and costs.
   bool hardened = false;
   /// Hardened mode only: freed objects are zeroed, and an object handed out again is checked to
@@ -153,7 +154,8 @@ std::string to_json(const slab_resource_stats& s);
 
 namespace detail {
 struct slab_state;
-}
+struct bin;
+}  // namespace detail
 
 class slab_resource : public std::pmr::memory_resource {
  public:
@@ -219,17 +221,23 @@ class slab_resource : public std::pmr::memory_resource {
   [[gnu::noinline]] void* allocate_slow(std::size_t bytes, std::size_t alignment);
   void* allocate_attempt(std::size_t bytes, std::size_t alignment);  // allocate_slow, unreported
   [[gnu::noinline]] void deallocate_slow(void* p, std::size_t bytes, std::size_t alignment);
-  // Hardened mode (src/slab/hardened.cpp): a validated thread-cache hit, reached by a tail jump
-  // from the inline path's slow label (no frame, nothing recomputed twice); else the slow path.
-  [[gnu::noinline]] void* allocate_hardened(std::size_t bytes, std::size_t alignment);
-  [[gnu::noinline]] void deallocate_hardened(void* p, std::size_t bytes, std::size_t alignment);
+  // Hardened mode (src/slab/hardened.cpp): the validated thread-cache hit path, reached by a
+  // tail jump from the inline path once it has found the bin (no frame, nothing recomputed).
+  [[gnu::noinline]] void* allocate_hardened(std::size_t bytes, std::size_t alignment,
+                                            detail::bin* b, std::size_t cls);
+  [[gnu::noinline]] void deallocate_hardened(void* p, std::size_t bytes, std::size_t alignment,
+                                             detail::bin* b, std::size_t cls);
 
   detail::slab_state* state_;
   std::uint64_t id_;    // never reused: names this resource in thread caches
   std::uint32_t slot_;  // its slot in every thread's cache table (dense, reused after destruction)
+  std::uint64_t hardened_id_;  // id_ | detail::hardened_id_bit: a hardened resource's cache id
   // Requests with alignment <= 16 below small_bound_ (1 KiB) take the inline path through the
   // small table, the rest below inline_bound_ (every class) through the medium table. Both are 0
-  // in checked mode, hardened mode and under memcheck, so that every call takes the slow path.
+  // in checked mode, under memcheck and in hardened mode with zero-on-free, so that every call
+  // takes the slow path. A hardened resource's thread caches are registered under
+  // id_ | hardened_id_bit: the inline path finds the bin, its id test fails, and a second test
+  // sends it to the hardened hit path with the bin (the unhardened hit path is unchanged).
   std::uint32_t small_bound_;
   std::uint32_t inline_bound_;
   bool checked_;

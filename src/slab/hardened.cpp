@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
-// The careful path: hardened mode and the memcheck client requests. A resource that is hardened,
-// or that was constructed under Valgrind, has its inline bounds at 0 (as in checked mode): every
-// call leaves the inline path. A hardened one (alone) then takes the lean hit path at the end of
-// this file (hardened_fast.hpp); everything else goes through the slow path, which calls in here.
-// Other resources never do.
+// The careful path: hardened mode and the memcheck client requests. A hardened resource alone
+// (no checked mode, no zero-on-free, not under memcheck: `lean`) keeps its inline bounds, but its
+// thread caches carry id | hardened_id_bit: the inline path finds the bin, its id test fails, and
+// a second test tail-jumps to the lean hit path at the end of this file (hardened_fast.hpp). Any
+// other careful resource has its inline bounds at 0 (as in checked mode): every call takes the
+// slow path, which calls in here. Other resources never do.
 //
 // Hardened mode (slab_resource_options::hardened)
 //   H1  every free object (in a thread-cache bin, a slab's free list, a remote chain or an
@@ -70,14 +71,19 @@ std::uintptr_t random_word() {
 }
 
 // Word i of free object p: made accessible for the access (ASan, memcheck), no-access again
-// afterwards under memcheck (the object is free).
-std::uintptr_t word_get(const void* p, int i, bool vg) {
+// afterwards under memcheck (the object is free). The client requests out of line.
+[[gnu::noinline]] std::uintptr_t word_get_vg(const std::uintptr_t* w) {
+  VALGRIND_MAKE_MEM_DEFINED(w, sizeof *w);
+  const std::uintptr_t v = *w;
+  VALGRIND_MAKE_MEM_NOACCESS(w, sizeof *w);
+  return v;
+}
+inline std::uintptr_t word_get(const void* p, int i, bool vg) {
   auto* w = static_cast<const std::uintptr_t*>(p) + i;
   BSALLOC_UNPOISON(const_cast<std::uintptr_t*>(w), sizeof *w);
-  if (vg) VALGRIND_MAKE_MEM_DEFINED(w, sizeof *w);
-  const std::uintptr_t v = *w;
-  if (vg) VALGRIND_MAKE_MEM_NOACCESS(w, sizeof *w);
-  return v;
+  if (!vg) [[likely]]
+    return *w;
+  return word_get_vg(w);
 }
 void word_set(void* p, int i, std::uintptr_t v, bool vg) {
   auto* w = static_cast<std::uintptr_t*>(p) + i;
@@ -129,13 +135,19 @@ void slab_state::init_careful() {
       g.lim = ~std::uint64_t{0} / m;
       g.span = std::size_t{g.capacity} * g.size;
       g.slab_mask = ~(g.slab_bytes - 1);
+      // The hit path's copy (hardened_fast.hpp): Lemire's test needs every d it accepts < 2^32.
+      auto& h = hard[static_cast<std::size_t>(c)];
+      h.slab_mask = g.slab_mask;
+      h.offset = g.offset;
+      h.span = g.span;
+      h.div_mul = ~std::uint64_t{0} / g.size + 1;
+      BSALLOC_ASSERT(h.span < (std::uint64_t{1} << 32), "hardened geometry");
     }
   }
   std::pmr::memory_resource* up = upstream;
   while (auto* b = dynamic_cast<budget_resource*>(up)) up = b->upstream_resource();
   pages_known = dynamic_cast<page_resource*>(up) != nullptr;
   lean = hardened && !knobs.checked && !knobs.hardened_zero_on_free && !valgrind;
-  lean_bound = lean ? pool.largest_required_pool_block + 1 : 0;
 }
 
 void slab_state::corrupt(const void* p, const std::string& problem) const {
@@ -157,6 +169,14 @@ void* slab_state::next_careful(const void* at, int c, const slab* same) const {
   void* next = reinterpret_cast<void*>(stored ^ link_mask(at, link_key));
   if (!hardened || !next) return next;
   const auto n = reinterpret_cast<std::uintptr_t>(next);
+  // The common case, as on the hit path: an object boundary in the slab of `at` (reached through
+  // validated links or from a trusted head, so its slab is live and was validated) or in `same`
+  // (its header checked by the caller). No page-map or header load.
+  if (in_slab_of(
+          hard[static_cast<std::size_t>(c)],
+          same ? reinterpret_cast<std::uintptr_t>(same) : reinterpret_cast<std::uintptr_t>(at), n))
+      [[likely]]
+    return next;
   const slab* s = slab_of(next, c);
   if ((!same || s == same) && is_object(*this, next, c, s) && is_slab(*this, s, c)) return next;
   const char* problem;
@@ -225,6 +245,9 @@ void slab_state::take_back(void* p, int c, std::size_t bytes, std::size_t alignm
           "pointer or size mismatch; hardened)");
     if (!is_object(*this, p, c, s))
       bad(p, bytes, alignment, "pointer is not the start of an object (hardened)");
+    if (n >= reinterpret_cast<std::uintptr_t>(tail_of(s)))
+      bad(p, bytes, alignment,
+          "not a live allocation of this resource: its slab never handed it out (hardened)");
     if (word_get(p, 1, valgrind) == (n ^ tag_key))
       bad(p, bytes, alignment, "double free (the object is already free; hardened)");
   }
@@ -284,7 +307,8 @@ void push_far(const slab_state& st, bin& b, int c, void* p, std::size_t bytes,
   const slab* s = st.slab_of(p, c);
   auto* w = static_cast<std::uintptr_t*>(p);
   const std::uintptr_t tag = a ^ st.tag_key;
-  bool ok = is_slab(st, s, c) && is_object(st, p, c, s);  // no read of p before this
+  bool ok = is_slab(st, s, c) && is_object(st, p, c, s) &&     // no read of p before this
+            a < reinterpret_cast<std::uintptr_t>(tail_of(s));  // handed out
   if (ok) {
     BSALLOC_UNPOISON(w + 1, sizeof *w);
     ok = w[1] != tag;  // else a double free
@@ -301,26 +325,34 @@ void push_far(const slab_state& st, bin& b, int c, void* p, std::size_t bytes,
 
 }  // namespace detail
 
-// The lean hardened hit path (hardened_fast.hpp): one validated pop or push; links and frees
-// that cross slabs, and anything bad, take pop_far / push_far (which abort naming the pointer
-// when something is bad); a miss or a full bin, the slow path. Every exit is a return or a tail
-// call, so the inline path jumps here and nothing else needs a frame.
-void* slab_resource::allocate_hardened(std::size_t bytes, std::size_t alignment) {
-  int c = 0;
-  detail::bin* b = detail::hardened_bin(*state_, slot_, id_, bytes, alignment, c);
-  if (!b || !b->head) return allocate_slow(bytes, alignment);
-  if (void* p = detail::hardened_pop(*state_, *b, c)) return p;
-  return detail::pop_far(*state_, *b, c);
+// The lean hardened hit path (hardened_fast.hpp), entered from the inline path with the bin of
+// the class it computed: one validated pop or push; links and frees that cross slabs, the last
+// object of a bin, and anything bad take pop_far / push_far (which abort naming the pointer when
+// something is bad); a miss or a full bin, the slow path. Every exit is a return or a tail call,
+// so nothing needs a frame. Classes not in use and bad_class (an alignment not a power of two)
+// need no test: their bins are always empty and full (limit 0).
+void* slab_resource::allocate_hardened(std::size_t bytes, std::size_t alignment, detail::bin* b,
+                                       std::size_t cls) {
+  if (cls == 0) [[unlikely]] {  // 8 B takes 16 B: room for the link and the tag
+    ++b;
+    cls = 1;
+  }
+  void* p = b->head;
+  if (!p) return allocate_slow(bytes, alignment);
+  if (void* q = detail::hardened_pop(*state_, *b, cls, p)) return q;
+  return detail::pop_far(*state_, *b, static_cast<int>(cls));
 }
 
-void slab_resource::deallocate_hardened(void* p, std::size_t bytes, std::size_t alignment) {
-  int c = 0;
-  detail::bin* b = detail::hardened_bin(*state_, slot_, id_, bytes, alignment, c);
-  if (!b) return deallocate_slow(p, bytes, alignment);
+void slab_resource::deallocate_hardened(void* p, std::size_t bytes, std::size_t alignment,
+                                        detail::bin* b, std::size_t cls) {
+  if (cls == 0) [[unlikely]] {
+    ++b;
+    cls = 1;
+  }
   const std::uint32_t n = b->count.load(std::memory_order_relaxed);
   if (n >= b->limit) return deallocate_slow(p, bytes, alignment);
-  if (detail::hardened_push(*state_, *b, n, c, p)) return;
-  return detail::push_far(*state_, *b, c, p, bytes, alignment);
+  if (detail::hardened_push(*state_, *b, n, cls, p)) return;
+  return detail::push_far(*state_, *b, static_cast<int>(cls), p, bytes, alignment);
 }
 
 }  // namespace bsalloc

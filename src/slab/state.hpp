@@ -96,6 +96,17 @@ struct slab_state;
 using slab = slab_header<slab_state>;
 static_assert(sizeof(slab) <= slab_header_size);
 
+// slab::tail is read without the owner's lock by hardened deallocations (hardened_fast.hpp: a
+// pointer at or past it was never handed out), so the owner advances it with an atomic store.
+// It only grows while the slab is live: a reader that got an object legitimately sees a tail past
+// it.
+inline char* tail_of(const slab* s) noexcept {
+  return std::atomic_ref<char*>(const_cast<slab*>(s)->tail).load(std::memory_order_relaxed);
+}
+inline void advance_tail(slab* s, std::size_t size) noexcept {
+  std::atomic_ref<char*>(s->tail).store(s->tail + size, std::memory_order_relaxed);
+}
+
 struct class_geom {
   std::size_t size = 0;
   std::size_t slab_bytes = 0;
@@ -110,6 +121,17 @@ struct class_geom {
   std::size_t span = 0;
   std::uintptr_t slab_mask = 0;  // ~(slab_bytes - 1): an address's slab start, by masking
   std::uint64_t low = 0, inv = 0, lim = 0;
+};
+
+// Hardened mode's hit-path geometry of one class (hardened_fast.hpp): an address x is an object
+// boundary in the slab that holds address `base` iff d = x - (base & slab_mask) - offset has
+// d < span and d * div_mul < div_mul, div_mul = 2^64 / size rounded up (Lemire's divisibility
+// test: exact for d < 2^32, and span < 2^32). One multiply, no shift, four loads.
+struct hardened_geom {
+  std::uintptr_t slab_mask = 0;
+  std::uint64_t offset = 0;
+  std::uint64_t span = 0;
+  std::uint64_t div_mul = 0;
 };
 
 // A thread cache's list of one class. Owner thread only; count is atomic only so that stats()
@@ -178,6 +200,9 @@ struct tls_slot {
 };
 constexpr std::uint32_t max_slots = std::uint32_t{1} << 16;
 constexpr std::uint32_t no_slot = 0;  // resources beyond max_slots - 1 live: no thread cache
+// A hardened resource (without zero-on-free) registers its caches under its id | this bit, so
+// that the inline path's id test fails for it after the bin is found (hardened hit path).
+constexpr std::uint64_t hardened_id_bit = std::uint64_t{1} << 63;
 extern tls_slot no_slots[max_slots];
 extern thread_local constinit tls_slot* t_slots __attribute__((tls_model(BSALLOC_TLS_MODEL)));
 
@@ -215,9 +240,9 @@ struct slab_state {
   bool careful = false;      // hardened || valgrind
   bool pages_known = false;  // slabs come from page_resources: the page map vouches for them
   bool lean = false;  // hardened alone (not checked, no zero-on-free, no memcheck): lean path
-  std::size_t lean_bound = 0;   // lean: requests below it take the inline hardened path; else 0
   std::uintptr_t link_key = 0;  // hardened: free-list link secret (never 0), else 0
   std::uintptr_t tag_key = 0;   // hardened: free-state tag secret
+  std::array<hardened_geom, class_count> hard{};  // hardened: the hit path's geometry
   std::uint64_t id = 0;
   std::uint32_t slot = no_slot;
 

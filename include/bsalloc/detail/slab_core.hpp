@@ -202,7 +202,9 @@ template <class Owner, class NextOf, class Fresh>
     s->free = next_of(p);
   } else {
     p = s->tail;
-    s->tail += size;
+    // A relaxed atomic store (a plain store on x86): hardened slab_resources read a slab's tail
+    // without its lock, to refuse pointers into the untouched part.
+    std::atomic_ref<char*>(s->tail).store(s->tail + size, std::memory_order_relaxed);
     --s->untouched;
     fresh(p);
   }
