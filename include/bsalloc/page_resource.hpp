@@ -160,12 +160,11 @@ struct page_region_stats {
   bool os_backed = false;
 };
 
-/// The run cache's traffic since construction, summed over the cores (each counted under its
-/// core's lock; a snapshot read without the locks).
+/// The run cache's misses since construction, summed over the cores (each counted under its
+/// core's lock; a snapshot read without the locks). Only the misses are counted, so that a hit
+/// costs nothing more: the hits are the caller's allocations of cacheable runs minus these.
 struct page_run_cache_counters {
-  std::uint64_t hits = 0;       ///< allocations served from a bin (no buddy lock)
   std::uint64_t misses = 0;     ///< allocations that found their bin empty (to the buddy lock)
-  std::uint64_t puts = 0;       ///< freed runs kept in a bin
   std::uint64_t overflows = 0;  ///< frees that found the bin full or the core's budget spent
 };
 
@@ -179,7 +178,7 @@ struct page_resource_stats {
   std::size_t free_purged_bytes = 0;  ///< free and given back to the OS (or a caller region's)
   std::size_t cached_bytes = 0;       ///< in the run cache: freed, resident, not yet reused
   std::vector<std::size_t> core_cached_bytes;  ///< cached_bytes per core cache
-  page_run_cache_counters run_cache;           ///< run cache hits, misses, puts, overflows
+  page_run_cache_counters run_cache;           ///< run cache misses and overflows
   std::size_t purged_bytes = 0;                ///< total ever returned to the OS by MADV_DONTNEED
   std::size_t os_mapped_bytes = 0;             ///< reserved from the OS now, metadata included
   std::size_t os_maps = 0;                     ///< regions ever reserved from the OS

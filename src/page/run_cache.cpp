@@ -63,7 +63,6 @@ void* page_resource::cache_take(std::size_t count) noexcept {
     bump(c.misses);
     return nullptr;
   }
-  bump(c.hits);
   const core_cache::entry e = c.bin(count)[--n];
   assert(run_mark(e.head->run) == run_cached && e.head->next == count);  // C1
   set_run_mark(e.head->run, run_live);                                   // the caller's now
@@ -90,16 +89,13 @@ bool page_resource::cache_put(void* p, std::size_t count, page_meta* head) noexc
   }
   c.bin(count)[n++] = {p, head};
   c.pages.store(pages + count, std::memory_order_relaxed);
-  bump(c.puts);
   return true;
 }
 
 page_run_cache_counters page_resource::cache_counters() const noexcept {
   page_run_cache_counters t;
   for (std::size_t c = 0; c < core_count_; ++c) {
-    t.hits += cores_[c].hits.load(std::memory_order_relaxed);
     t.misses += cores_[c].misses.load(std::memory_order_relaxed);
-    t.puts += cores_[c].puts.load(std::memory_order_relaxed);
     t.overflows += cores_[c].overflows.load(std::memory_order_relaxed);
   }
   return t;
