@@ -48,7 +48,8 @@ inline void bump(std::atomic<std::uint64_t>& counter) noexcept {
 }
 }  // namespace
 
-page_resource::core_cache& page_resource::this_core() const noexcept {
+// Inline in both callers (this file only).
+[[gnu::always_inline]] inline page_resource::core_cache& page_resource::this_core() const noexcept {
   // The CPU number is below core_count_ (the configured CPUs) but for CPUs brought online
   // later: no division on the fast path.
   const std::size_t cpu = current_cpu();
