@@ -122,7 +122,7 @@ class page_peer final : public peer {
  private:
   // As global_page_resource() is configured: with the per-core run cache.
   bsalloc::page_resource pages_{
-      bsalloc::page_resource_options{.cache_bytes_per_core = std::size_t{4} << 20}};
+      bsalloc::page_resource_options{.cache_bytes_per_core = bsalloc::global_cache_bytes_per_core}};
 };
 
 class slab_peer final : public peer {

@@ -315,7 +315,7 @@ std::atomic<page_resource*> global_instance{nullptr};
   page_resource* r = global_instance.load(std::memory_order_relaxed);
   if (r == nullptr) {
     r = ::new (global_storage)
-        page_resource(page_resource_options{.cache_bytes_per_core = std::size_t{4} << 20});
+        page_resource(page_resource_options{.cache_bytes_per_core = global_cache_bytes_per_core});
     global_instance.store(r, std::memory_order_release);
   }
   return *r;

@@ -47,6 +47,8 @@ std::string to_string(const page_resource_stats& s) {
     for (const std::size_t b : s.core_cached_bytes) fmt::format_to(it, " {}", human_bytes(b));
     fmt::format_to(it, ")");
   }
+  if (const auto& c = s.run_cache; c.misses + c.overflows != 0)
+    fmt::format_to(it, "; {} misses, {} overflowed", c.misses, c.overflows);
   fmt::format_to(it, "\n");
   fmt::format_to(it, "  free blocks by order:");
   for (std::size_t k = 0; k < s.free_blocks.size(); ++k)

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -178,6 +179,36 @@ TEST_CASE("run cache: bounded, counted as retained, purged by the policy and tri
   CHECK(s.cached_bytes == 0);
   CHECK(s.dirty_free_bytes == 0);
   CHECK(s.free_purged_bytes == s.free_bytes);
+  res.check_invariants();
+}
+
+TEST_CASE("run cache: misses and overflowed frees are counted") {
+  pin_to_this_cpu pin;  // one core's cache sees every call
+  page_resource res(page_resource_options{.cache_bytes_per_core = 16 * page_size});
+  auto counters = [&] { return res.stats().run_cache; };
+  void* p = res.allocate_pages(4);
+  CHECK(counters().misses == 1);
+  res.deallocate_pages(p, 4);
+  CHECK(counters().overflows == 0);
+  void* q = res.allocate_pages(4);  // a hit
+  CHECK(q == p);
+  CHECK(counters().misses == 1);
+  std::vector<void*> more{q};
+  for (int i = 0; i < 4; ++i) more.push_back(res.allocate_pages(4));
+  CHECK(counters().misses == 5);
+  for (void* r : more) res.deallocate_pages(r, 4);
+  CHECK(counters().overflows == 1);  // 4 runs of 4 pages fill the budget; the fifth goes on
+  CHECK(res.stats().cached_bytes == 16 * page_size);
+  CHECK(to_string(res.stats()).find("5 misses, 1 overflowed") != std::string::npos);
+  // Runs of more than max_cached_run_pages, and a resource without a cache, count nothing.
+  res.deallocate_pages(res.allocate_pages(bsalloc::max_cached_run_pages + 1),
+                       bsalloc::max_cached_run_pages + 1);
+  CHECK(counters().misses == 5);
+  CHECK(counters().overflows == 1);
+  page_resource plain;
+  plain.deallocate_pages(plain.allocate_pages(1), 1);
+  CHECK(plain.stats().run_cache.misses + plain.stats().run_cache.overflows == 0);
+  CHECK(to_string(plain.stats()).find("misses") == std::string::npos);
   res.check_invariants();
 }
 

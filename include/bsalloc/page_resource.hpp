@@ -94,6 +94,11 @@ inline constexpr std::size_t page_size = std::size_t{1} << page_shift;
 inline constexpr unsigned max_order = 20;
 /// Runs of at most this many pages go to the run cache (256 KiB).
 inline constexpr std::size_t max_cached_run_pages = 64;
+/// The run cache's budget per core in global_page_resource() (8 MiB). Churn of blocks of
+/// 4 KiB - 256 KiB with random sizes keeps every bin near its random-walk mean: the budget,
+/// not the bins' capacities, decides how often a run misses the cache (about 20 % of
+/// allocations and of frees at 4 MiB, 10 % at 8 MiB, for the large_touch64 benchmark).
+inline constexpr std::size_t global_cache_bytes_per_core = std::size_t{8} << 20;
 /// Most regions one page_resource manages at a time.
 inline constexpr std::size_t max_regions = 128;
 inline constexpr std::size_t any_region = std::numeric_limits<std::size_t>::max();
@@ -136,7 +141,8 @@ struct page_resource_options {
   /// Grow from the OS when no region can serve a request.
   bool grow_from_os = true;
   /// Bytes of freed runs (of up to max_cached_run_pages pages) each core may keep for reuse
-  /// without the buddy lock; 0 turns the run cache off. global_page_resource() uses 4 MiB.
+  /// without the buddy lock; 0 turns the run cache off. global_page_resource() uses
+  /// global_cache_bytes_per_core.
   std::size_t cache_bytes_per_core = 0;
   /// madvise(MADV_HUGEPAGE) on OS regions (2 MiB aligned); purging then skips free spans of
   /// less than a huge page inside a huge page that is partly in use.
@@ -154,6 +160,14 @@ struct page_region_stats {
   bool os_backed = false;
 };
 
+/// The run cache's misses since construction, summed over the cores (each counted under its
+/// core's lock; a snapshot read without the locks). Only the misses are counted, so that a hit
+/// costs nothing more: the hits are the caller's allocations of cacheable runs minus these.
+struct page_run_cache_counters {
+  std::uint64_t misses = 0;     ///< allocations that found their bin empty (to the buddy lock)
+  std::uint64_t overflows = 0;  ///< frees that found the bin full or the core's budget spent
+};
+
 struct page_resource_stats {
   std::size_t page_size = bsalloc::page_size;
   std::size_t managed_bytes = 0;         ///< allocatable bytes of all regions (no metadata)
@@ -164,6 +178,7 @@ struct page_resource_stats {
   std::size_t free_purged_bytes = 0;  ///< free and given back to the OS (or a caller region's)
   std::size_t cached_bytes = 0;       ///< in the run cache: freed, resident, not yet reused
   std::vector<std::size_t> core_cached_bytes;  ///< cached_bytes per core cache
+  page_run_cache_counters run_cache;           ///< run cache misses and overflows
   std::size_t purged_bytes = 0;                ///< total ever returned to the OS by MADV_DONTNEED
   std::size_t os_mapped_bytes = 0;             ///< reserved from the OS now, metadata included
   std::size_t os_maps = 0;                     ///< regions ever reserved from the OS
@@ -322,6 +337,8 @@ class page_resource : public std::pmr::memory_resource {
   // naming p if a racing free took it first.
   void claim_run(region& r, std::uint32_t head, const void* p, std::size_t count, const char* what);
   bool should_purge_locked();
+  core_cache& this_core() const noexcept;
+  page_run_cache_counters cache_counters() const noexcept;
   void* cache_take(std::size_t count) noexcept;
   bool cache_put(void* p, std::size_t count, page_meta* head) noexcept;  // p validated
   [[gnu::noinline]] void* allocate_slow(std::size_t count, std::size_t alignment,

@@ -135,13 +135,15 @@ void page_resource::mark_run(region& r, std::uint32_t head, std::uint32_t count)
     set_meta(m, meta_allocated, k, flags, p == 0 ? run_live : run_none, head, p == 0 ? count : 0);
     p = next;
   }
-  if (r.os_backed) {  // resident free pages become allocated pages
-    for (std::uint32_t p = 0; p < count; ++p) {
-      page_meta& m = r.meta[head + p];
-      if (!(m.flags & flag_resident)) continue;
-      m.flags &= static_cast<std::uint8_t>(~flag_resident);  // counted again when freed
-      --dirty_free_pages_;
+  if (r.os_backed) {  // resident free pages become allocated pages (counted again when freed)
+    // Branch-free: a page's residency is random to the branch predictor.
+    std::size_t resident = 0;
+    for (page_meta *m = r.meta + head, *end = m + count; m != end; ++m) {
+      resident += (m->flags & flag_resident) != 0;
+      m->flags &= static_cast<std::uint8_t>(~flag_resident);
     }
+    assert(resident <= dirty_free_pages_);
+    dirty_free_pages_ -= resident;
   }
 }
 
@@ -157,12 +159,13 @@ void page_resource::unmark_run(region& r, std::uint32_t head, std::uint32_t coun
 
 void page_resource::free_range(region& r, std::uint32_t from, std::uint32_t to) {
   // Pages [from, to), not in any block (no head state), go back to the free lists, merging.
-  if (r.os_backed) {  // freed pages may be resident: they count until purged
-    for (std::uint32_t q = from; q < to; ++q)
-      if (!(r.meta[q].flags & flag_resident)) {
-        r.meta[q].flags |= flag_resident;
-        ++dirty_free_pages_;
-      }
+  if (r.os_backed) {  // freed pages may be resident: they count until purged (branch-free)
+    std::size_t fresh = 0;
+    for (page_meta *m = r.meta + from, *end = r.meta + to; m != end; ++m) {
+      fresh += (m->flags & flag_resident) == 0;
+      m->flags |= flag_resident;
+    }
+    dirty_free_pages_ += fresh;
   }
   for (std::uint32_t q = from; q < to;) {
     const unsigned k = greedy_order(pfn(r.base) + q, to - q);

@@ -60,6 +60,10 @@ struct alignas(64) page_resource::core_cache {
   };
   yield_lock lock;
   std::atomic<std::size_t> pages{0};  // written under lock; read by the policy without it
+  // Counters of the slow branches only (the hits cost nothing to leave uncounted), written
+  // under lock (a relaxed load and store: no read-modify-write), read by stats() without it:
+  // takes that found their bin empty, frees sent on to the buddy lists (bin full or budget spent).
+  std::atomic<std::uint64_t> misses{0}, overflows{0};
   std::array<std::uint8_t, max_cached_run_pages + 1> count{};
   std::array<entry, detail::bin_offsets[max_cached_run_pages + 1]> entries;
   entry* bin(std::size_t n) noexcept { return &entries[detail::bin_offsets[n]]; }

@@ -15,6 +15,7 @@ page_resource_stats page_resource::stats() const {
   s.dirty_free_bytes = dirty_free_pages_ << page_shift;
   s.cached_bytes = cached << page_shift;
   s.core_cached_bytes = core_cached_bytes();
+  s.run_cache = cache_counters();
   s.purged_bytes = purged_bytes_;
   s.os_mapped_bytes = os_mapped_bytes_;
   s.os_maps = os_maps_;

@@ -44,11 +44,29 @@ inline std::size_t current_cpu() noexcept {
 }
 }  // namespace
 
+namespace {
+// One more under the core lock (its only writer): a plain load and store.
+inline void bump(std::atomic<std::uint64_t>& counter) noexcept {
+  counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+}  // namespace
+
+// Inline in both callers (this file only).
+[[gnu::always_inline]] inline page_resource::core_cache& page_resource::this_core() const noexcept {
+  // The CPU number is below core_count_ (the configured CPUs) but for CPUs brought online
+  // later: no division on the fast path.
+  const std::size_t cpu = current_cpu();
+  return cores_[cpu < core_count_ ? cpu : cpu % core_count_];
+}
+
 void* page_resource::cache_take(std::size_t count) noexcept {
-  core_cache& c = cores_[current_cpu() % core_count_];
+  core_cache& c = this_core();
   std::lock_guard lock(c.lock);
   std::uint8_t& n = c.count[count];
-  if (n == 0) return nullptr;
+  if (n == 0) {
+    bump(c.misses);
+    return nullptr;
+  }
   const core_cache::entry e = c.bin(count)[--n];
   assert(run_mark(e.head->run) == run_cached && e.head->next == count);  // C1
   set_run_mark(e.head->run, run_live);                                   // the caller's now
@@ -57,11 +75,14 @@ void* page_resource::cache_take(std::size_t count) noexcept {
 }
 
 bool page_resource::cache_put(void* p, std::size_t count, page_meta* head) noexcept {
-  core_cache& c = cores_[current_cpu() % core_count_];
+  core_cache& c = this_core();
   std::lock_guard lock(c.lock);
   std::uint8_t& n = c.count[count];
   const std::size_t pages = c.pages.load(std::memory_order_relaxed);
-  if (n == bin_capacities[count] || pages + count > cache_page_limit_) return false;
+  if (n == bin_capacities[count] || pages + count > cache_page_limit_) {
+    bump(c.overflows);
+    return false;
+  }
   // Claim the run (I11): of two frees of it racing (a double free), on this path or the locked
   // one, exactly one wins; the loser goes to the slow path, which throws naming p. Once claimed,
   // the run is ours: its count can be read.
@@ -73,6 +94,15 @@ bool page_resource::cache_put(void* p, std::size_t count, page_meta* head) noexc
   c.bin(count)[n++] = {p, head};
   c.pages.store(pages + count, std::memory_order_relaxed);
   return true;
+}
+
+page_run_cache_counters page_resource::cache_counters() const noexcept {
+  page_run_cache_counters t;
+  for (std::size_t c = 0; c < core_count_; ++c) {
+    t.misses += cores_[c].misses.load(std::memory_order_relaxed);
+    t.overflows += cores_[c].overflows.load(std::memory_order_relaxed);
+  }
+  return t;
 }
 
 std::size_t page_resource::cached_pages() const noexcept {

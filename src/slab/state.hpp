@@ -21,6 +21,7 @@
 // The fork handlers (thread_cache.cpp) take them all in that order.
 #include <bsalloc/detail/config.hpp>
 #include <bsalloc/detail/slab_core.hpp>
+#include <bsalloc/locks.hpp>
 #include <bsalloc/page_resource.hpp>
 #include <bsalloc/slab_resource.hpp>
 
@@ -264,8 +265,8 @@ struct slab_state {
   std::mutex upstream_lock;  // held across each upstream call when upstream_serial
   std::mutex checked_lock;
   std::unordered_set<std::uintptr_t> checked_slabs;  // checked_lock
-  std::mutex large_lock;
-  large_table large;                               // large_lock
+  yield_lock large_lock;  // held for a hash-table probe: a spin lock, not a futex
+  large_table large;      // large_lock
   std::size_t large_objects = 0, large_bytes = 0;  // large_lock
 
   // -- upstream and slabs (slabs.cpp) ---------------------------------------------------------
