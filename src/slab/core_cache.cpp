@@ -122,19 +122,47 @@ std::uint32_t slab_state::take_from(std::size_t ci, int c, std::uint32_t n, void
     got = take(cc, c, n, chain);
   }
   return_slabs(returns);
-  if (got) {
-    const auto now = out[static_cast<std::size_t>(c)].fetch_add(got) + got;
-    auto& pk = peak[static_cast<std::size_t>(c)];
-    for (auto seen = pk.load(std::memory_order_relaxed);
-         now > seen && !pk.compare_exchange_weak(seen, now);) {
+  count_out(c, got);
+  return got;
+}
+
+void slab_state::count_out(int c, std::uint32_t got) {
+  if (got == 0) return;
+  const auto now = out[static_cast<std::size_t>(c)].fetch_add(got) + got;
+  auto& pk = peak[static_cast<std::size_t>(c)];
+  for (auto seen = pk.load(std::memory_order_relaxed);
+       now > seen && !pk.compare_exchange_weak(seen, now);) {
+  }
+}
+
+// A thread that moved to another CPU left partly used (and empty) slabs on the core it ran on;
+// they serve before a new slab does, or a migrating thread would hold a set of slabs per CPU it
+// visits. Only cores whose lock is free are asked (never a wait), at most steal_probes of them.
+std::uint32_t slab_state::take_elsewhere(std::size_t ci, int c, std::uint32_t n, void*& chain) {
+  std::size_t asked = 0;
+  for (std::size_t k = 1; k < ncores && asked < steal_probes; ++k) {
+    core_cache* cc = core_if((ci + k) % ncores);
+    if (!cc) continue;
+    ++asked;
+    std::unique_lock lock(cc->lock, std::try_to_lock);
+    if (!lock) continue;
+    slab_list returns;
+    drain(*cc, returns);
+    const std::uint32_t got = take(*cc, c, n, chain);
+    lock.unlock();
+    return_slabs(returns);
+    if (got) {
+      count_out(c, got);
+      return got;
     }
   }
-  return got;
+  return 0;
 }
 
 std::uint32_t slab_state::refill(int c, std::uint32_t n, void*& chain) {
   const std::size_t ci = current_core();
   if (std::uint32_t got = take_from(ci, c, n, chain, nullptr)) return got;
+  if (std::uint32_t got = take_elsewhere(ci, c, n, chain)) return got;
   slab* fresh;
   try {
     fresh = new_slab(ci, c);  // no lock held

@@ -147,6 +147,8 @@ enum : std::uint16_t {
   bin_refilled = 1,  // refilled since the limit last grew
   bin_active = 2,    // refilled or overflowed since the last scavenge
 };
+/// Other cores a refill asks for slabs (lock free only) before it takes a new slab.
+constexpr std::size_t steal_probes = 8;
 /// Slow-path visits of a thread cache between two looks for bins that went quiet.
 constexpr std::uint32_t scavenge_period = 256;
 
@@ -292,6 +294,9 @@ struct slab_state {
   void drain(core_cache& core, slab_list& returns);
   std::uint32_t take(core_cache& core, int c, std::uint32_t n, void*& chain);
   std::uint32_t take_from(std::size_t ci, int c, std::uint32_t n, void*& chain, slab* fresh);
+  /// Up to n objects from other cores' slabs whose lock is free (a thread that migrated).
+  std::uint32_t take_elsewhere(std::size_t ci, int c, std::uint32_t n, void*& chain);
+  void count_out(int c, std::uint32_t got);  // out and peak of class c after a take
   std::uint32_t refill(int c, std::uint32_t n, void*& chain);
   /// Gives a chain of n objects back; returns the bytes of slabs that went back upstream.
   std::size_t flush(int c, void* chain, std::uint32_t n);
