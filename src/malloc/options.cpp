@@ -71,7 +71,8 @@ bool parse_flag(const char* name, bool& out) noexcept {
 
 options read_options() noexcept {
   options o;
-  o.large_pages.cache_bytes_per_core = std::size_t{4} << 20;  // as global_page_resource()
+  // 4 MiB per core, half of global_page_resource()'s: a whole program's RSS matters more here.
+  o.large_pages.cache_bytes_per_core = std::size_t{4} << 20;
   o.slab_pages.cache_bytes_per_core = 0;  // slabs are 1 MiB runs: beyond the run cache anyway
   o.knobs.min_slab_bytes = slab_bytes;    // one slab size: free() finds the header by masking
   std::size_t retain = 0;
