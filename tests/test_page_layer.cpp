@@ -34,19 +34,7 @@ std::byte* at(void* p, std::size_t pages) {
   return static_cast<std::byte*>(p) + pages * page_size;
 }
 
-// Keeps the calling thread on the CPU it runs on (the run cache is per core), restoring the
-// old affinity at the end.
-struct pin_to_this_cpu {
-  cpu_set_t old;
-  pin_to_this_cpu() {
-    REQUIRE(::sched_getaffinity(0, sizeof old, &old) == 0);
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(::sched_getcpu(), &one);
-    REQUIRE(::sched_setaffinity(0, sizeof one, &one) == 0);
-  }
-  ~pin_to_this_cpu() { ::sched_setaffinity(0, sizeof old, &old); }
-};
+using bsalloc_test::pin_to_this_cpu;
 
 std::size_t resident_pages(void* p, std::size_t bytes) {
   std::vector<unsigned char> vec(bytes / page_size);
@@ -56,10 +44,7 @@ std::size_t resident_pages(void* p, std::size_t bytes) {
 }
 
 std::uint64_t seed() {
-  const char* s = std::getenv("BSALLOC_SEED");
-  const std::uint64_t v = s ? std::strtoull(s, nullptr, 0) : std::random_device{}();
-  MESSAGE("seed ", v, " (override with BSALLOC_SEED)");
-  return v;
+  return bsalloc_test::test_seed("test_page_layer");
 }
 
 }  // namespace
