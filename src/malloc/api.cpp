@@ -115,11 +115,6 @@ void* bsalloc_realloc(void* p, std::size_t size) noexcept {
   }
   const page_resource* owner = page_map_find(p).owner;
   engine* e = g_engine.load(std::memory_order_acquire);
-  if (size > (page_size << max_order) && owner && e &&
-      (owner == &e->slab_pages || owner == &e->large_pages)) {
-    errno = ENOMEM;  // no run holds it; p untouched
-    return nullptr;
-  }
   if (!owner || !e || (owner != &e->slab_pages && owner != &e->large_pages)) {
     if (in_bootstrap_arena(p)) {  // never freed; its contents move
       void* q = bsalloc_malloc(size);
@@ -131,6 +126,10 @@ void* bsalloc_realloc(void* p, std::size_t size) noexcept {
     bad_pointer("realloc", p, "not bsalloc's, and no next allocator owns it");
   }
   const std::size_t old = usable_in(*e, owner, p, "realloc");
+  if (size > (page_size << max_order)) {  // no run holds it: p untouched
+    errno = ENOMEM;
+    return nullptr;
+  }
   if (owner == &e->slab_pages) {
     // In place within the same class (any request of alignment 16 that maps to it).
     if (size <= old &&
