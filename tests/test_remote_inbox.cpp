@@ -27,7 +27,7 @@ constexpr std::uint32_t per_sender = 20'000;
 // A batch's fields carry who sent it and its sequence number; the head is never dereferenced.
 bsalloc::detail::remote_batch make_batch(unsigned sender, std::uint32_t seq) {
   auto tag = (static_cast<std::uintptr_t>(sender) << 32) | seq;
-  return {reinterpret_cast<void*>(tag), seq, sender};
+  return {reinterpret_cast<void*>(tag), reinterpret_cast<void*>(tag + 1), seq, sender};
 }
 
 }  // namespace
@@ -48,7 +48,8 @@ TEST_CASE(
       auto tag = reinterpret_cast<std::uintptr_t>(m.head);
       auto sender = static_cast<unsigned>(tag >> 32);
       auto seq = static_cast<std::uint32_t>(tag);
-      if (sender >= senders || m.cls != sender || m.count != seq || next_seq[sender] != seq) {
+      if (sender >= senders || m.cls != sender || m.count != seq || next_seq[sender] != seq ||
+          reinterpret_cast<std::uintptr_t>(m.tail) != tag + 1) {
         ++bad;
         continue;
       }

@@ -121,9 +121,11 @@ struct slab_core_stats {
   std::size_t deallocations = 0;          ///< objects given back to this core's slabs locally
   std::size_t remote_frees_sent = 0;      ///< objects this core's threads posted to other cores
   std::size_t remote_frees_received = 0;  ///< objects drained from this core's queue
-  std::size_t remote_overflows = 0;       ///< messages that found the queue full
-  std::size_t slab_refills = 0;           ///< slabs taken from the upstream
-  std::size_t slab_returns = 0;           ///< slabs given back to the upstream
+  /// ... of which handed on whole to a refilling thread (a posted chain that fit its bin)
+  std::size_t remote_handed_on = 0;
+  std::size_t remote_overflows = 0;  ///< messages that found the queue full
+  std::size_t slab_refills = 0;      ///< slabs taken from the upstream
+  std::size_t slab_returns = 0;      ///< slabs given back to the upstream
 };
 
 struct slab_resource_stats {

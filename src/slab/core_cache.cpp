@@ -44,17 +44,29 @@ void slab_state::put_back(core_cache& core, void* p, int c, slab_list& returns) 
   BSALLOC_ASSERT(s->list != list_full, "S2 (a slab with a free object is not full)");
 }
 
-// Lock held. Applies every remote free posted to this core.
-void slab_state::drain(core_cache& core, slab_list& returns) {
+// Lock held. Applies every remote free posted to this core. With a hand-off, a chain of its
+// class that fits goes to the refilling thread whole: its objects are free, of this core's
+// slabs, counted out of them already (a slab counts the objects in thread caches and in flight
+// as used), so they need no put back into their slab and no take out of it again. Not for the
+// careful path or checked mode, which account for every object on its way through the slabs.
+void slab_state::drain(core_cache& core, slab_list& returns, handoff* to) {
   remote_batch m;
   while (core.inbox.pop(m)) {
+    core.counters.remote_frees_received += m.count;
+    if (to && static_cast<int>(m.cls) == to->c && to->got < to->want &&
+        m.count <= to->most - to->got) {
+      set_next(m.tail, to->chain);
+      to->chain = m.head;
+      to->got += m.count;
+      core.counters.remote_handed_on += m.count;
+      continue;
+    }
     void* p = m.head;
     for (std::uint32_t i = 0; i < m.count; ++i) {
       void* next = next_of(p, static_cast<int>(m.cls));
       put_back(core, p, static_cast<int>(m.cls), returns);
       p = next;
     }
-    core.counters.remote_frees_received += m.count;
   }
   for (std::size_t w = 0; w < core.overflow_mask.size(); ++w) {
     if (core.overflow_mask[w].load(std::memory_order_relaxed) == 0) continue;
@@ -106,20 +118,23 @@ std::uint32_t slab_state::take(core_cache& core, int c, std::uint32_t n, void*& 
 
 // Takes up to n objects of class c from one core's slabs (after draining its inbox).
 std::uint32_t slab_state::take_from(std::size_t ci, int c, std::uint32_t n, void*& chain,
-                                    slab* fresh) {
+                                    slab* fresh, std::uint32_t most) {
   core_cache& cc = core(ci);
   slab_list returns;
   std::uint32_t got;
   {
     std::lock_guard lock(cc.lock);
-    drain(cc, returns);
+    handoff h{c, n, most, chain, 0};
+    drain(cc, returns, careful || knobs.checked ? nullptr : &h);
+    cc.counters.allocations += h.got;
+    chain = h.chain;
     if (fresh) {
       auto& l = cc.cls[static_cast<std::size_t>(c)];
       link(l.partial, fresh);
       ++l.slabs;
       ++cc.counters.slab_refills;
     }
-    got = take(cc, c, n, chain);
+    got = h.got + (h.got < n ? take(cc, c, n - h.got, chain) : 0);
   }
   return_slabs(returns);
   count_out(c, got);
@@ -159,9 +174,10 @@ std::uint32_t slab_state::take_elsewhere(std::size_t ci, int c, std::uint32_t n,
   return 0;
 }
 
-std::uint32_t slab_state::refill(int c, std::uint32_t n, void*& chain) {
+std::uint32_t slab_state::refill(int c, std::uint32_t n, void*& chain, std::uint32_t most) {
+  BSALLOC_ASSERT(most >= n, "refill: most >= n");
   const std::size_t ci = current_core();
-  if (std::uint32_t got = take_from(ci, c, n, chain, nullptr)) return got;
+  if (std::uint32_t got = take_from(ci, c, n, chain, nullptr, most)) return got;
   if (std::uint32_t got = take_elsewhere(ci, c, n, chain)) return got;
   slab* fresh;
   try {
@@ -171,10 +187,10 @@ std::uint32_t slab_state::refill(int c, std::uint32_t n, void*& chain) {
     // migrated left them there). They stay those cores' objects.
     for (std::size_t k = 1; k < ncores; ++k)
       if (core_if((ci + k) % ncores))
-        if (std::uint32_t got = take_from((ci + k) % ncores, c, n, chain, nullptr)) return got;
+        if (std::uint32_t got = take_from((ci + k) % ncores, c, n, chain, nullptr, n)) return got;
     throw;  // nothing changed
   }
-  return take_from(ci, c, n, chain, fresh);
+  return take_from(ci, c, n, chain, fresh, most);
 }
 
 // Gives a chain of n objects of class c back: local ones into this core's slabs under its
@@ -250,7 +266,7 @@ void slab_state::post(core_cache& from, std::size_t owner, int c, void* head, vo
                       std::uint32_t count) {
   core_cache& to = *core_if(owner);
   from.remote_sent.fetch_add(count, std::memory_order_relaxed);
-  if (to.inbox.bounded_push(remote_batch{head, count, static_cast<std::uint32_t>(c)})) return;
+  if (to.inbox.bounded_push(remote_batch{head, tail, count, static_cast<std::uint32_t>(c)})) return;
   to.overflows.fetch_add(1, std::memory_order_relaxed);
   auto& stack = to.overflow[static_cast<std::size_t>(c)];
   void* old = stack.load(std::memory_order_relaxed);

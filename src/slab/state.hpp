@@ -165,8 +165,20 @@ struct thread_cache {
 
 struct remote_batch {  // a chain of `count` objects of one class, linked through their first word
   void* head;
+  void* tail;  // the chain's last object (its link is null): a refill splices the whole chain
   std::uint32_t count;
   std::uint32_t cls;
+};
+
+// A refill's hand-off (drain): chains of class `c` posted to the core go to the refilling thread
+// whole, while they fit in `room` objects, instead of one put back and one take per object.
+// Chains are taken while fewer than `want` objects are on hand and the chain fits in `most`.
+struct handoff {
+  int c;
+  std::uint32_t want;
+  std::uint32_t most;
+  void* chain;
+  std::uint32_t got;
 };
 
 // Per CPU, created on the first use of that CPU (registry_mutex held while creating).
@@ -291,13 +303,16 @@ struct slab_state {
   core_cache& core(std::size_t ci);  // creates it on first use
   std::size_t current_core() const;
   void put_back(core_cache& core, void* p, int c, slab_list& returns);
-  void drain(core_cache& core, slab_list& returns);
+  void drain(core_cache& core, slab_list& returns, handoff* to = nullptr);
   std::uint32_t take(core_cache& core, int c, std::uint32_t n, void*& chain);
-  std::uint32_t take_from(std::size_t ci, int c, std::uint32_t n, void*& chain, slab* fresh);
+  std::uint32_t take_from(std::size_t ci, int c, std::uint32_t n, void*& chain, slab* fresh,
+                          std::uint32_t most);
   /// Up to n objects from other cores' slabs whose lock is free (a thread that migrated).
   std::uint32_t take_elsewhere(std::size_t ci, int c, std::uint32_t n, void*& chain);
   void count_out(int c, std::uint32_t got);  // out and peak of class c after a take
-  std::uint32_t refill(int c, std::uint32_t n, void*& chain);
+  /// n objects of class c (fewer if the upstream is out), or up to `most` (>= n) when posted
+  /// remote frees come as whole chains.
+  std::uint32_t refill(int c, std::uint32_t n, void*& chain, std::uint32_t most);
   /// Gives a chain of n objects back; returns the bytes of slabs that went back upstream.
   std::size_t flush(int c, void* chain, std::uint32_t n);
   void post(core_cache& from, std::size_t owner, int c, void* head, void* tail,
