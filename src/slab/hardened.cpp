@@ -165,6 +165,13 @@ void* slab_state::next_careful(const void* at, int c, const slab* same) const {
           same ? reinterpret_cast<std::uintptr_t>(same) : reinterpret_cast<std::uintptr_t>(at), n))
       [[likely]]
     return next;
+  return next_far(at, next, c, same);
+}
+
+// next_careful's other case, out of line so that the common case needs no frame: the link leaves
+// the slab (the full check: page map, header), or it is bad (an abort naming `at`).
+void* slab_state::next_far(const void* at, void* next, int c, const slab* same) const {
+  const auto n = reinterpret_cast<std::uintptr_t>(next);
   const slab* s = slab_of(next, c);
   if ((!same || s == same) && is_object(*this, next, c, s) && is_slab(*this, s, c)) return next;
   const char* problem;

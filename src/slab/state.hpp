@@ -343,6 +343,7 @@ struct slab_state {
   /// Construction: hardened and valgrind from the knobs and the environment, the secrets.
   void init_careful();
   void* next_careful(const void* at, int c, const slab* same) const;
+  [[gnu::noinline]] void* next_far(const void* at, void* next, int c, const slab* same) const;
   void set_next_careful(void* at, const void* next) const;
   /// Careful path: object p of class c leaves the free lists for a user asking `bytes`.
   void hand_out(void* p, int c, std::size_t bytes) const;
