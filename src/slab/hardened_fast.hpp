@@ -59,22 +59,28 @@ inline bool is_slab(const slab_state& st, const slab* s, int c) {
          tc.known.epoch == st.slab_deaths.load(std::memory_order_relaxed);
 }
 
-/// Pops the head p of bin b, class c (not empty), when its link checks out within p's own slab (H2
-/// for the new head) and its tag is intact; nullptr otherwise (a null link included) — the
-/// caller then tail-calls pop_far, which tries a known slab (V1) and else checks the link fully
-/// (page map, header), aborting naming the object if the link or the tag is bad. No call in
-/// here, so no frame.
+/// hardened_pop's other case (hardened_hit.cpp): the head's tag is intact and its link decodes to
+/// `next`, not in the head's slab: accepted in a known slab (V1), else the full check (null: the
+/// last object); then the pop.
+[[gnu::noinline]] void* pop_far(const slab_state& st, bin& b, int c, std::uintptr_t next);
+/// The full check of the head of bin c of tc (page map, header; aborts naming it if its link or
+/// its tag is bad), then the pop; the slab of the link remembered (V1).
+[[gnu::noinline]] void* pop_check(const slab_state& st, thread_cache& tc, int c);
+
+/// Pops the head p of bin b, class c (not empty), when its tag is intact and its link checks out
+/// within p's own slab (H2 for the new head); else tail-calls pop_check (a bad tag: the full
+/// check names p) or pop_far (the link leaves p's slab, or is null). No other call, so no frame.
 [[gnu::always_inline]] inline void* hardened_pop(const slab_state& st, bin& b, std::size_t c,
                                                  void* p) {
   const hardened_geom& h = st.hard[c];
   const auto a = reinterpret_cast<std::uintptr_t>(p);
   auto* w = static_cast<std::uintptr_t*>(p);
-  const std::uintptr_t next = w[0] ^ (a >> 12) ^ st.link_key;
-  if (!in_slab_of(h, a, next)) [[unlikely]]
-    return nullptr;
   BSALLOC_UNPOISON(w + 1, sizeof *w);
   if (w[1] != (a ^ st.tag_key)) [[unlikely]]
-    return nullptr;
+    return pop_check(st, cache_of(b, c), static_cast<int>(c));  // names p
+  const std::uintptr_t next = w[0] ^ (a >> 12) ^ st.link_key;
+  if (!in_slab_of(h, a, next)) [[unlikely]]
+    return pop_far(st, b, static_cast<int>(c), next);
   BSALLOC_UNPOISON(p, st.geom[c].size);
   b.head = reinterpret_cast<void*>(next);
   b.count.store(b.count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
@@ -83,9 +89,6 @@ inline bool is_slab(const slab_state& st, const slab* s, int c) {
   return p;
 }
 
-/// hardened_pop's other case (hardened_hit.cpp): the link into a known slab (V1), else the full
-/// check of the head's link (null: the last object), then the pop.
-[[gnu::noinline]] void* pop_far(const slab_state& st, bin& b, int c);
 /// hardened_push's other case (hardened_hit.cpp): p in a known slab (V1), else every check of
 /// take_back (page map, header, boundary, double free; aborts naming p), then the push. Bin c
 /// has room.

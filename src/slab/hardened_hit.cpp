@@ -31,7 +31,9 @@ void remember(thread_cache& tc, const slab* s, int c, std::uint64_t epoch) {
   tc.known.slab[known_slot(a)] = a | static_cast<std::uintptr_t>(c);
 }
 
-[[gnu::noinline]] void* pop_check(const slab_state& st, thread_cache& tc, int c) {
+}  // namespace
+
+void* pop_check(const slab_state& st, thread_cache& tc, int c) {
   bin& b = tc.bins[static_cast<std::size_t>(c)];
   void* p = b.head;
   auto* w = static_cast<std::uintptr_t*>(p);
@@ -52,6 +54,8 @@ void remember(thread_cache& tc, const slab* s, int c, std::uint64_t epoch) {
   w[1] = 0;
   return p;
 }
+
+namespace {
 
 [[gnu::noinline]] void push_check(const slab_state& st, thread_cache& tc, int c, void* p,
                                   std::size_t bytes, std::size_t alignment) {
@@ -80,22 +84,17 @@ void remember(thread_cache& tc, const slab* s, int c, std::uint64_t epoch) {
 
 }  // namespace
 
-void* pop_far(const slab_state& st, bin& b, int c) {
+void* pop_far(const slab_state& st, bin& b, int c, std::uintptr_t next) {
   const auto i = static_cast<std::size_t>(c);
   thread_cache& tc = cache_of(b, i);
-  void* p = b.head;
   const hardened_geom& h = st.hard[i];
-  const auto a = reinterpret_cast<std::uintptr_t>(p);
-  auto* w = static_cast<std::uintptr_t*>(p);
-  const std::uintptr_t next = w[0] ^ (a >> 12) ^ st.link_key;
   const std::uintptr_t s = next & h.slab_mask;
   if (!known_slab(st, tc, s, i) || !at_boundary(h, s, next)) return pop_check(st, tc, c);
-  BSALLOC_UNPOISON(w + 1, sizeof *w);
-  if (w[1] != (a ^ st.tag_key)) [[unlikely]]
-    return pop_check(st, tc, c);
+  void* p = b.head;  // its tag checked by the caller
   BSALLOC_UNPOISON(p, st.geom[i].size);
   b.head = reinterpret_cast<void*>(next);
   b.count.store(b.count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+  auto* w = static_cast<std::uintptr_t*>(p);
   w[0] = 0;
   w[1] = 0;
   return p;
@@ -140,8 +139,7 @@ void* slab_resource::allocate_hardened(std::size_t bytes, std::size_t alignment,
   }
   void* p = b->head;
   if (!p) return allocate_slow(bytes, alignment);
-  if (void* q = detail::hardened_pop(*state_, *b, cls, p)) return q;
-  return detail::pop_far(*state_, *b, static_cast<int>(cls));
+  return detail::hardened_pop(*state_, *b, cls, p);
 }
 
 void slab_resource::deallocate_hardened(void* p, std::size_t bytes, std::size_t alignment,
