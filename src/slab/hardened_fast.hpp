@@ -95,12 +95,12 @@ inline bool is_slab(const slab_state& st, const slab* s, int c) {
 [[gnu::noinline]] void push_far(const slab_state& st, bin& b, int c, void* p, std::size_t bytes,
                                 std::size_t alignment);
 
-/// Pushes p (class c) onto bin b, which has room (n objects), when p is an object boundary
+/// Pushes p (class c) onto bin b, which has room, when p is an object boundary
 /// in the head's slab (live, validated) that the slab has handed out (before its tail) and that
 /// does not carry its free tag; false otherwise — an empty bin, p in another slab, a pointer
 /// never handed out, a double free: the caller then tail-calls push_far. No call in here.
-[[gnu::always_inline]] inline bool hardened_push(const slab_state& st, bin& b, std::uint32_t n,
-                                                 std::size_t c, void* p) {
+[[gnu::always_inline]] inline bool hardened_push(const slab_state& st, bin& b, std::size_t c,
+                                                 void* p) {
   const hardened_geom& h = st.hard[c];
   const auto a = reinterpret_cast<std::uintptr_t>(p);
   const auto head = reinterpret_cast<std::uintptr_t>(b.head);
@@ -119,7 +119,8 @@ inline bool is_slab(const slab_state& st, const slab* s, int c) {
   BSALLOC_POISON_FREE(p, st.geom[c].size);
   w[0] = head ^ (a >> 12) ^ st.link_key;
   b.head = p;
-  b.count.store(n + 1, std::memory_order_relaxed);
+  // The count reloaded rather than kept from the limit test: one register fewer to save.
+  b.count.store(b.count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   return true;
 }
 

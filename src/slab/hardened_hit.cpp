@@ -148,9 +148,9 @@ void slab_resource::deallocate_hardened(void* p, std::size_t bytes, std::size_t 
     ++b;
     cls = 1;
   }
-  const std::uint32_t n = b->count.load(std::memory_order_relaxed);
-  if (n >= b->limit) return deallocate_slow(p, bytes, alignment);
-  if (detail::hardened_push(*state_, *b, n, cls, p)) return;
+  if (b->count.load(std::memory_order_relaxed) >= b->limit)
+    return deallocate_slow(p, bytes, alignment);
+  if (detail::hardened_push(*state_, *b, cls, p)) return;
   return detail::push_far(*state_, *b, static_cast<int>(cls), p, bytes, alignment);
 }
 
