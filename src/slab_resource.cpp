@@ -5,8 +5,8 @@
 //
 //   do_allocate / do_deallocate (inline): class from the (alignment, size) tables, thread-cache
 //     bin pop / push. A hardened resource's cache leaves here with the bin for the validated hit
-//     path (src/slab/hardened.cpp). Anything else (a miss, a full bin, no cache, checked mode, a
-//     bad alignment, a large request) goes to allocate_slow / deallocate_slow
+//     path (src/slab/hardened_hit.cpp). Anything else (a miss, a full bin, no cache, checked mode,
+//     a bad alignment, a large request) goes to allocate_slow / deallocate_slow
 //     (src/slab/slow_path.cpp), which classify once with the overflow-safe size_class() and
 //     dispatch to the thread cache, the core caches or the large path.
 #include <bsalloc/budget.hpp>

@@ -9,6 +9,7 @@
 //   checked.cpp       checked mode: allocation bitmap, request records, verdicts
 //   hardened.cpp      hardened mode (encoded, validated free-list links; free-state tags) and
 //                     the memcheck client requests (the "careful" path)
+//   hardened_hit.cpp  hardened mode's thread-cache hit path and its far cases (known slabs)
 //   slow_path.cpp     allocate_slow / deallocate_slow: classify once, dispatch to the above
 // The facade (src/slab_resource.cpp) holds the inline fast path. The slab header,
 // geometry, lists, take / put back of one object, the empty-slab policy, the checked bitmap and
