@@ -124,10 +124,10 @@ void push_far(const slab_state& st, bin& b, int c, void* p, std::size_t bytes,
 
 }  // namespace detail
 
-// The lean hardened hit path (hardened_fast.hpp), entered from the inline path with the thread
-// cache and the class it computed: one validated pop or push; links and frees into slabs this
-// thread has not validated yet, the last object of a bin, and anything bad take pop_far /
-// push_far (which abort naming the pointer when something is bad); a miss or a full bin, the
+// The lean hardened hit path (hardened_fast.hpp), entered from the inline path with the bin and
+// the class it computed: one validated pop or push; links and frees that leave the head's slab
+// and the last object of a bin take pop_far / push_far (a known slab, else pop_check /
+// push_check, which abort naming the pointer when something is bad); a miss or a full bin, the
 // slow path. Every exit is a return or a tail call, so nothing needs a frame. Classes not in use
 // and bad_class (an alignment not a power of two) need no test: their bins are always empty and
 // full (limit 0).
