@@ -4,20 +4,18 @@
 // glossary and invariants, src/slab/state.hpp for the layers and the lock order.
 //
 //   do_allocate / do_deallocate (inline): class from the (alignment, size) tables, thread-cache
-//     bin pop / push. Anything else (a miss, a full bin, no cache, checked mode, a bad
-//     alignment, a large request) goes to allocate_slow / deallocate_slow, which classify once
-//     with the overflow-safe size_class() and dispatch to the thread cache, the core caches or
-//     the large path.
+//     bin pop / push. A hardened resource's cache leaves here with the bin for the validated hit
+//     path (src/slab/hardened_hit.cpp). Anything else (a miss, a full bin, no cache, checked mode,
+//     a bad alignment, a large request) goes to allocate_slow / deallocate_slow
+//     (src/slab/slow_path.cpp), which classify once with the overflow-safe size_class() and
+//     dispatch to the thread cache, the core caches or the large path.
 #include <bsalloc/budget.hpp>
-#include <bsalloc/out_of_memory.hpp>
 #include <bsalloc/slab_resource.hpp>
 
 #include <unistd.h>
 
 #include <algorithm>
 #include <bit>
-#include <limits>
-#include <new>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -39,18 +37,6 @@ bool known_thread_safe(std::pmr::memory_resource* up) {
   return up == std::pmr::new_delete_resource() || dynamic_cast<page_resource*>(up) != nullptr ||
          dynamic_cast<slab_resource*>(up) != nullptr ||
          dynamic_cast<std::pmr::synchronized_pool_resource*>(up) != nullptr;
-}
-
-[[noreturn]] void throw_bad_alignment(std::size_t alignment) {
-  throw std::invalid_argument(
-      fmt::format("bsalloc: slab_resource: alignment {} is not a power of two", alignment));
-}
-[[noreturn]] void throw_bad_alignment(const void* res, const void* p, std::size_t bytes,
-                                      std::size_t alignment) {
-  throw std::invalid_argument(
-      fmt::format("bsalloc: slab_resource {}: deallocate({}, {}, {}): alignment {} is not a power "
-                  "of two",
-                  res, p, bytes, alignment, alignment));
 }
 
 // Objects of `size` that fit in `slab_bytes` after the header (the slab core's geometry, with a
@@ -186,7 +172,8 @@ std::size_t slab_resource::class_size(int cls) noexcept {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The fast path: thread cache hit. Everything else is in allocate_slow / deallocate_slow.
+// The fast path: thread cache hit. Everything else is in allocate_slow / deallocate_slow
+// (src/slab/slow_path.cpp).
 // ---------------------------------------------------------------------------------------------
 
 // The class the inline path serves, or -1: small sizes by the first table, the rest of the
@@ -244,106 +231,6 @@ slow:
   deallocate_slow(p, bytes, alignment);
 }
 #undef BSALLOC_INLINE_CLASS
-
-void* slab_resource::allocate_slow(std::size_t bytes, std::size_t alignment) {
-  return detail::allocate_or_report(
-      "slab_resource", "", this, bytes, alignment,
-      [&] { return allocate_attempt(bytes, alignment); }, [this] { return to_string(stats()); });
-}
-
-void* slab_resource::allocate_attempt(std::size_t bytes, std::size_t alignment) {
-  slab_state& st = *state_;
-  if (!detail::power_of_two(alignment)) throw_bad_alignment(alignment);
-  int c = detail::size_class(bytes, alignment);
-  if (c >= st.classes) c = -1;
-  if (c == 0 && hardened_) c = 1;  // room for a link and a tag
-  if (c < 0) {
-    // A size that overflows when rounded up to its alignment fits no address space: refused
-    // here (some upstreams would wrap it to a tiny block). Anything else: the upstream decides.
-    if (bytes > std::numeric_limits<std::size_t>::max() - alignment) throw std::bad_alloc();
-    return st.allocate_large(bytes, alignment);
-  }
-  void* p;
-  if (detail::thread_cache* tc = detail::cache_for(st)) {
-    st.tick(*tc);
-    detail::bin& b = tc->bins[static_cast<std::size_t>(c)];
-    b.flags |= detail::bin_active;  // in checked mode every call comes here
-    if (b.head) {
-      p = b.head;
-      b.head = st.next_of(p, c);
-      b.count.store(b.count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
-    } else {
-      void* chain = nullptr;
-      const std::uint32_t got = st.refill(c, std::max<std::uint32_t>(1, b.limit / 2u), chain,
-                                          std::max<std::uint32_t>(1, b.limit));
-      b.flags |= detail::bin_refilled;
-      p = chain;
-      b.head = st.next_of(chain, c);
-      b.count.store(got - 1, std::memory_order_relaxed);
-    }
-  } else {
-    void* chain = nullptr;
-    st.refill(c, 1, chain, 1);
-    p = chain;
-  }
-  if (checked_) st.mark_allocated(p, c, bytes, alignment);
-  BSALLOC_UNPOISON(p, st.geom[static_cast<std::size_t>(c)].size);
-  if (st.careful) st.hand_out(p, c, bytes);
-  return p;
-}
-
-void slab_resource::deallocate_slow(void* p, std::size_t bytes, std::size_t alignment) {
-  slab_state& st = *state_;
-  if (!detail::power_of_two(alignment)) throw_bad_alignment(this, p, bytes, alignment);
-  int c = detail::size_class(bytes, alignment);
-  if (c >= st.classes) c = -1;
-  if (c == 0 && hardened_) c = 1;
-  const bool unlinked = checked_ && st.check_deallocate(p, bytes, alignment, c);
-  if (unlinked) {  // a large block, checked and unlinked: bytes and alignment are its own
-    st.up_deallocate(p, bytes, alignment);
-    return;
-  }
-  if (c < 0) {
-    st.deallocate_large(p, bytes, alignment);
-    return;
-  }
-  if (st.careful) st.take_back(p, c, bytes, alignment);
-  BSALLOC_POISON_FREE(p, st.geom[static_cast<std::size_t>(c)].size);
-  if (detail::thread_cache* tc = detail::cache_for(st)) {
-    st.tick(*tc);
-    detail::bin& b = tc->bins[static_cast<std::size_t>(c)];
-    b.flags |= detail::bin_active;
-    st.set_next(p, b.head);
-    b.head = p;
-    const std::uint32_t n = b.count.load(std::memory_order_relaxed) + 1;
-    if (n <= b.limit) {
-      b.count.store(n, std::memory_order_relaxed);
-      return;
-    }
-    const auto& g = st.geom[static_cast<std::size_t>(c)];
-    if (b.limit < g.cache_max && (b.flags & detail::bin_refilled)) {
-      // A bin that overflows and that its thread also refills (it allocates this class too)
-      // grows first, so bursts of the same objects stay in the thread cache — within the
-      // thread cache's growth budget. A thread that only frees keeps the small limit and hands
-      // objects back promptly.
-      const std::uint32_t grown = std::min<std::uint32_t>(g.cache_max, b.limit * 2u);
-      const std::size_t added = (grown - b.limit) * g.size;
-      if (tc->grown_bytes.load(std::memory_order_relaxed) + added <= st.knobs.thread_cache_bytes) {
-        tc->grown_bytes.fetch_add(added, std::memory_order_relaxed);
-        b.limit = static_cast<std::uint16_t>(grown);
-        b.flags = static_cast<std::uint16_t>(b.flags & ~detail::bin_refilled);
-        b.count.store(n, std::memory_order_relaxed);
-        return;
-      }
-    }
-    // Over the limit: keep the newest half, give back the older rest.
-    b.count.store(n, std::memory_order_relaxed);
-    st.trim_bin(*tc, c, std::max<std::uint32_t>(1, b.limit / 2u));
-    return;
-  }
-  st.set_next(p, nullptr);  // a chain of one
-  st.flush(c, p, 1);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Whole-resource operations

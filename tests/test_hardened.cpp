@@ -183,6 +183,99 @@ TEST_CASE("hardened: objects freed into a bin from several slabs come back intac
   pool.check_invariants();
 }
 
+// 64-byte objects of 4 KiB slabs (16 objects each), grouped by slab: slabs that hold at least
+// `least` of them, in address order.
+std::vector<std::vector<void*>> by_slab(const std::vector<void*>& v, std::size_t least) {
+  std::map<std::uintptr_t, std::vector<void*>> m;
+  for (void* p : v) m[reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t{4095}].push_back(p);
+  std::vector<std::vector<void*>> out;
+  for (auto& [s, objs] : m)
+    if (objs.size() >= least) out.push_back(objs);
+  return out;
+}
+
+// A link or a free that crosses into another slab is checked fully once (page map, header) and
+// the slab remembered by the thread; later crossings into it skip those loads. What they still
+// check: the boundary, the tail, the free-state tag.
+TEST_CASE(
+    "hardened: into a slab the thread validated before, a nudged link or a double free "
+    "aborts") {
+  for (int what : {0, 1}) {
+    CAPTURE(what);
+    const auto r = run_in_child([what] {
+      slab_resource pool(std::pmr::pool_options{16, 0}, hardened());
+      std::vector<void*> v;
+      for (int i = 0; i < 64; ++i) v.push_back(pool.allocate(64));
+      const auto slabs = by_slab(v, 3);
+      REQUIRE(slabs.size() >= 2);
+      void *a0 = slabs[0][0], *a1 = slabs[0][1], *b1 = slabs[1][0];
+      pool.deallocate(a0, 64);
+      pool.deallocate(b1, 64);  // crosses into b1's slab: validated, remembered
+      pool.deallocate(a1, 64);  // and back: the bin is a1 -> b1 -> a0
+      if (what == 0) {
+        std::fprintf(stderr, "victim %s\n", ptr(a1).c_str());
+        std::uint64_t stored = 0;
+        std::memcpy(&stored, a1, sizeof stored);
+        scribble(a1, 0, stored ^ 0x10);  // decodes to b1 + 16: the known slab, mid-object
+        void* got = pool.allocate(64);
+        std::fprintf(stderr, "handed out %p\n", got);
+      } else {
+        std::fprintf(stderr, "victim %s\n", ptr(b1).c_str());
+        pool.deallocate(b1, 64);  // the head is in the other slab
+        std::fprintf(stderr, "second free returned\n");
+      }
+    });
+    REQUIRE(r.aborted);
+    const auto at = r.err.find("victim ");
+    REQUIRE(at != std::string::npos);
+    const std::string victim = r.err.substr(at + 7, r.err.find('\n', at) - at - 7);
+    if (what == 0) {
+      CHECK(r.err.find("free-list link of " + victim + " corrupted") != std::string::npos);
+      CHECK(r.err.find("not an object boundary of its class") != std::string::npos);
+      CHECK(r.err.find("handed out") == std::string::npos);
+    } else {
+      CHECK(r.err.find("deallocate(" + victim + ", 64") != std::string::npos);
+      CHECK(r.err.find("double free") != std::string::npos);
+      CHECK(r.err.find("second free returned") == std::string::npos);
+    }
+  }
+}
+
+// A remembered slab that goes back upstream is forgotten: a link that still decodes to one of
+// its object boundaries is refused (the slab's memory is not this resource's any more).
+TEST_CASE("hardened: a link into a slab that went back upstream aborts, however well-formed") {
+  const auto r = run_in_child([] {
+    slab_resource pool(std::pmr::pool_options{16, 0}, hardened());
+    std::vector<void*> v;
+    for (int i = 0; i < 64; ++i) v.push_back(pool.allocate(64));
+    const auto slabs = by_slab(v, 4);
+    REQUIRE(slabs.size() >= 2);
+    void *keep = slabs[0][0], *p = slabs[0][1], *q = slabs[0][2], *a = slabs[0][3];
+    void* b = slabs[1][0];
+    pool.deallocate(a, 64);
+    pool.deallocate(b, 64);  // b's slab validated and remembered
+    for (void* x : v)
+      if (x != keep && x != p && x != q && x != a && x != b) pool.deallocate(x, 64);
+    (void)pool.trim();  // b's slab, empty, goes back upstream; p's stays (keep, p, q live)
+    pool.deallocate(q, 64);
+    pool.deallocate(p, 64);  // the bin is p -> q
+    std::fprintf(stderr, "victim %s\n", ptr(p).c_str());
+    std::uint64_t stored = 0;
+    std::memcpy(&stored, p, sizeof stored);
+    scribble(p, 0,
+             stored ^ reinterpret_cast<std::uintptr_t>(q) ^ reinterpret_cast<std::uintptr_t>(b));
+    void* got = pool.allocate(64);  // p, whose link now decodes to b exactly
+    std::fprintf(stderr, "handed out %p\n", got);
+    (void)pool.allocate(64);
+  });
+  REQUIRE(r.aborted);
+  const auto at = r.err.find("victim ");
+  REQUIRE(at != std::string::npos);
+  const std::string victim = r.err.substr(at + 7, r.err.find('\n', at) - at - 7);
+  CHECK(r.err.find("free-list link of " + victim + " corrupted") != std::string::npos);
+  CHECK(r.err.find("handed out") == std::string::npos);
+}
+
 TEST_CASE("hardened: a write over the free-state tag aborts when the object is handed out") {
   const auto r = run_in_child([] {
     slab_resource pool({}, hardened());

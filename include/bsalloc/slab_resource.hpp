@@ -223,7 +223,7 @@ class slab_resource : public std::pmr::memory_resource {
   [[gnu::noinline]] void* allocate_slow(std::size_t bytes, std::size_t alignment);
   void* allocate_attempt(std::size_t bytes, std::size_t alignment);  // allocate_slow, unreported
   [[gnu::noinline]] void deallocate_slow(void* p, std::size_t bytes, std::size_t alignment);
-  // Hardened mode (src/slab/hardened.cpp): the validated thread-cache hit path, reached by a
+  // Hardened mode (src/slab/hardened_hit.cpp): the validated thread-cache hit path, reached by a
   // tail jump from the inline path once it has found the bin (no frame, nothing recomputed).
   [[gnu::noinline]] void* allocate_hardened(std::size_t bytes, std::size_t alignment,
                                             detail::bin* b, std::size_t cls);

@@ -2,7 +2,7 @@
 // The careful path: hardened mode and the memcheck client requests. A hardened resource alone
 // (no checked mode, no zero-on-free, not under memcheck: `lean`) keeps its inline bounds, but its
 // thread caches carry id | hardened_id_bit: the inline path finds the bin, its id test fails, and
-// a second test tail-jumps to the lean hit path at the end of this file (hardened_fast.hpp). Any
+// a second test tail-jumps to the lean hit path (hardened_hit.cpp, hardened_fast.hpp). Any
 // other careful resource has its inline bounds at 0 (as in checked mode): every call takes the
 // slow path, which calls in here. Other resources never do.
 //
@@ -15,7 +15,8 @@
 //       free list; when the slabs come from page_resources, the page map must know the slab's page
 //       before its header is read.
 //   A deallocate finding the tag already there is a double free; an object handed out whose tag
-//   is gone was written after it was freed. Either aborts naming the pointer.
+//   is gone was written after it was freed. Either aborts naming the pointer. The hit path skips
+//   the page map and the header for slabs its thread validated before (V1, hardened_types.hpp).
 //
 // Memcheck (built when <valgrind/memcheck.h> exists, active when running under Valgrind): every
 // slab is a memory pool (its header address is the pool), every object handed out a chunk of it;
@@ -93,19 +94,6 @@ void word_set(void* p, int i, std::uintptr_t v, bool vg) {
   if (vg) VALGRIND_MAKE_MEM_NOACCESS(w, sizeof *w);
 }
 
-// p is an object boundary of class c in a slab of st (H2). s: p's slab, by masking.
-inline bool is_object(const slab_state& st, const void* p, int c, const slab* s) {
-  const auto& g = st.geom[static_cast<std::size_t>(c)];
-  const std::uint64_t x =
-      reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(s) - g.offset;
-  return x < g.span && (x & g.low) == 0 && x * g.inv <= g.lim;
-}
-inline bool is_slab(const slab_state& st, const slab* s, int c) {
-  return (reinterpret_cast<std::uintptr_t>(s) >> 47) == 0 &&
-         (!st.pages_known || page_map_find(s).owner != nullptr) && s->magic == slab_magic &&
-         s->cls == c && s->res == &st;
-}
-
 // Running under memcheck (not just any Valgrind tool: callgrind counts the plain fast path).
 // Memcheck's preloaded library is how a program tells: no client request names the tool.
 bool under_memcheck() {
@@ -177,6 +165,13 @@ void* slab_state::next_careful(const void* at, int c, const slab* same) const {
           same ? reinterpret_cast<std::uintptr_t>(same) : reinterpret_cast<std::uintptr_t>(at), n))
       [[likely]]
     return next;
+  return next_far(at, next, c, same);
+}
+
+// next_careful's other case, out of line so that the common case needs no frame: the link leaves
+// the slab (the full check: page map, header), or it is bad (an abort naming `at`).
+void* slab_state::next_far(const void* at, void* next, int c, const slab* same) const {
+  const auto n = reinterpret_cast<std::uintptr_t>(next);
   const slab* s = slab_of(next, c);
   if ((!same || s == same) && is_object(*this, next, c, s) && is_slab(*this, s, c)) return next;
   const char* problem;
@@ -270,89 +265,11 @@ void slab_state::slab_born(slab* s) const {
 }
 
 void slab_state::slab_dies(slab* s) const {
+  // V1: before the slab goes, every thread's known_slabs goes stale.
+  if (hardened) slab_deaths.fetch_add(1, std::memory_order_release);
   if (!valgrind) return;
   VALGRIND_DESTROY_MEMPOOL(s);  // objects still out (release(), the destructor) die with it
   VALGRIND_MAKE_MEM_DEFINED(s, geom[s->cls].slab_bytes);
 }
 
 }  // namespace bsalloc::detail
-
-namespace bsalloc {
-
-namespace detail {
-
-// The common far cases checked here with the inline tests (is_object, is_slab: page map, header);
-// anything that fails them goes to next_careful / take_back, which name the problem and abort.
-void* pop_far(const slab_state& st, bin& b, int c) {
-  void* p = b.head;
-  auto* w = static_cast<std::uintptr_t*>(p);
-  void* next = link_get(p, st.link_key);
-  const slab* s = st.slab_of(next, c);
-  const bool ok = !next || (is_object(st, next, c, s) && is_slab(st, s, c));
-  BSALLOC_UNPOISON(p, st.geom[static_cast<std::size_t>(c)].size);
-  if (!ok || w[1] != (reinterpret_cast<std::uintptr_t>(p) ^ st.tag_key)) [[unlikely]] {
-    st.next_careful(p, c, nullptr);  // aborts naming p if the link is bad; else the tag is
-    st.corrupt(p, "free-state tag of {} corrupted (use after free?)");
-  }
-  b.head = next;
-  b.count.store(b.count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
-  w[0] = 0;
-  w[1] = 0;
-  return p;
-}
-
-void push_far(const slab_state& st, bin& b, int c, void* p, std::size_t bytes,
-              std::size_t alignment) {
-  const auto a = reinterpret_cast<std::uintptr_t>(p);
-  const slab* s = st.slab_of(p, c);
-  auto* w = static_cast<std::uintptr_t*>(p);
-  const std::uintptr_t tag = a ^ st.tag_key;
-  bool ok = is_slab(st, s, c) && is_object(st, p, c, s) &&     // no read of p before this
-            a < reinterpret_cast<std::uintptr_t>(tail_of(s));  // handed out
-  if (ok) {
-    BSALLOC_UNPOISON(w + 1, sizeof *w);
-    ok = w[1] != tag;  // else a double free
-  }
-  if (ok) [[likely]]
-    w[1] = tag;
-  else
-    st.take_back(p, c, bytes, alignment);  // aborts: names the pointer and the problem
-  BSALLOC_POISON_FREE(p, st.geom[static_cast<std::size_t>(c)].size);
-  link_set(p, b.head, st.link_key);
-  b.head = p;
-  b.count.store(b.count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-}
-
-}  // namespace detail
-
-// The lean hardened hit path (hardened_fast.hpp), entered from the inline path with the bin of
-// the class it computed: one validated pop or push; links and frees that cross slabs, the last
-// object of a bin, and anything bad take pop_far / push_far (which abort naming the pointer when
-// something is bad); a miss or a full bin, the slow path. Every exit is a return or a tail call,
-// so nothing needs a frame. Classes not in use and bad_class (an alignment not a power of two)
-// need no test: their bins are always empty and full (limit 0).
-void* slab_resource::allocate_hardened(std::size_t bytes, std::size_t alignment, detail::bin* b,
-                                       std::size_t cls) {
-  if (cls == 0) [[unlikely]] {  // 8 B takes 16 B: room for the link and the tag
-    ++b;
-    cls = 1;
-  }
-  void* p = b->head;
-  if (!p) return allocate_slow(bytes, alignment);
-  if (void* q = detail::hardened_pop(*state_, *b, cls, p)) return q;
-  return detail::pop_far(*state_, *b, static_cast<int>(cls));
-}
-
-void slab_resource::deallocate_hardened(void* p, std::size_t bytes, std::size_t alignment,
-                                        detail::bin* b, std::size_t cls) {
-  if (cls == 0) [[unlikely]] {
-    ++b;
-    cls = 1;
-  }
-  const std::uint32_t n = b->count.load(std::memory_order_relaxed);
-  if (n >= b->limit) return deallocate_slow(p, bytes, alignment);
-  if (detail::hardened_push(*state_, *b, n, cls, p)) return;
-  return detail::push_far(*state_, *b, static_cast<int>(cls), p, bytes, alignment);
-}
-
-}  // namespace bsalloc

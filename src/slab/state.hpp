@@ -9,7 +9,9 @@
 //   checked.cpp       checked mode: allocation bitmap, request records, verdicts
 //   hardened.cpp      hardened mode (encoded, validated free-list links; free-state tags) and
 //                     the memcheck client requests (the "careful" path)
-// The facade (src/slab_resource.cpp) holds the inline fast path and dispatches. The slab header,
+//   hardened_hit.cpp  hardened mode's thread-cache hit path and its far cases (known slabs)
+//   slow_path.cpp     allocate_slow / deallocate_slow: classify once, dispatch to the above
+// The facade (src/slab_resource.cpp) holds the inline fast path. The slab header,
 // geometry, lists, take / put back of one object, the empty-slab policy, the checked bitmap and
 // the invariant walk are the slab core's (include/bsalloc/detail/slab_core.hpp), which
 // object_pool uses too.
@@ -27,15 +29,18 @@
 
 #include <array>
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <memory_resource>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <unordered_set>
 
 #include <boost/lockfree/queue.hpp>
 
+#include "hardened_types.hpp"
 #include "large_table.hpp"
 #include "size_classes.hpp"
 
@@ -124,17 +129,6 @@ struct class_geom {
   std::uint64_t low = 0, inv = 0, lim = 0;
 };
 
-// Hardened mode's hit-path geometry of one class (hardened_fast.hpp): an address x is an object
-// boundary in the slab that holds address `base` iff d = x - (base & slab_mask) - offset has
-// d < span and d * div_mul < div_mul, div_mul = 2^64 / size rounded up (Lemire's divisibility
-// test: exact for d < 2^32, and span < 2^32). One multiply, no shift, four loads.
-struct hardened_geom {
-  std::uintptr_t slab_mask = 0;
-  std::uint64_t offset = 0;
-  std::uint64_t span = 0;
-  std::uint64_t div_mul = 0;
-};
-
 // A thread cache's list of one class. Owner thread only; count is atomic only so that stats()
 // may read it (relaxed) from another thread.
 struct bin {
@@ -153,15 +147,23 @@ constexpr std::size_t steal_probes = 8;
 constexpr std::uint32_t scavenge_period = 256;
 
 struct thread_cache {
+  std::array<bin, class_count + 1> bins;  // owner thread; bins[bad_class] always empty; first:
+                                          // cache_of(bin, class) finds the cache (hardened)
   slab_state* res;                        // registry_mutex
   thread_cache* prev;                     // registry_mutex: res->caches list
   thread_cache* next;                     // registry_mutex
-  std::array<bin, class_count + 1> bins;  // owner thread; bins[bad_class] always empty
   // Owner thread (atomic only for stats()): bytes the bins' limits grew above their initial
   // limits, at most knobs.thread_cache_bytes.
   std::atomic<std::size_t> grown_bytes{0};
   std::uint32_t slow_calls = 0;  // owner thread
+  known_slabs known;             // owner thread; hardened mode only
 };
+
+static_assert(std::is_standard_layout_v<thread_cache> && offsetof(thread_cache, bins) == 0);
+/// The thread cache whose bin of class c is b.
+inline thread_cache& cache_of(bin& b, std::size_t c) noexcept {
+  return *reinterpret_cast<thread_cache*>(&b - c);
+}
 
 struct remote_batch {  // a chain of `count` objects of one class, linked through their first word
   void* head;
@@ -269,6 +271,8 @@ struct slab_state {
   std::atomic<std::size_t> caches_created{0};
   std::atomic<std::size_t> pins{0};  // exiting threads flushing a cache detached from `caches`
   std::atomic<std::size_t> bin_shrinks{0};
+  // Hardened: slabs gone back upstream, ever (bumped before each goes): known_slabs' epoch.
+  mutable std::atomic<std::uint64_t> slab_deaths{0};
 
   // registry_mutex.
   thread_cache* caches = nullptr;
@@ -355,6 +359,7 @@ struct slab_state {
   /// Construction: hardened and valgrind from the knobs and the environment, the secrets.
   void init_careful();
   void* next_careful(const void* at, int c, const slab* same) const;
+  [[gnu::noinline]] void* next_far(const void* at, void* next, int c, const slab* same) const;
   void set_next_careful(void* at, const void* next) const;
   /// Careful path: object p of class c leaves the free lists for a user asking `bytes`.
   void hand_out(void* p, int c, std::size_t bytes) const;
