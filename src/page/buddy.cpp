@@ -86,7 +86,7 @@ bool page_resource::take_from_region(std::size_t ri, unsigned order, std::uintpt
   if (mask == 0) return false;
   // Small runs (slabs) stay out of the big blocks that big runs need: the smallest free block
   // below small_area_order, resident first; failing that, the lowest-addressed bigger block, so
-  // that small runs pack at the low end of a region and freed big runs merge again (P1).
+  // that small runs pack at the low end of a region and freed big runs merge again.
   const std::uint32_t small = order <= small_run_order ? mask & ((1u << small_area_order) - 1) : 0;
   const std::uint32_t pick = small != 0 ? small : mask;
   unsigned j = static_cast<unsigned>(std::countr_zero(pick));
@@ -309,8 +309,9 @@ bool page_resource::take_span_locked(std::size_t count, void*& out) {
   // (I1: the other pages of a block carry none).
   const auto block_head_of = [](const region& r, std::uint64_t base_pfn, std::uint32_t j) {
     for (unsigned k = 0; k <= max_order; ++k) {
-      const std::uint64_t h = ((base_pfn + j) & ~((std::uint64_t{1} << k) - 1)) - base_pfn;
-      if (r.meta[h].state != meta_none) return static_cast<std::uint32_t>(h);
+      const std::uint64_t a = (base_pfn + j) & ~((std::uint64_t{1} << k) - 1);
+      if (a < base_pfn) break;
+      if (r.meta[a - base_pfn].state != meta_none) return static_cast<std::uint32_t>(a - base_pfn);
     }
     return j;  // not reached (I1)
   };
