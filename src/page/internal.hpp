@@ -109,7 +109,8 @@ inline unsigned greedy_order(std::uint64_t abs, std::uint64_t room) {
 }
 
 // Order of the buddy block a run of `count` pages is carved from (its head's alignment, unless
-// the run was resized in place: resize_pages keeps the head).
+// the run was resized in place: resize_pages keeps the head; or, above span_min_run_pages,
+// carved from a span of free blocks at any page: take_span_locked).
 inline unsigned run_order(std::size_t count) {
   return static_cast<unsigned>(std::bit_width(count - 1));
 }
