@@ -113,6 +113,8 @@ void* page_resource::allocate_attempt(std::size_t count, std::size_t alignment,
   for (;;) {
     {
       std::lock_guard lock(mutex_);
+      void* span = nullptr;  // a big run from adjacent resident blocks first (buddy.cpp)
+      if (unconstrained && alignment == page_size && take_span_locked(count, span)) return span;
       if (void* p = try_allocate_locked(count, order, where)) return p;
     }
     if (!drained) {  // cached runs first: cheaper than a new region, and all a buffer has

@@ -360,6 +360,9 @@ class page_resource : public std::pmr::memory_resource {
   void purger_loop();
   std::optional<block_info> find_block_locked(const void* p) const;
   void* try_allocate_locked(std::size_t count, unsigned order, page_constraint where);
+  // A run of `count` pages at any page, from adjacent free blocks that hold resident pages,
+  // when no dirty block of its order is free (buddy.cpp); false: take a block as usual.
+  bool take_span_locked(std::size_t count, void*& out);
   bool take_from_region(std::size_t ri, unsigned order, std::uintptr_t below, std::uint32_t& index,
                         bool& dirty);
   void mark_run(region& r, std::uint32_t head, std::uint32_t count);

@@ -84,11 +84,16 @@ bool page_resource::take_from_region(std::size_t ri, unsigned order, std::uintpt
   region& r = regions_[ri];
   const std::uint32_t mask = r.nonempty & ~((1u << order) - 1);
   if (mask == 0) return false;
-  unsigned j = static_cast<unsigned>(std::countr_zero(mask));
+  // Small runs (slabs) stay out of the big blocks that big runs need: the smallest free block
+  // below small_area_order, resident first; failing that, the lowest-addressed bigger block, so
+  // that small runs pack at the low end of a region and freed big runs merge again.
+  const std::uint32_t small = order <= small_run_order ? mask & ((1u << small_area_order) - 1) : 0;
+  const std::uint32_t pick = small != 0 ? small : mask;
+  unsigned j = static_cast<unsigned>(std::countr_zero(pick));
   if (r.os_backed && dirty_free_pages_ != 0) {
     // Resident pages first, across orders too: the smallest order whose front block is dirty
     // (lists keep dirty blocks in front, I3) beats a smaller clean block that would fault.
-    for (std::uint32_t m = mask; m != 0; m &= m - 1) {
+    for (std::uint32_t m = pick; m != 0; m &= m - 1) {
       const auto t = static_cast<unsigned>(std::countr_zero(m));
       if (r.meta[r.free_head[t]].flags & flag_dirty) {
         j = t;
@@ -97,6 +102,20 @@ bool page_resource::take_from_region(std::size_t ri, unsigned order, std::uintpt
     }
   }
   std::uint32_t i = r.free_head[j];
+  if (order <= small_run_order && small == 0) {
+    std::size_t budget = small_run_scan;  // bounded: the lowest address among the first blocks
+    i = no_page;
+    for (std::uint32_t m = mask; m != 0 && budget != 0; m &= m - 1) {
+      const auto t = static_cast<unsigned>(std::countr_zero(m));
+      for (std::uint32_t c = r.free_head[t]; c != no_page && budget != 0; c = r.meta[c].next) {
+        --budget;
+        if (c < i) {
+          i = c;
+          j = t;
+        }
+      }
+    }
+  }
   if (below != std::numeric_limits<std::uintptr_t>::max()) {
     // Constrained: the first block whose lowest 2^order pages end at or below `below`.
     const std::uintptr_t need = page_size << order;
@@ -268,6 +287,89 @@ bool page_resource::resize_pages(void* p, std::size_t old_count, std::size_t new
   mark_run(r, head, new_n);
   allocated_pages_ += new_n - old_n;
   peak_allocated_pages_ = std::max(peak_allocated_pages_, allocated_pages_);
+  return true;
+}
+
+}  // namespace bsalloc
+
+namespace bsalloc {
+using namespace detail;
+
+bool page_resource::take_span_locked(std::size_t count, void*& out) {
+  // A big run needs a free block of its buddy order, 2^run_order(count) pages, aligned to its
+  // size: a 5 MiB buffer an 8 MiB block. When no such block holds resident pages, it faults
+  // fresh pages while free resident memory sits next to itself in smaller blocks, split apart
+  // by the alignment alone. Here the run is carved at any page from adjacent free blocks that
+  // hold resident pages instead (the run's blocks are its greedy decomposition, I2 and I8, as
+  // for a run resized in place); the smallest such span of free blocks that fits (best fit).
+  // Bounded: at most span_scan_steps block visits.
+  out = nullptr;
+  if (count <= span_min_run_pages) return false;
+  // Head index of the block holding page j: the first aligned-down candidate with a head state
+  // (I1: the other pages of a block carry none).
+  const auto block_head_of = [](const region& r, std::uint64_t base_pfn, std::uint32_t j) {
+    for (unsigned k = 0; k <= max_order; ++k) {
+      const std::uint64_t a = (base_pfn + j) & ~((std::uint64_t{1} << k) - 1);
+      if (a < base_pfn) break;
+      if (r.meta[a - base_pfn].state != meta_none) return static_cast<std::uint32_t>(a - base_pfn);
+    }
+    return j;  // not reached (I1)
+  };
+  const auto n = static_cast<std::uint32_t>(count);
+  const unsigned order = run_order(count);
+  struct {
+    std::size_t ri;
+    std::uint32_t start, len;
+  } best{max_regions, 0, no_page};
+  std::size_t steps = span_scan_steps;
+  for (std::size_t ri = 0; ri < max_regions; ++ri) {
+    const region& r = regions_[ri];
+    if (!r.in_use || !r.os_backed) continue;
+    const std::uint32_t mask = r.nonempty & ~((1u << order) - 1);
+    for (std::uint32_t m = mask; m != 0; m &= m - 1)  // a resident block of the order: take it
+      if (r.meta[r.free_head[std::countr_zero(m)]].flags & flag_dirty) return false;
+    const std::uint64_t base_pfn = pfn(r.base);
+    for (unsigned o = span_min_order; o < order && steps != 0; ++o) {
+      for (std::uint32_t i = r.free_head[o]; i != no_page && steps != 0; i = r.meta[i].next) {
+        if (!(r.meta[i].flags & flag_dirty)) break;  // dirty blocks are in front (I3)
+        --steps;
+        std::uint32_t s = i;
+        while (s != 0 && steps != 0) {
+          const std::uint32_t h = block_head_of(r, base_pfn, s - 1);
+          if (r.meta[h].state != meta_free) break;
+          s = h;
+          --steps;
+        }
+        std::uint32_t e = i + (std::uint32_t{1} << o);
+        while (e < r.pages && r.meta[e].state == meta_free && steps != 0) {
+          e += std::uint32_t{1} << r.meta[e].order;
+          --steps;
+        }
+        if (e - s >= n && e - s < best.len) best = {ri, s, e - s};
+      }
+    }
+  }
+  if (best.ri == max_regions) return false;
+  region& r = regions_[best.ri];
+  const std::uint32_t end = best.start + n;
+  for (std::uint32_t q = best.start; q < end;) {
+    const page_meta& m = r.meta[q];
+    const unsigned k = m.order;
+    const std::uint32_t block_end = q + (std::uint32_t{1} << k);
+    const bool dirty = m.flags & flag_dirty;
+    remove_free(r, q, k);
+    // The tail of the last block: back in aligned pieces (their buddies lie inside the block).
+    for (std::uint32_t p = std::max(end, q); p < block_end;) {
+      const unsigned kk = greedy_order(pfn(r.base) + p, block_end - p);
+      push_free(r, p, kk, dirty);
+      p += std::uint32_t{1} << kk;
+    }
+    q = block_end;
+  }
+  mark_run(r, best.start, n);
+  allocated_pages_ += n;
+  peak_allocated_pages_ = std::max(peak_allocated_pages_, allocated_pages_);
+  out = reinterpret_cast<void*>(page_addr(r, best.start));
   return true;
 }
 

@@ -109,7 +109,8 @@ inline unsigned greedy_order(std::uint64_t abs, std::uint64_t room) {
 }
 
 // Order of the buddy block a run of `count` pages is carved from (its head's alignment, unless
-// the run was resized in place: resize_pages keeps the head).
+// the run was resized in place: resize_pages keeps the head; or, above span_min_run_pages,
+// carved from a span of free blocks at any page: take_span_locked).
 inline unsigned run_order(std::size_t count) {
   return static_cast<unsigned>(std::bit_width(count - 1));
 }
@@ -143,6 +144,19 @@ inline void set_meta(Meta& m, std::uint8_t state, unsigned order, unsigned flags
   m.prev = prev;
   m.next = next;
 }
+
+// ---- placement (buddy.cpp) ------------------------------------------------------------------
+// Runs of up to 2^small_run_order pages (slabs) take blocks below small_area_order first, else
+// the lowest-addressed free block among the first small_run_scan of the bigger lists.
+constexpr unsigned small_run_order = 4;
+constexpr unsigned small_area_order = 5;
+constexpr std::size_t small_run_scan = 64;
+// Runs above span_min_run_pages (1 MiB) with no resident block of their order: carved from
+// adjacent free blocks, starting from resident blocks of at least span_min_order, at most
+// span_scan_steps block visits. Smaller runs find blocks of their order often enough.
+constexpr std::size_t span_min_run_pages = 256;
+constexpr unsigned span_min_order = 4;
+constexpr std::size_t span_scan_steps = 512;
 
 // ---- OS layer (os.cpp) ----------------------------------------------------------------------
 /// Anonymous private read-write mapping, MAP_NORESERVE; nullptr on failure.
