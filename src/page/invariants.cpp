@@ -103,6 +103,9 @@ void page_resource::check_invariants() const {
         }
       } else if (m.state == meta_allocated) {
         allocated_total += size;
+        for (std::size_t t = 0; t < size; ++t)
+          if (r.meta[i + t].flags & flag_resident)
+            fail(ri, i, "I6: resident mark on an allocated page (mark_run clears it)");
         if (m.flags & flag_run_head) {
           if (run_left != 0) fail(ri, i, "I8: run head inside another run");
           if (m.next == 0) fail(ri, i, "I8: run head without a page count");
