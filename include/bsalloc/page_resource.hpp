@@ -42,6 +42,11 @@
 //       mark from live by one compare-and-swap (to cached on the cache path, to none on the
 //       locked path), so of two frees of one run, however they race, exactly one wins and the
 //       other throws std::invalid_argument naming the pointer.
+//   I12 (owner tags) the second page of a live run whose head block has two pages or more holds
+//       the run's tag and the bytes its user asked for (atomically accessed: prev = tag, next =
+//       the run's bytes minus those); 0 = untagged. mark_run clears it; a tag outlives its
+//       run only if the run's user freed it other than by deallocate_tagged (its bug). Inner
+//       pages of other blocks carry nothing anyone reads.
 //
 // An allocation of `count` pages that is not a power of two is a run of blocks: the greedy
 // decomposition of [0, count) into aligned power-of-two blocks. Every block but the last of a
@@ -168,6 +173,27 @@ class page_resource : public std::pmr::memory_resource {
   /// The page_resource managing the page of `p`, or nullptr: the process page map, O(1), no lock.
   static page_resource* owner_of(const void* p) noexcept;
 
+  /// Owner tags, for a layer above that keeps no table of the runs it hands out (slab_resource's
+  /// large blocks): a live run of at least two pages carries a nonzero 32-bit tag and the bytes
+  /// its user asked for in the metadata of its second page, outside the run (I12).
+  /// allocate_tagged is allocate(bytes, alignment) that also tags the run; `tagged` false: the
+  /// run could not carry a tag (one page), the caller keeps its own record.
+  void* allocate_tagged(std::size_t bytes, std::size_t alignment, std::uint32_t tag, bool& tagged);
+  /// If `p` is the start of a live run tagged `tag`: clears the tag (one compare-and-swap: of
+  /// two racing calls one wins), frees the run whatever its size, sets `bytes` to the recorded
+  /// bytes and returns true. Otherwise changes nothing and returns false. No lookup is repeated.
+  bool deallocate_tagged(void* p, std::uint32_t tag, std::size_t& bytes);
+  struct tagged_run {
+    void* start;
+    std::size_t bytes;  // as recorded by allocate_tagged
+  };
+  /// Up to out.size() live runs tagged `tag`, in address order within a region, from `cursor`
+  /// on (0 to begin; updated): returns how many, 0 at the end. Under the lock, a walk of the
+  /// blocks (not the pages). take_tagged_runs also clears the tags it reports.
+  std::size_t tagged_runs(std::uint32_t tag, std::span<tagged_run> out,
+                          std::uint64_t& cursor) const;
+  std::size_t take_tagged_runs(std::uint32_t tag, std::span<tagged_run> out, std::uint64_t& cursor);
+
   /// Returns every run in the run cache to the buddy lists (merging them).
   void flush_cache();
 
@@ -256,6 +282,11 @@ class page_resource : public std::pmr::memory_resource {
   std::uint32_t checked_run(std::uintptr_t addr, std::size_t count, std::size_t& ri,
                             const char* what) const;
   std::size_t live_run_pages(const void* p) const noexcept;  // 0: not a live run head
+  // The head meta of the live run at p if its head block has two pages or more (so that the
+  // next page's meta holds the tag, I12), else nullptr.
+  page_meta* tag_slot(const void* p) const noexcept;
+  std::size_t scan_tagged(std::uint32_t tag, std::span<tagged_run> out, std::uint64_t& cursor,
+                          bool take);
   void free_run_locked(region& r, std::uint32_t index, std::uint32_t count);
   // Lock held, after checked_run: takes the run from its user (mark live -> none); throws
   // naming p if a racing free took it first.

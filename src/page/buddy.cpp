@@ -135,6 +135,8 @@ void page_resource::mark_run(region& r, std::uint32_t head, std::uint32_t count)
     set_meta(m, meta_allocated, k, flags, p == 0 ? run_live : run_none, head, p == 0 ? count : 0);
     p = next;
   }
+  if (count > 1 && r.meta[head].order != 0)  // I12: a new run starts untagged
+    std::atomic_ref(r.meta[head + 1].prev).store(0, std::memory_order_relaxed);
   if (r.os_backed) {  // resident free pages become allocated pages (counted again when freed)
     // Branch-free (a page's residency is random to the branch predictor), four pages a step:
     // the sum of the masked flags is 4 x the resident pages.
