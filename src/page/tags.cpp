@@ -19,35 +19,6 @@ inline void store(std::uint32_t& v, std::uint32_t x) noexcept {
 }
 }  // namespace
 
-[[gnu::always_inline]] inline page_resource::page_meta* page_resource::tag_slot(
-    const void* p) const noexcept {
-  // Without the lock: the head of a live run does not change until its user frees it, and only
-  // its user calls this for it.
-  const page_map_hit hit = page_map_find(p);
-  if (hit.owner != this) [[unlikely]]
-    return nullptr;
-  const region& r = regions_[hit.region];
-  const auto addr = reinterpret_cast<std::uintptr_t>(p);
-  page_meta* m = &r.meta[(addr - r.base) >> page_shift];
-  if (addr % page_size != 0 || run_mark(m->run) != run_live || m->order == 0) [[unlikely]]
-    return nullptr;
-  return m;  // m + 1 lies inside the head block (order >= 1): no block's head
-}
-
-void* page_resource::allocate_tagged(std::size_t bytes, std::size_t alignment, std::uint32_t tag,
-                                     bool& tagged) {
-  void* p = page_resource::do_allocate(bytes, alignment);
-  page_meta* m = tag_slot(p);
-  tagged = false;
-  if (!m || tag == 0) return p;
-  const std::size_t run_bytes = std::size_t{m->next} << page_shift;
-  if (bytes > run_bytes || run_bytes - bytes > std::numeric_limits<std::uint32_t>::max()) return p;
-  store(m[1].next, static_cast<std::uint32_t>(run_bytes - bytes));
-  store(m[1].prev, tag);
-  tagged = true;
-  return p;
-}
-
 bool page_resource::deallocate_tagged(void* p, std::uint32_t tag, std::size_t& bytes) {
   page_meta* m = tag_slot(p);
   if (!m || tag == 0) return false;
