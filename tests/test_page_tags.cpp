@@ -35,6 +35,13 @@ std::vector<page_resource::tagged_run> all_tagged(const page_resource& res, std:
   return v;
 }
 
+// Unchecked (debug builds default to checked mode, which keeps the table).
+slab_resource unchecked_on(page_resource& pages) {
+  bsalloc::slab_resource_options o;
+  o.checked = false;
+  return slab_resource(std::pmr::pool_options{}, o, &pages);
+}
+
 }  // namespace
 
 TEST_CASE("owner tags: set, found, cleared once, never on a run of one page") {
@@ -130,7 +137,7 @@ TEST_CASE("owner tags: many runs, batches of any size") {
 
 TEST_CASE("slab_resource on a page_resource: large blocks without a table") {
   page_resource pages(page_resource_options{.cache_bytes_per_core = std::size_t{4} << 20});
-  slab_resource r(&pages);
+  slab_resource r = unchecked_on(pages);
   std::vector<std::pair<void*, std::size_t>> blocks;
   for (std::size_t bytes : {70000, 100000, 65537, 1 << 20, 300000})
     blocks.emplace_back(r.allocate(bytes), bytes);
@@ -175,8 +182,8 @@ TEST_CASE("two slab_resources on one page_resource: each releases only its own")
   page_resource pages;
   std::vector<void*> a_blocks, b_blocks;
   {
-    slab_resource a(&pages);
-    slab_resource b(&pages);
+    slab_resource a = unchecked_on(pages);
+    slab_resource b = unchecked_on(pages);
     for (int i = 0; i < 20; ++i) {
       a_blocks.push_back(a.allocate(70000 + 4096 * static_cast<std::size_t>(i)));
       b_blocks.push_back(b.allocate(80000));
@@ -193,7 +200,7 @@ TEST_CASE("two slab_resources on one page_resource: each releases only its own")
 
 TEST_CASE("slab_resource large blocks on a page_resource: threads, against the stats") {
   page_resource pages(page_resource_options{.cache_bytes_per_core = std::size_t{1} << 20});
-  slab_resource r(&pages);
+  slab_resource r = unchecked_on(pages);
   const std::uint64_t seed = bsalloc_test::test_seed("test_page_tags");
   std::vector<std::thread> threads;
   for (unsigned t = 0; t < 4; ++t)
