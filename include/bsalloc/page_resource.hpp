@@ -27,7 +27,7 @@
 //       one of the two is being purged (out of the lists, lock not held for the madvise).
 //   I5  sum over regions of free pages + allocated pages + purging pages == managed pages.
 //   I6  dirty_free_pages == number of free pages with the resident bit; only OS regions have
-//       resident bits.
+//       resident bits; allocated pages (cached runs included) have none.
 //   I7  a free block whose dirty hint is clear has no resident page.
 //
 //   I8  (run metadata) every allocated block of a run records the run's head index; the head
@@ -42,6 +42,11 @@
 //       mark from live by one compare-and-swap (to cached on the cache path, to none on the
 //       locked path), so of two frees of one run, however they race, exactly one wins and the
 //       other throws std::invalid_argument naming the pointer.
+//   I12 (owner tags) the second page of a live run whose head block has two pages or more holds
+//       the run's tag and the bytes its user asked for (atomically accessed: prev = tag, next =
+//       the run's bytes minus those); 0 = untagged. mark_run clears it; a tag outlives its
+//       run only if the run's user freed it other than by deallocate_tagged (its bug). Inner
+//       pages of other blocks carry nothing anyone reads.
 //
 // An allocation of `count` pages that is not a power of two is a run of blocks: the greedy
 // decomposition of [0, count) into aligned power-of-two blocks. Every block but the last of a
@@ -71,7 +76,7 @@
 #include <vector>
 
 #include <bsalloc/page_map.hpp>
-#include <bsalloc/stats.hpp>
+#include <bsalloc/page_resource_stats.hpp>
 
 namespace bsalloc {
 
@@ -87,21 +92,6 @@ struct os_fault_injection_t {
 };
 extern os_fault_injection_t os_fault_injection;
 }  // namespace detail
-
-inline constexpr unsigned page_shift = 12;
-inline constexpr std::size_t page_size = std::size_t{1} << page_shift;
-/// Largest block: 2^max_order pages (4 GiB).
-inline constexpr unsigned max_order = 20;
-/// Runs of at most this many pages go to the run cache (256 KiB).
-inline constexpr std::size_t max_cached_run_pages = 64;
-/// The run cache's budget per core in global_page_resource() (8 MiB). Churn of blocks of
-/// 4 KiB - 256 KiB with random sizes keeps every bin near its random-walk mean: the budget,
-/// not the bins' capacities, decides how often a run misses the cache (about 20 % of
-/// allocations and of frees at 4 MiB, 10 % at 8 MiB, for the large_touch64 benchmark).
-inline constexpr std::size_t global_cache_bytes_per_core = std::size_t{8} << 20;
-/// Most regions one page_resource manages at a time.
-inline constexpr std::size_t max_regions = 128;
-inline constexpr std::size_t any_region = std::numeric_limits<std::size_t>::max();
 
 /// Where an allocation may come from (the userspace form of lowmem / DMA32 pages).
 struct page_constraint {
@@ -128,67 +118,6 @@ struct run_info {
   std::size_t region;  ///< region index
   bool cached;         ///< in the run cache: given back by its user, not yet reused
 };
-
-struct page_resource_options {
-  /// Size of the first region reserved from the OS; later ones grow geometrically.
-  std::size_t os_region_bytes = std::size_t{64} << 20;
-  /// Free memory kept resident; beyond it free blocks are purged with MADV_DONTNEED (down to
-  /// half of it), at most once per purge_interval — or at once beyond 4 x retain_bytes.
-  std::size_t retain_bytes = std::size_t{16} << 20;
-  /// Shortest time between two purges below 4 x retain_bytes. Memory freed and reused within it
-  /// is not purged and faulted in again; zero purges whenever retain_bytes is exceeded.
-  std::chrono::milliseconds purge_interval{1000};
-  /// Grow from the OS when no region can serve a request.
-  bool grow_from_os = true;
-  /// Bytes of freed runs (of up to max_cached_run_pages pages) each core may keep for reuse
-  /// without the buddy lock; 0 turns the run cache off. global_page_resource() uses
-  /// global_cache_bytes_per_core.
-  std::size_t cache_bytes_per_core = 0;
-  /// madvise(MADV_HUGEPAGE) on OS regions (2 MiB aligned); purging then skips free spans of
-  /// less than a huge page inside a huge page that is partly in use.
-  bool huge_pages = false;
-  /// A background thread that runs the purge policy every purge_interval, so that an idle
-  /// process gives freed memory back within about 2 x purge_interval. Stopped by the destructor.
-  bool background_purge = false;
-};
-
-struct page_region_stats {
-  std::uintptr_t start = 0;  ///< first managed page
-  std::size_t bytes = 0;     ///< managed bytes (metadata excluded)
-  std::size_t free_pages = 0;
-  std::size_t total_pages = 0;
-  bool os_backed = false;
-};
-
-/// The run cache's misses since construction, summed over the cores (each counted under its
-/// core's lock; a snapshot read without the locks). Only the misses are counted, so that a hit
-/// costs nothing more: the hits are the caller's allocations of cacheable runs minus these.
-struct page_run_cache_counters {
-  std::uint64_t misses = 0;     ///< allocations that found their bin empty (to the buddy lock)
-  std::uint64_t overflows = 0;  ///< frees that found the bin full or the core's budget spent
-};
-
-struct page_resource_stats {
-  std::size_t page_size = bsalloc::page_size;
-  std::size_t managed_bytes = 0;         ///< allocatable bytes of all regions (no metadata)
-  std::size_t allocated_bytes = 0;       ///< pages handed out (run cache excluded)
-  std::size_t peak_allocated_bytes = 0;  ///< highest allocated_bytes seen
-  std::size_t free_bytes = 0;
-  std::size_t dirty_free_bytes = 0;   ///< free and possibly resident (OS regions)
-  std::size_t free_purged_bytes = 0;  ///< free and given back to the OS (or a caller region's)
-  std::size_t cached_bytes = 0;       ///< in the run cache: freed, resident, not yet reused
-  std::vector<std::size_t> core_cached_bytes;  ///< cached_bytes per core cache
-  page_run_cache_counters run_cache;           ///< run cache misses and overflows
-  std::size_t purged_bytes = 0;                ///< total ever returned to the OS by MADV_DONTNEED
-  std::size_t os_mapped_bytes = 0;             ///< reserved from the OS now, metadata included
-  std::size_t os_maps = 0;                     ///< regions ever reserved from the OS
-  std::size_t os_unmaps = 0;                   ///< regions ever returned to the OS
-  std::array<std::size_t, max_order + 1> free_blocks{};  ///< free blocks per order
-  std::vector<page_region_stats> regions;
-};
-
-std::string to_string(const page_resource_stats& s);
-std::string to_json(const page_resource_stats& s);
 
 class page_resource : public std::pmr::memory_resource {
  public:
@@ -244,6 +173,27 @@ class page_resource : public std::pmr::memory_resource {
   /// The page_resource managing the page of `p`, or nullptr: the process page map, O(1), no lock.
   static page_resource* owner_of(const void* p) noexcept;
 
+  /// Owner tags, for a layer above that keeps no table of the runs it hands out (slab_resource's
+  /// large blocks): a live run of at least two pages carries a nonzero 32-bit tag and the bytes
+  /// its user asked for in the metadata of its second page, outside the run (I12).
+  /// allocate_tagged is allocate(bytes, alignment) that also tags the run; `tagged` false: the
+  /// run could not carry a tag (one page), the caller keeps its own record.
+  void* allocate_tagged(std::size_t bytes, std::size_t alignment, std::uint32_t tag, bool& tagged);
+  /// If `p` is the start of a live run tagged `tag`: clears the tag (one compare-and-swap: of
+  /// two racing calls one wins), frees the run whatever its size, sets `bytes` to the recorded
+  /// bytes and returns true. Otherwise changes nothing and returns false. No lookup is repeated.
+  bool deallocate_tagged(void* p, std::uint32_t tag, std::size_t& bytes);
+  struct tagged_run {
+    void* start;
+    std::size_t bytes;  // as recorded by allocate_tagged
+  };
+  /// Up to out.size() live runs tagged `tag`, in address order within a region, from `cursor`
+  /// on (0 to begin; updated): returns how many, 0 at the end. Under the lock, a walk of the
+  /// blocks (not the pages). take_tagged_runs also clears the tags it reports.
+  std::size_t tagged_runs(std::uint32_t tag, std::span<tagged_run> out,
+                          std::uint64_t& cursor) const;
+  std::size_t take_tagged_runs(std::uint32_t tag, std::span<tagged_run> out, std::uint64_t& cursor);
+
   /// Returns every run in the run cache to the buddy lists (merging them).
   void flush_cache();
 
@@ -257,7 +207,7 @@ class page_resource : public std::pmr::memory_resource {
   void release();
 
   page_resource_stats stats() const;
-  /// Verifies I1–I10; throws std::logic_error naming the broken invariant.
+  /// Verifies I1–I11; throws std::logic_error naming the broken invariant.
   void check_invariants() const;
   const page_resource_options& options() const noexcept { return options_; }
 
@@ -332,6 +282,11 @@ class page_resource : public std::pmr::memory_resource {
   std::uint32_t checked_run(std::uintptr_t addr, std::size_t count, std::size_t& ri,
                             const char* what) const;
   std::size_t live_run_pages(const void* p) const noexcept;  // 0: not a live run head
+  // The head meta of the live run at p if its head block has two pages or more (so that the
+  // next page's meta holds the tag, I12), else nullptr.
+  page_meta* tag_slot(const void* p) const noexcept;
+  std::size_t scan_tagged(std::uint32_t tag, std::span<tagged_run> out, std::uint64_t& cursor,
+                          bool take);
   void free_run_locked(region& r, std::uint32_t index, std::uint32_t count);
   // Lock held, after checked_run: takes the run from its user (mark live -> none); throws
   // naming p if a racing free took it first.
@@ -424,7 +379,3 @@ class page_resource : public std::pmr::memory_resource {
 page_resource& global_page_resource() noexcept;
 
 }  // namespace bsalloc
-
-template <>
-struct fmt::formatter<bsalloc::page_resource_stats>
-    : bsalloc::detail::stats_formatter<bsalloc::page_resource_stats> {};

@@ -39,7 +39,8 @@
 //   T1  per thread cache: every bin holds at most its limit; the bytes by which limits grew
 //       above their initial values add up to at most knobs().thread_cache_bytes.
 //   L1  the large records: one per live large block, in an open-addressing table never over
-//       half full.
+//       half full; or, with a page_resource upstream and checked mode off, in the page run's
+//       metadata (page_resource::allocate_tagged, I12) for runs of two pages or more.
 //
 // Thread safety: allocate/deallocate from any thread. release(), the destructor and
 // check_invariants() need that no other thread uses the resource at the same time. Calls to an

@@ -223,6 +223,28 @@ inline page_map_hit page_map_find(const void* p) noexcept {
 /// The raw entry for `p`'s page (0, page_map_metadata, or an owner's entry): check_invariants().
 std::uint64_t page_map_entry(const void* p) noexcept;
 
+}  // namespace bsalloc::detail
+
+namespace bsalloc {
+// Owner tags (I12, tags.cpp and run_cache.cpp). Without the lock: the head of a live run does
+// not change until its user frees it, and only its user calls this for it.
+[[gnu::always_inline]] inline page_resource::page_meta* page_resource::tag_slot(
+    const void* p) const noexcept {
+  const detail::page_map_hit hit = detail::page_map_find(p);
+  if (hit.owner != this) [[unlikely]]
+    return nullptr;
+  const region& r = regions_[hit.region];
+  const auto addr = reinterpret_cast<std::uintptr_t>(p);
+  page_meta* m = &r.meta[(addr - r.base) >> page_shift];
+  if (addr % page_size != 0 || detail::run_mark(m->run) != detail::run_live || m->order == 0)
+      [[unlikely]]
+    return nullptr;
+  return m;  // m + 1 lies inside the head block (order >= 1): no block's head
+}
+}  // namespace bsalloc
+
+namespace bsalloc::detail {
+
 // ---- registry (registry.cpp) ----------------------------------------------------------------
 void register_resource(page_resource* r);
 void unregister_resource(page_resource* r) noexcept;

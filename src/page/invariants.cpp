@@ -103,6 +103,9 @@ void page_resource::check_invariants() const {
         }
       } else if (m.state == meta_allocated) {
         allocated_total += size;
+        for (std::size_t t = 0; t < size; ++t)
+          if (r.meta[i + t].flags & flag_resident)
+            fail(ri, i, "I6: resident mark on an allocated page (mark_run clears it)");
         if (m.flags & flag_run_head) {
           if (run_left != 0) fail(ri, i, "I8: run head inside another run");
           if (m.next == 0) fail(ri, i, "I8: run head without a page count");
@@ -112,6 +115,14 @@ void page_resource::check_invariants() const {
           if (mark == run_cached) ++cached_heads;
           if (mark != run_cached && mark != run_live)
             fail(ri, i, "I11: allocated run head marked neither live nor cached");
+          // I12: a live run's tag records at most the run's bytes (tag first: its writer
+          // publishes the bytes before it).
+          if (mark == run_live && m.order != 0 &&
+              std::atomic_ref(const_cast<std::uint32_t&>(r.meta[i + 1].prev))
+                      .load(std::memory_order_acquire) != 0 &&
+              std::atomic_ref(const_cast<std::uint32_t&>(r.meta[i + 1].next))
+                      .load(std::memory_order_relaxed) > (std::uint64_t{m.next} << page_shift))
+            fail(ri, i, "I12: owner tag records more bytes than its run holds");
         } else if (run_left == 0) {
           fail(ri, i, "I8: allocated block outside every run (no run head)");
         }

@@ -59,7 +59,27 @@ inline void bump(std::atomic<std::uint64_t>& counter) noexcept {
   return cores_[cpu < core_count_ ? cpu : cpu % core_count_];
 }
 
+namespace {
+// The newest run of `count` pages in core c's bin, made live (the caller's), or {nullptr, _}:
+// cache_take for allocate_tagged, which keeps the head's metadata too.
+template <class Core, class Entry = typename Core::entry>
+[[gnu::always_inline]] inline Entry take_entry(Core& c, std::size_t count) noexcept {
+  std::lock_guard lock(c.lock);
+  std::uint8_t& n = c.count[count];
+  if (n == 0) {
+    bump(c.misses);
+    return {nullptr, nullptr};
+  }
+  const Entry e = c.bin(count)[--n];
+  assert(run_mark(e.head->run) == run_cached && e.head->next == count);  // C1
+  set_run_mark(e.head->run, run_live);                                   // the caller's now
+  c.pages.store(c.pages.load(std::memory_order_relaxed) - count, std::memory_order_relaxed);
+  return e;
+}
+}  // namespace
+
 void* page_resource::cache_take(std::size_t count) noexcept {
+  // take_entry's body, kept apart: returning the pair here costs the 4 KiB path an instruction.
   core_cache& c = this_core();
   std::lock_guard lock(c.lock);
   std::uint8_t& n = c.count[count];
@@ -71,6 +91,33 @@ void* page_resource::cache_take(std::size_t count) noexcept {
   assert(run_mark(e.head->run) == run_cached && e.head->next == count);  // C1
   set_run_mark(e.head->run, run_live);                                   // the caller's now
   c.pages.store(c.pages.load(std::memory_order_relaxed) - count, std::memory_order_relaxed);
+  return e.run;
+}
+
+void* page_resource::allocate_tagged(std::size_t bytes, std::size_t alignment, std::uint32_t tag,
+                                     bool& tagged) {
+  // allocate(bytes, alignment) (do_allocate), keeping the run's head metadata from the run
+  // cache so that the tag costs no second lookup; the buddy path's run is looked up.
+  if (bytes > (page_size << max_order)) throw std::bad_alloc();
+  const std::size_t count = class_pages(pages_for(bytes));
+  core_cache::entry e{nullptr, nullptr};
+  if (cores_ && count - 1 < max_cached_run_pages && alignment - 1 < page_size &&
+      (alignment & (alignment - 1)) == 0)
+    e = take_entry(this_core(), count);
+  if (!e.run) {
+    e.run = allocate_slow(count, alignment, page_constraint{});
+    e.head = tag_slot(e.run);
+  }
+  tagged = false;
+  if (!e.head || e.head->order == 0 || tag == 0) return e.run;
+  const std::size_t run_bytes = std::size_t{e.head->next} << page_shift;
+  if (bytes > run_bytes || run_bytes - bytes > std::numeric_limits<std::uint32_t>::max())
+    return e.run;
+  page_meta& t = e.head[1];  // I12: inside the head block, no block's head
+  std::atomic_ref(t.next).store(static_cast<std::uint32_t>(run_bytes - bytes),
+                                std::memory_order_relaxed);
+  std::atomic_ref(t.prev).store(tag, std::memory_order_release);  // check_invariants: bytes
+  tagged = true;
   return e.run;
 }
 

@@ -285,7 +285,11 @@ struct slab_state {
   std::unordered_set<std::uintptr_t> checked_slabs;  // checked_lock
   yield_lock large_lock;  // held for a hash-table probe: a spin lock, not a futex
   large_table large;      // large_lock
-  std::size_t large_objects = 0, large_bytes = 0;  // large_lock
+  // Large blocks live: the table's and the tagged runs' (large.cpp), updated atomically.
+  std::atomic<std::size_t> large_objects{0}, large_bytes{0};
+  // With a page_resource upstream, unchecked: this resource's owner tag on its large runs
+  // (page_resource::allocate_tagged), so that they need no table record; 0 until the first one.
+  std::atomic<std::uint32_t> large_tag{0};
 
   // -- upstream and slabs (slabs.cpp) ---------------------------------------------------------
   void* up_allocate(std::size_t bytes, std::size_t alignment);
@@ -341,6 +345,7 @@ struct slab_state {
   void* allocate_large(std::size_t bytes, std::size_t alignment);
   void deallocate_large(void* p, std::size_t bytes, std::size_t alignment);
   void free_large();
+  std::uint32_t owner_tag();  // large_tag, drawn on first use
 
   // -- free-list links and the careful path (hardened.cpp) -----------------------------------
   /// The link stored in free object `at` of class c. Hardened: decoded and validated (null, or

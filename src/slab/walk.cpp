@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // slab_resource::live_blocks(): the heap walk (slab_resource.hpp states what it guarantees).
 // Slabs are read under their owner core's lock, after that core's remote frees are drained;
-// large blocks under large_lock. Free-list links are read only through slab_state::next_of(),
-// which decodes and validates them in hardened mode and makes them readable under memcheck.
+// large blocks under large_lock, or in batches from the page_resource's run metadata. Free-list
+// links are read only through slab_state::next_of(), which decodes and validates them in hardened
+// mode and makes them readable under memcheck.
 #include <algorithm>
 #include <unordered_set>
 #include <vector>
@@ -64,6 +65,15 @@ std::vector<heap_block> slab_resource::live_blocks() const {
     st.large.for_each([&](const detail::large_record& r) {
       out.push_back({reinterpret_cast<const void*>(r.p), r.bytes, true});
     });
+  }
+  // Large blocks recorded in their page runs (large.cpp): a batch at a time, pushed with no
+  // lock held (push_back may allocate, perhaps from the same page_resource).
+  if (const std::uint32_t tag = st.large_tag.load(std::memory_order_relaxed);
+      tag && st.upstream_pages) {
+    std::array<page_resource::tagged_run, 64> batch;
+    std::uint64_t cursor = 0;
+    while (const std::size_t n = st.upstream_pages->tagged_runs(tag, batch, cursor))
+      for (std::size_t i = 0; i < n; ++i) out.push_back({batch[i].start, batch[i].bytes, true});
   }
   std::sort(out.begin(), out.end(),
             [](const heap_block& a, const heap_block& b) { return std::less<>{}(a.ptr, b.ptr); });

@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: Apache-2.0
+// Owner tags (I12, page_resource.hpp): a layer above records who holds a run, and the bytes it
+// asked for, in the metadata of the run's second page instead of a table of its own. The fields
+// are that page's list links (unused while it lies inside an allocated block), read and written
+// atomically: the run's user writes them without a lock while tagged_runs() reads them under it.
+#include <atomic>
+
+#include "internal.hpp"
+
+namespace bsalloc {
+using namespace detail;
+
+namespace {
+inline std::uint32_t load(const std::uint32_t& v) noexcept {
+  return std::atomic_ref(const_cast<std::uint32_t&>(v)).load(std::memory_order_relaxed);
+}
+inline void store(std::uint32_t& v, std::uint32_t x) noexcept {
+  std::atomic_ref(v).store(x, std::memory_order_relaxed);
+}
+}  // namespace
+
+bool page_resource::deallocate_tagged(void* p, std::uint32_t tag, std::size_t& bytes) {
+  page_meta* m = tag_slot(p);
+  if (!m || tag == 0) return false;
+  std::uint32_t expect = tag;
+  if (!std::atomic_ref(m[1].prev).compare_exchange_strong(expect, 0, std::memory_order_relaxed))
+    return false;
+  // The run is its user's (live) and untagged: free it as deallocate_pages(p, count) would,
+  // without looking it up again.
+  const std::size_t count = m->next;
+  bytes = (count << page_shift) - load(m[1].next);
+  if (cores_ && count <= max_cached_run_pages &&
+      (reinterpret_cast<std::uintptr_t>(p) & ((page_size << run_order(count)) - 1)) == 0 &&
+      cache_put(p, count, m))
+    return true;
+  deallocate_slow(p, count);
+  return true;
+}
+
+std::size_t page_resource::tagged_runs(std::uint32_t tag, std::span<tagged_run> out,
+                                       std::uint64_t& cursor) const {
+  return const_cast<page_resource*>(this)->scan_tagged(tag, out, cursor, false);
+}
+
+std::size_t page_resource::take_tagged_runs(std::uint32_t tag, std::span<tagged_run> out,
+                                            std::uint64_t& cursor) {
+  return scan_tagged(tag, out, cursor, true);
+}
+
+std::size_t page_resource::scan_tagged(std::uint32_t tag, std::span<tagged_run> out,
+                                       std::uint64_t& cursor, bool take) {
+  // cursor = region index << 32 | page index: where the next call goes on.
+  std::lock_guard lock(mutex_);
+  std::size_t n = 0;
+  if (tag == 0 || out.empty()) return 0;
+  for (auto ri = static_cast<std::size_t>(cursor >> 32); ri < max_regions; ++ri) {
+    region& r = regions_[ri];
+    auto i = static_cast<std::uint32_t>(cursor);
+    cursor = std::uint64_t{ri + 1} << 32;
+    if (!r.in_use) continue;
+    while (i < r.pages) {
+      const page_meta& m = r.meta[i];
+      if (m.state == meta_allocated && (m.flags & flag_run_head) && m.order != 0 &&
+          run_mark(m.run) == run_live && load(r.meta[i + 1].prev) == tag) {
+        if (n == out.size()) {
+          cursor = std::uint64_t{ri} << 32 | i;
+          return n;
+        }
+        out[n++] = {reinterpret_cast<void*>(page_addr(r, i)),
+                    (std::size_t{m.next} << page_shift) - load(r.meta[i + 1].next)};
+        if (take) store(r.meta[i + 1].prev, 0);
+      }
+      // I1: the blocks tile the region; a head state at every block start.
+      i += m.state == meta_none ? 1u : std::uint32_t{1} << m.order;
+    }
+  }
+  return n;
+}
+
+}  // namespace bsalloc
