@@ -212,8 +212,14 @@ class fork_gate {
   };
   /// fork() with every other thread outside its gated stretches (sanitized builds).
   pid_t fork() {
-    if (!sanitized_build) return ::fork();
+    if (!sanitized_build) {
+      std::fflush(stdout);
+      std::fflush(stderr);
+      return ::fork();
+    }
     std::unique_lock lock(m_);
+    std::fflush(stdout);  // nothing buffered is written twice (the child flushes its own)
+    std::fflush(stderr);
     return ::fork();  // the child's copy of m_ is never used again (it _exits)
   }
 
