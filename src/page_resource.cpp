@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 
 #include "page/internal.hpp"
+#include "page/memcheck.hpp"
 
 namespace bsalloc {
 using namespace detail;
@@ -24,7 +25,7 @@ page_resource::page_resource() : page_resource(page_resource_options{}) {}
 page_resource::page_resource(const page_resource_options& options) : options_(options) {
   if (static_cast<std::size_t>(::sysconf(_SC_PAGESIZE)) != page_size)
     throw std::runtime_error("bsalloc::page_resource: the OS page size is not 4 KiB");
-  if (options_.cache_bytes_per_core > 0) {
+  if (options_.cache_bytes_per_core > 0 && !detail::pages_memcheck()) {  // memcheck.hpp M1
     const long n = ::sysconf(_SC_NPROCESSORS_CONF);
     core_count_ = static_cast<std::size_t>(std::clamp<long>(n, 1, 1024));
     cores_ = std::make_unique<core_cache[]>(core_count_);

@@ -144,3 +144,105 @@ child_result run_in_child(F f) {
 }
 
 }  // namespace bsalloc_test
+
+#include <exception>
+#include <type_traits>
+
+namespace bsalloc_test {
+
+/// A forked child's exit code when its body threw (child_body).
+inline constexpr int child_exception = 70;
+
+/// The body of a forked child: runs f and _exits with its result (an int-returning f) or 0. No
+/// exception may unwind out of a child into the test runner, which would go on running the
+/// parent's tests there: one is reported on stderr and exits with child_exception. A child's
+/// checks are its exit code, never a doctest assertion (the parent asserts on the code).
+template <class F>
+[[noreturn]] void child_body(F&& f) noexcept {
+  int rc = 0;
+  try {
+    if constexpr (std::is_void_v<decltype(f())>)
+      f();
+    else
+      rc = static_cast<int>(f());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fork child: exception: %s\n", e.what());
+    rc = child_exception;
+  } catch (...) {
+    std::fprintf(stderr, "fork child: unknown exception\n");
+    rc = child_exception;
+  }
+  std::fflush(stdout);
+  std::fflush(stderr);
+  ::_exit(rc);
+}
+
+}  // namespace bsalloc_test
+
+#include <shared_mutex>
+
+namespace bsalloc_test {
+
+/// fork() from a multi-threaded parent under a sanitizer. clang 14's AddressSanitizer allocator
+/// installs no fork handlers (they came in LLVM 18): a child that calls malloc while another
+/// parent thread held one of its locks at the fork hangs, whatever bsalloc does. A fork test
+/// makes the sanitizer's malloc safe in its children with a fork_gate: its other threads hold the
+/// gate (shared) around every stretch that may call the system malloc or free (their own
+/// containers, creating and destroying resources, a checked resource's bookkeeping, first uses
+/// that create caches), and the forking thread holds it (exclusive) across fork(). What runs
+/// outside the gate — bsalloc's allocate and deallocate on warmed-up resources over page
+/// resources — is what the fork catches mid-flight, with bsalloc's locks held. In the normal
+/// build the gate is off: nothing is held, the threads fork at any point.
+class fork_gate {
+ public:
+  /// A thread's stretch that may call the system malloc (a no-op in the normal build).
+  class scope {
+   public:
+    explicit scope(fork_gate& g) : g_(sanitized_build ? &g : nullptr) {
+      if (g_) g_->m_.lock_shared();
+    }
+    ~scope() {
+      if (g_) g_->m_.unlock_shared();
+    }
+    scope(const scope&) = delete;
+    scope& operator=(const scope&) = delete;
+
+   private:
+    fork_gate* g_;
+  };
+  /// fork() with every other thread outside its gated stretches (sanitized builds).
+  pid_t fork() {
+    if (!sanitized_build) {
+      std::fflush(stdout);
+      std::fflush(stderr);
+      return ::fork();
+    }
+    std::unique_lock lock(m_);
+    std::fflush(stdout);  // nothing buffered is written twice (the child flushes its own)
+    std::fflush(stderr);
+    return ::fork();  // the child's copy of m_ is never used again (it _exits)
+  }
+
+ private:
+  std::shared_mutex m_;
+};
+
+/// Runs f once on each CPU this thread may run on (pinned to it in turn, then the old affinity
+/// back): a resource's per-CPU core caches all exist afterwards, so that no later first use of a
+/// CPU allocates one (with the system malloc) while a fork may happen.
+template <class F>
+void on_every_cpu(F f) {
+  cpu_set_t old;
+  REQUIRE(::sched_getaffinity(0, sizeof old, &old) == 0);
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (!CPU_ISSET(cpu, &old)) continue;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    if (::sched_setaffinity(0, sizeof one, &one) != 0) continue;
+    f();
+  }
+  ::sched_setaffinity(0, sizeof old, &old);
+}
+
+}  // namespace bsalloc_test

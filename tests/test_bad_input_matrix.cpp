@@ -6,8 +6,16 @@
 // change it here, run this test, paste the table it prints into the README.
 //
 // Adding a mode is one more entry in `modes` plus one more outcome per row. A resource that has
-// no such mode (hardened: only slab_resource, and budget_resource over one) is not run in it, and
-// its cells show only the modes it has (has_mode).
+// no such mode (hardened: only slab_resource, budget_resource over one, and the malloc API) is not
+// run in it, and its cells show only the modes it has (has_mode).
+//
+// The malloc API (include/bsalloc/malloc.h: bsalloc_free, bsalloc_realloc,
+// bsalloc_malloc_usable_size, bsalloc_aligned_alloc, ...) is a column too: its engine is one per
+// process, its mode chosen by BSALLOC_CHECKED / BSALLOC_HARDENED when it starts (docs/malloc.md),
+// so each of its cells runs in a forked child that sets them before its first call (this process
+// never calls it). The child checks its own outcome and reports it by its exit code (no doctest
+// assertion runs in a child).
+#include <bsalloc/malloc.h>
 #include <bsalloc/budget.hpp>
 #include <bsalloc/frame_arena.hpp>
 #include <bsalloc/object_pool.hpp>
@@ -15,9 +23,11 @@
 #include <bsalloc/slab_resource.hpp>
 
 #include <array>
+#include <cerrno>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -64,6 +74,7 @@ enum class input {
   size_max,
   huge_alignment,
   other_resource,
+  never_handed_out,
 };
 
 constexpr std::string_view describe(input in) {
@@ -88,17 +99,21 @@ constexpr std::string_view describe(input in) {
       return "huge alignment (2^40, 2^63)";
     case input::other_resource:
       return "pointer from another resource of the same type";
+    case input::never_handed_out:
+      return "pointer to an object of a fresh slab that was never handed out";
   }
   return "?";
 }
 
-enum class resource { page, slab, pool, arena, budget };
-constexpr std::array resources{resource::page, resource::slab, resource::pool, resource::arena,
-                               resource::budget};
+enum class resource { page, slab, pool, arena, budget, malloc_api };
+constexpr std::array resources{resource::page,  resource::slab,   resource::pool,
+                               resource::arena, resource::budget, resource::malloc_api};
 
-// Hardened mode exists for slab_resource only (a budget's column is a budget over one).
+// Hardened mode exists for slab_resource only (a budget's column is a budget over one; the malloc
+// API's slab layer is one: BSALLOC_HARDENED=1).
 constexpr bool has_mode(resource r, std::size_t m) {
-  return m != hardened_mode || r == resource::slab || r == resource::budget;
+  return m != hardened_mode || r == resource::slab || r == resource::budget ||
+         r == resource::malloc_api;
 }
 
 constexpr std::string_view describe(resource r) {
@@ -113,6 +128,8 @@ constexpr std::string_view describe(resource r) {
       return "frame_arena";
     case resource::budget:
       return "budget_resource";
+    case resource::malloc_api:
+      return "bsalloc_free & co.";
   }
   return "?";
 }
@@ -131,6 +148,9 @@ enum class kind {
   distinct_pointer,  // returns a pointer distinct from every other live one
   undefined,         // undefined behaviour: not run
   not_applicable,    // the API has no such call
+  null_errno,        // the malloc API: returns NULL with errno `message` (EINVAL, ENOMEM)
+  handed_on,         // the malloc API: not bsalloc's, given to the next allocator's free
+  no_argument,       // the malloc API has no such argument (`note` says which)
 };
 
 struct outcome {
@@ -149,6 +169,9 @@ constexpr outcome abort_with(std::string_view msg) {
 constexpr outcome ignored{kind::ignored, {}, "only the last allocation is given back"};
 constexpr outcome undefined{kind::undefined};
 constexpr outcome not_applicable{kind::not_applicable};
+constexpr outcome null_with(std::string_view err, std::string_view note = {}) {
+  return {kind::null_errno, err, note};
+}
 
 using per_mode = std::array<outcome, mode_count>;
 constexpr per_mode all(outcome o) {
@@ -191,6 +214,7 @@ constexpr row table[] = {
     {input::double_free, resource::pool, checked_only(abort_with("double free"))},
     {input::double_free, resource::arena, all(ignored)},
     {input::double_free, resource::budget, checked_only(abort_with("double free"))},
+    {input::double_free, resource::malloc_api, checked_only(abort_with("double free"))},
     // foreign pointer
     {input::foreign, resource::page, all(invalid("not in any region of this resource"))},
     {input::foreign, resource::slab,
@@ -199,12 +223,20 @@ constexpr row table[] = {
     {input::foreign, resource::pool, checked_only(abort_with("not allocated from this pool"))},
     {input::foreign, resource::arena, all(ignored)},
     {input::foreign, resource::budget, all(budget_refuses)},
+    {input::foreign, resource::malloc_api,
+     all(outcome{kind::handed_on,
+                 {},
+                 "its checks apply; misaligned or in the first 64 KiB: abort naming the "
+                 "pointer"})},
     // interior pointer
     {input::interior, resource::page, all(invalid("not its start"))},
     {input::interior, resource::slab, checked_only(abort_with("not the start of an object"))},
     {input::interior, resource::pool, checked_only(abort_with("not the start of an object"))},
     {input::interior, resource::arena, all(ignored)},
     {input::interior, resource::budget, checked_only(abort_with("not the start of an object"))},
+    {input::interior, resource::malloc_api,
+     checking(abort_with("not a live allocation of bsalloc"),
+              abort_with("not the start of an object"))},
     // wrong size
     {input::wrong_size, resource::page,
      all(invalid("page count does not match",
@@ -215,6 +247,8 @@ constexpr row table[] = {
     {input::wrong_size, resource::arena, all(ignored)},
     {input::wrong_size, resource::budget,
      checking(abort_with("size does not match the allocation"), hardened_size_mismatch)},
+    {input::wrong_size, resource::malloc_api,
+     all(outcome{kind::no_argument, {}, "`free` takes no size"})},
     // wrong alignment
     {input::wrong_alignment, resource::page,
      all(outcome{kind::accepted, {}, "the alignment is not used"})},
@@ -225,30 +259,39 @@ constexpr row table[] = {
      all(outcome{kind::accepted, {}, "the alignment is not used"})},
     {input::wrong_alignment, resource::budget,
      checking(abort_with("alignment does not match the allocation"), hardened_same_class)},
+    {input::wrong_alignment, resource::malloc_api,
+     all(outcome{kind::no_argument, {}, "`free` takes no alignment"})},
     // alignment not a power of two
     {input::bad_alignment, resource::page, all(invalid("is not a power of two"))},
     {input::bad_alignment, resource::slab, all(slab_bad_align)},
     {input::bad_alignment, resource::pool, all(not_applicable)},
     {input::bad_alignment, resource::arena, all(invalid("is not a power of two"))},
     {input::bad_alignment, resource::budget, all(slab_bad_align)},
+    {input::bad_alignment, resource::malloc_api,
+     all(null_with("EINVAL", "`aligned_alloc`; `posix_memalign` returns `EINVAL`"))},
     // allocate(0)
     {input::zero_size, resource::page, all(outcome{kind::distinct_pointer, {}, "one page"})},
     {input::zero_size, resource::slab, all(outcome{kind::distinct_pointer})},
     {input::zero_size, resource::pool, all(not_applicable)},
     {input::zero_size, resource::arena, all(outcome{kind::pointer})},
     {input::zero_size, resource::budget, all(outcome{kind::distinct_pointer})},
+    {input::zero_size, resource::malloc_api,
+     all(outcome{kind::distinct_pointer, {}, "`malloc(0)`"})},
     // allocate(SIZE_MAX)
     {input::size_max, resource::page, all(bad_alloc)},
     {input::size_max, resource::slab, all(bad_alloc)},
     {input::size_max, resource::pool, all(not_applicable)},
     {input::size_max, resource::arena, all(bad_alloc)},
     {input::size_max, resource::budget, all(bad_alloc)},
+    {input::size_max, resource::malloc_api,
+     all(null_with("ENOMEM", "`malloc`, `aligned_alloc`; `realloc` leaves the block untouched"))},
     // huge alignment
     {input::huge_alignment, resource::page, all(bad_alloc)},
     {input::huge_alignment, resource::slab, all(bad_alloc)},
     {input::huge_alignment, resource::pool, all(not_applicable)},
     {input::huge_alignment, resource::arena, all(bad_alloc)},
     {input::huge_alignment, resource::budget, all(bad_alloc)},
+    {input::huge_alignment, resource::malloc_api, all(null_with("ENOMEM", "`aligned_alloc`"))},
     // another resource's pointer
     {input::other_resource, resource::page, all(invalid("not in any region of this resource"))},
     {input::other_resource, resource::slab,
@@ -258,6 +301,18 @@ constexpr row table[] = {
      checked_only(abort_with("not allocated from this pool"))},
     {input::other_resource, resource::arena, all(ignored)},
     {input::other_resource, resource::budget, all(budget_refuses)},
+    {input::other_resource, resource::malloc_api,
+     all(outcome{kind::no_argument, {}, "one heap per process"})},
+    // a pointer to an object never handed out (in a fresh slab, past those taken so far)
+    {input::never_handed_out, resource::page, all(invalid("not an allocated block"))},
+    {input::never_handed_out, resource::slab,
+     checking(abort_with("double free"), abort_with("its slab never handed it out"))},
+    {input::never_handed_out, resource::pool, checked_only(abort_with("double free"))},
+    {input::never_handed_out, resource::arena, all(ignored)},
+    {input::never_handed_out, resource::budget,
+     checking(abort_with("double free"), abort_with("its slab never handed it out"))},
+    {input::never_handed_out, resource::malloc_api,
+     checking(abort_with("double free"), abort_with("its slab never handed it out"))},
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -294,6 +349,15 @@ std::string render(const outcome& o) {
     case kind::not_applicable:
       s = "— (typed: no such argument)";
       break;
+    case kind::null_errno:
+      s = fmt::format("NULL, `errno` = `{}`", o.message);
+      break;
+    case kind::handed_on:
+      s = "handed to the next allocator's `free`";
+      break;
+    case kind::no_argument:
+      s = "—";
+      break;
   }
   if (!o.note.empty()) s += fmt::format(" ({})", o.note);
   return s;
@@ -324,10 +388,10 @@ const row* find_row(input in, resource res) {
   return nullptr;
 }
 
-constexpr std::array inputs{input::double_free,   input::foreign,         input::interior,
-                            input::wrong_size,    input::wrong_alignment, input::bad_alignment,
-                            input::zero_size,     input::size_max,        input::huge_alignment,
-                            input::other_resource};
+constexpr std::array inputs{input::double_free,    input::foreign,         input::interior,
+                            input::wrong_size,     input::wrong_alignment, input::bad_alignment,
+                            input::zero_size,      input::size_max,        input::huge_alignment,
+                            input::other_resource, input::never_handed_out};
 
 // One markdown table: a row per bad input, a column per resource.
 std::string render_table() {
@@ -365,7 +429,11 @@ struct subject {
   virtual std::size_t unit() const { return 64; }  // the size of a normal allocation
   virtual std::size_t interior_offset() const { return 16; }
   virtual std::size_t wrong_size() const { return 40; }  // another class than unit()
-  virtual std::size_t objects_in_use() { return 0; }     // slab_resource's own count (if any)
+  // From an object just handed out by a fresh resource to one of the same slab never handed out:
+  // past every object a first refill takes (at most 128 of 64 bytes), within the slab (a 64 KiB
+  // slab holds over 900).
+  virtual std::size_t untouched_offset() const { return 500 * 64; }
+  virtual std::size_t objects_in_use() { return 0; }  // slab_resource's own count (if any)
 };
 
 struct page_subject final : subject {
@@ -378,6 +446,7 @@ struct page_subject final : subject {
   }
   std::size_t unit() const override { return 2 * bsalloc::page_size; }
   std::size_t interior_offset() const override { return bsalloc::page_size; }  // the tail page
+  std::size_t untouched_offset() const override { return 64 * bsalloc::page_size; }  // free pages
   std::size_t wrong_size() const override { return 3 * bsalloc::page_size; }
 };
 
@@ -442,7 +511,8 @@ std::unique_ptr<subject> make_subject(resource r, const mode& m) {
       return std::make_unique<arena_subject>();
     case resource::budget:
       return std::make_unique<budget_subject>(m);
-    case resource::pool:
+    case resource::pool:        // typed: run_pool_case
+    case resource::malloc_api:  // one engine per process: run_malloc_case
       break;
   }
   return nullptr;
@@ -490,6 +560,14 @@ void bad_call(input in, subject& s, const std::function<void(const void*)>& tell
     case input::other_resource: {
       void* p = s.other().allocate(u, 8);
       tell(p);
+      r.deallocate(p, u, 8);
+      return;
+    }
+    case input::never_handed_out: {
+      void* p = r.allocate(u, 8);
+      void* q = static_cast<std::byte*>(p) + s.untouched_offset();
+      tell(q);
+      r.deallocate(q, u, 8);
       r.deallocate(p, u, 8);
       return;
     }
@@ -702,6 +780,12 @@ void pool_bad_call(input in, const mode& m) {
       a.deallocate(p);
       return;
     }
+    case input::never_handed_out: {  // checked: no thread cache, the slab's first object
+      matrix_object* p = a.allocate();
+      tell_pointer(p + 20);
+      a.deallocate(p + 20);
+      return;
+    }
     default:
       return;
   }
@@ -713,6 +797,132 @@ void run_pool_case(const row& x, std::size_t m) {
   REQUIRE(o.k == kind::aborts);
   const auto c = bsalloc_test::run_in_child([&] { pool_bad_call(x.in, modes[m]); });
   expect_abort(c, "object_pool", o.message);
+}
+
+// The malloc API: every cell in a child that picks the engine's mode before its first call.
+void set_malloc_mode(const mode& m) {
+  ::setenv("BSALLOC_CHECKED", m.checked ? "1" : "0", 1);
+  ::setenv("BSALLOC_HARDENED", m.hardened ? "1" : "0", 1);
+}
+
+// The bad call of a cell that aborts.
+void malloc_bad_call(input in) {
+  auto* p = static_cast<char*>(bsalloc_malloc(64));
+  switch (in) {
+    case input::double_free:
+      bsalloc_free(p);
+      tell_pointer(p);
+      bsalloc_free(p);
+      return;
+    case input::interior:
+      tell_pointer(p + 16);
+      bsalloc_free(p + 16);
+      return;
+    case input::never_handed_out:  // p's slab is fresh: a first refill takes at most 128 objects
+      tell_pointer(p + 500 * 64);
+      bsalloc_free(p + 500 * 64);
+      return;
+    default:
+      return;
+  }
+}
+
+// A cell that does not abort, checked in the child: 0 when every call had the documented
+// outcome, else the number of the first check that failed.
+int malloc_outcome(input in) {
+  int check = 0;
+  auto null_with_errno = [&](void* p, int err) {
+    ++check;
+    return p == nullptr && errno == err;
+  };
+  switch (in) {
+    case input::foreign: {  // a block of the process's own malloc: handed on
+      void* p = std::malloc(64);
+      if (p == nullptr) return 1;
+      if (bsalloc_malloc_owns(p) || bsalloc_malloc_usable_size(p) < 64) return 2;
+      void* q = bsalloc_realloc(p, 256);  // the next allocator's realloc
+      if (q == nullptr || bsalloc_malloc_owns(q)) return 3;
+      bsalloc_free(q);  // the next allocator's free
+      break;
+    }
+    case input::bad_alignment:
+      for (std::size_t a : {std::size_t{0}, std::size_t{3}, std::size_t{48}}) {
+        errno = 0;
+        if (!null_with_errno(bsalloc_aligned_alloc(a, 64), EINVAL)) return check;
+        void* untouched = &check;
+        void* out = untouched;
+        errno = 0;
+        ++check;
+        if (bsalloc_posix_memalign(&out, a, 64) != EINVAL || out != untouched || errno != 0)
+          return check;
+      }
+      break;
+    case input::zero_size: {
+      void* p = bsalloc_malloc(0);
+      void* q = bsalloc_malloc(0);
+      void* x = bsalloc_malloc(8);
+      if (!p || !q || !x || p == q || x == p || x == q) return 1;
+      static_cast<unsigned char*>(x)[0] = 1;
+      bsalloc_free(x);
+      bsalloc_free(q);
+      bsalloc_free(p);
+      break;
+    }
+    case input::size_max: {
+      errno = 0;
+      if (!null_with_errno(bsalloc_malloc(max_bytes), ENOMEM)) return check;
+      errno = 0;
+      if (!null_with_errno(bsalloc_aligned_alloc(64, max_bytes), ENOMEM)) return check;
+      auto* p = static_cast<char*>(bsalloc_malloc(100));
+      std::memset(p, 7, 100);
+      errno = 0;
+      if (!null_with_errno(bsalloc_realloc(p, max_bytes), ENOMEM)) return check;
+      if (p[99] != 7) return 20;  // the block untouched
+      bsalloc_free(p);
+      break;
+    }
+    case input::huge_alignment:
+      for (std::size_t a : {std::size_t{1} << 40, std::size_t{1} << 63}) {
+        errno = 0;
+        if (!null_with_errno(bsalloc_aligned_alloc(a, 64), ENOMEM)) return check;
+      }
+      break;
+    default:
+      return 99;  // not a cell that returns
+  }
+  bsalloc_malloc_check_invariants();  // aborts if broken
+  return 0;
+}
+
+void run_malloc_case(const row& x, std::size_t m) {
+  const outcome& o = x.expect[m];
+  switch (o.k) {
+    case kind::undefined:
+    case kind::no_argument:
+      return;
+    case kind::aborts: {
+      const auto c = bsalloc_test::run_in_child([&] {
+        bsalloc_test::child_body([&] {
+          set_malloc_mode(modes[m]);
+          malloc_bad_call(x.in);
+        });
+      });
+      expect_abort(c, "bsalloc: ", o.message);
+      return;
+    }
+    default: {
+      const auto c = bsalloc_test::run_in_child([&] {
+        bsalloc_test::child_body([&] {
+          set_malloc_mode(modes[m]);
+          return malloc_outcome(x.in);
+        });
+      });
+      CAPTURE(c.err);
+      CHECK_FALSE(c.aborted);
+      REQUIRE(WIFEXITED(c.status));
+      CHECK(WEXITSTATUS(c.status) == 0);  // else: the number of the check that failed
+    }
+  }
 }
 
 }  // namespace
@@ -737,6 +947,8 @@ TEST_CASE("bad-input matrix: every cell has its documented outcome") {
       CAPTURE(modes[m].name);
       if (x.res == resource::pool)
         run_pool_case(x, m);
+      else if (x.res == resource::malloc_api)
+        run_malloc_case(x, m);
       else
         run_resource_case(x, m);
     }

@@ -1,11 +1,20 @@
 // SPDX-License-Identifier: Apache-2.0
 // fork() while other threads allocate: the slab layer's locks are all taken around fork
 // (pthread_atfork), so a child can allocate and free through every slab_resource.
+//
+// Under the sanitizers too: their malloc (clang 14's ASan allocator has no fork handlers) is made
+// safe in the children by a fork_gate (tests/support.hpp): there the resources sit on page
+// resources (no system malloc under bsalloc's calls), checked mode is off but on the one checked
+// resource, whose churn is gated with the rest of what may call malloc, and every CPU's core
+// cache exists before the first fork. What the fork catches mid-flight is unchanged: bsalloc's
+// allocate and deallocate, its locks held.
+#include <bsalloc/page_resource.hpp>
 #include <bsalloc/slab_resource.hpp>
 
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -25,13 +34,22 @@ using bsalloc::slab_resource_options;
 
 namespace {
 
-constexpr bool sanitizer_malloc_forks_badly = bsalloc_test::fork_under_load_unreliable;
+constexpr bool sanitized = bsalloc_test::sanitized_build;
+
+bsalloc_test::fork_gate gate;
+
+// The resources' upstream: the system malloc in the normal build, page resources (mmap) under
+// the sanitizers (see the top).
+std::pmr::memory_resource* upstream() {
+  return sanitized ? static_cast<std::pmr::memory_resource*>(&bsalloc::global_page_resource())
+                   : std::pmr::new_delete_resource();
+}
 
 // Runs f in a forked child that must exit 0 within `limit`; a deadlocked child is killed and
-// reported (the test fails rather than hangs).
+// reported (the test fails rather than hangs). No doctest assertion runs in the child.
 template <class F>
 int fork_and_wait(F f, std::chrono::milliseconds limit) {
-  const pid_t pid = ::fork();
+  const pid_t pid = gate.fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
     ::alarm(static_cast<unsigned>(limit.count() / 1000 + 2));  // a second line of defence
@@ -63,8 +81,10 @@ int fork_and_wait(F f, std::chrono::milliseconds limit) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
+// Allocates and frees at random; its own bookkeeping is a fixed ring (no system malloc).
 void churn(slab_resource& r, unsigned seed, int rounds) {
-  std::vector<std::pair<void*, std::size_t>> live;
+  std::array<std::pair<void*, std::size_t>, 256> ring;
+  std::size_t first = 0, count = 0;
   // Initialised by the parent's first call, before any fork.
   static const auto base = static_cast<unsigned>(bsalloc_test::test_seed("test_slab_fork"));
   unsigned x = (seed + base) * 2654435761u + 1;
@@ -76,29 +96,57 @@ void churn(slab_resource& r, unsigned seed, int rounds) {
     const std::size_t bytes = x % 16 == 0 ? 70000 + x % 1000 : 8 + x % 3000;
     void* p = r.allocate(bytes);
     std::memset(p, 0x5a, std::min<std::size_t>(bytes, 64));
-    live.emplace_back(p, bytes);
-    if (live.size() > 200 || x % 7 == 0) {
-      auto [q, n] = live.front();
-      live.erase(live.begin());
+    ring[(first + count++) % ring.size()] = {p, bytes};
+    if (count > 200 || x % 7 == 0) {
+      auto [q, n] = ring[first];
+      first = (first + 1) % ring.size();
+      --count;
       r.deallocate(q, n);
     }
   }
-  for (auto& [p, n] : live) r.deallocate(p, n);
+  for (; count > 0; --count, first = (first + 1) % ring.size())
+    r.deallocate(ring[first].first, ring[first].second);
 }
 
-void fork_under_load(std::vector<slab_resource*> resources, int forks) {
+// A resource under load, and whether its churn is gated (under the sanitizers: checked mode's
+// bookkeeping calls the system malloc).
+struct loaded {
+  slab_resource* r;
+  bool gated = false;
+};
+
+void fork_under_load(std::vector<loaded> resources, int forks) {
+  // Every CPU's core cache of every resource, before any fork.
+  bsalloc_test::on_every_cpu([&] {
+    for (const loaded& l : resources) churn(*l.r, 1, 50);
+  });
   std::atomic<bool> stop{false};
   std::vector<std::thread> threads;
   for (unsigned t = 0; t < 4; ++t)
     threads.emplace_back([&, t] {
+      {
+        const bsalloc_test::fork_gate::scope first_uses(gate);  // this thread's caches
+        for (const loaded& l : resources) churn(*l.r, t * 1000, 50);
+      }
       unsigned round = 0;
       while (!stop.load(std::memory_order_relaxed)) {
-        for (slab_resource* r : resources) churn(*r, t * 1000 + round, 300);
+        for (const loaded& l : resources) {
+          if (l.gated) {
+            const bsalloc_test::fork_gate::scope mallocs(gate);
+            churn(*l.r, t * 1000 + round, 300);
+          } else {
+            churn(*l.r, t * 1000 + round, 300);
+          }
+        }
         if (++round % 8 == 0) {  // resources come and go too (registry, slots)
+          const bsalloc_test::fork_gate::scope mallocs(gate);
           slab_resource temp(std::pmr::new_delete_resource());
           churn(temp, round, 100);
         }
-        if (round % 5 == 0) (void)resources[round % resources.size()]->trim();
+        if (round % 5 == 0) {
+          const bsalloc_test::fork_gate::scope mallocs(gate);
+          (void)resources[round % resources.size()].r->trim();
+        }
       }
     });
   int deadlocked = 0, failed = 0;
@@ -106,7 +154,7 @@ void fork_under_load(std::vector<slab_resource*> resources, int forks) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
     const int rc = fork_and_wait(
         [&] {
-          for (slab_resource* r : resources) churn(*r, 7u + static_cast<unsigned>(i), 2000);
+          for (const loaded& l : resources) churn(*l.r, 7u + static_cast<unsigned>(i), 2000);
           slab_resource fresh(std::pmr::new_delete_resource());
           churn(fresh, 3, 2000);
         },
@@ -120,33 +168,37 @@ void fork_under_load(std::vector<slab_resource*> resources, int forks) {
   for (auto& t : threads) t.join();
   CHECK(deadlocked == 0);
   CHECK(failed == 0);
-  for (slab_resource* r : resources) r->check_invariants();
+  for (const loaded& l : resources) l.r->check_invariants();
 }
 
 }  // namespace
 
-TEST_CASE("fork under load: 40 children allocate and free through every slab_resource" *
-          doctest::skip(sanitizer_malloc_forks_badly)) {
-  slab_resource plain(std::pmr::new_delete_resource());
-  slab_resource_options off;
+slab_resource_options unchecked() {
+  slab_resource_options o;
+  o.checked = false;  // explicit: Debug builds (the sanitizers') check by default
+  return o;
+}
+
+TEST_CASE("fork under load: 40 children allocate and free through every slab_resource") {
+  slab_resource plain(std::pmr::pool_options{}, unchecked(), upstream());
+  slab_resource_options off = unchecked();
   off.thread_cache = false;
-  slab_resource uncached(std::pmr::pool_options{}, off, std::pmr::new_delete_resource());
+  slab_resource uncached(std::pmr::pool_options{}, off, upstream());
   slab_resource_options check;
   check.checked = true;
-  slab_resource checked(std::pmr::pool_options{}, check, std::pmr::new_delete_resource());
-  std::pmr::unsynchronized_pool_resource pool;  // not thread-safe: calls serialised
-  slab_resource_options few;
+  slab_resource checked(std::pmr::pool_options{}, check, upstream());
+  std::pmr::unsynchronized_pool_resource pool(upstream());  // not thread-safe: calls serialised
+  slab_resource_options few = unchecked();
   few.caches = 1;
   slab_resource serial(std::pmr::pool_options{}, few, &pool);
-  fork_under_load({&plain, &uncached, &checked, &serial}, 40);
+  fork_under_load({{&plain}, {&uncached}, {&checked, sanitized}, {&serial}}, 40);
 }
 
 // Over global_page_resource(): its own lock is the page layer's, taken by the page layer's
 // fork handlers.
-TEST_CASE("fork under load over the default upstream" *
-          doctest::skip(sanitizer_malloc_forks_badly)) {
-  slab_resource dflt;
-  fork_under_load({&dflt}, 30);
+TEST_CASE("fork under load over the default upstream") {
+  slab_resource dflt(std::pmr::pool_options{}, unchecked());
+  fork_under_load({{&dflt}}, 30);
 }
 
 // Runs in every build, the ASan one included (no other thread holds the sanitizer's malloc

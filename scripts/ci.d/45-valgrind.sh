@@ -4,10 +4,13 @@
 # run under memcheck and must be clean (definite leaks count as errors). (2) Expected errors:
 # each misuse case of test_valgrind_misuse (a use after free, a write into a free object's
 # link, a read into a class's slack, a leak inside a slab_resource; a use after free and a leak
-# inside an object_pool) runs alone under memcheck, which must REPORT it (the memcheck client
-# requests: under memcheck a slab_resource takes its slow path and an object_pool has no thread
-# cache; each slab is a memory pool and each object a chunk of it; free objects are no-access). Any miss fails the step; so does a missing valgrind or test
-# binary. About 5 minutes on 2 loaded cores.
+# inside an object_pool; a use after free and a leak of a page_resource run; a stray write into
+# a slab header) runs alone under memcheck, which must REPORT it (the memcheck client requests:
+# under memcheck a slab_resource takes its slow path and an object_pool has no thread cache;
+# each slab is a memory pool and each object a chunk of it; free objects and slab headers are
+# no-access; a page_resource has no run cache, each run is a chunk of its meta pool and free
+# pages are no-access). Any miss fails the step; so does a missing valgrind or test binary.
+# About 5 minutes on 2 loaded cores.
 set -euo pipefail
 build=${BSALLOC_BUILD:?BSALLOC_BUILD: the normal build directory}
 out=${BSALLOC_OUT:-$build/..}/valgrind
@@ -49,6 +52,9 @@ expected=(
   "misuse: a leaked slab_resource object|definitely lost: 100 bytes in 1 blocks|"
   "misuse: read after free of an object_pool object|Invalid read of size 8|inside a block of size 48 free'd"
   "misuse: a leaked object_pool object|definitely lost: 48 bytes in 1 blocks|"
+  "misuse: read after free of a page_resource run|Invalid read of size 1|inside a block of size 8,192 free'd"
+  "misuse: a leaked page_resource run|definitely lost: 12,288 bytes in 1 blocks|"
+  "misuse: write into a slab header through a stray pointer|Invalid write of size 1|test_valgrind_misuse.cpp"
 )
 bin="$build/tests/test_valgrind_misuse"
 if [ -x "$bin" ]; then

@@ -3,6 +3,7 @@
 // the resource's mutex held. Invariants I1–I8 (page_resource.hpp) are asserted inline in debug
 // builds at the points that maintain them; check_invariants() walks all of them.
 #include "internal.hpp"
+#include "memcheck.hpp"
 
 namespace bsalloc {
 using namespace detail;
@@ -233,7 +234,7 @@ void* page_resource::try_allocate_locked(std::size_t count, unsigned order, page
     if (take_from_region(ri, order, where.below, index, dirty)) {
       region& r = regions_[ri];
       carve_run(r, index, static_cast<std::uint32_t>(count), order, dirty);
-      return reinterpret_cast<void*>(page_addr(r, index));
+      return memcheck_run_out(this, reinterpret_cast<void*>(page_addr(r, index)), count);
     }
   }
   return nullptr;
@@ -247,6 +248,7 @@ void page_resource::claim_run(region& r, std::uint32_t head, const void* p, std:
 }
 
 void page_resource::free_run_locked(region& r, std::uint32_t index, std::uint32_t count) {
+  memcheck_run_in(this, reinterpret_cast<const void*>(page_addr(r, index)));
   unmark_run(r, index, count);
   free_range(r, index, index + count);
   allocated_pages_ -= count;
@@ -269,6 +271,7 @@ bool page_resource::resize_pages(void* p, std::size_t old_count, std::size_t new
     mark_run(r, head, new_n);
     free_range(r, head + new_n, head + old_n);
     allocated_pages_ -= old_n - new_n;
+    memcheck_run_resized(this, p, old_n, new_n);
     return true;
   }
   if (new_count > r.pages - head) return false;
@@ -303,6 +306,7 @@ bool page_resource::resize_pages(void* p, std::size_t old_count, std::size_t new
   mark_run(r, head, new_n);
   allocated_pages_ += new_n - old_n;
   peak_allocated_pages_ = std::max(peak_allocated_pages_, allocated_pages_);
+  memcheck_run_resized(this, p, old_n, new_n);
   return true;
 }
 

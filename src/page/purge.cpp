@@ -9,6 +9,7 @@
 // the free lists under the lock, madvises them without it, and puts them back under it; at
 // most one purge runs at a time (purge_running_), and release() / the destructor wait for it.
 #include "internal.hpp"
+#include "memcheck.hpp"
 
 namespace bsalloc {
 using namespace detail;
@@ -163,6 +164,7 @@ void page_resource::release() {
         remove_region(ri);
         continue;
       }
+      memcheck_region_gone(this, r, true);
       std::memset(r.meta, 0, std::size_t{r.pages} * sizeof(page_meta));
       init_region(r);
     }

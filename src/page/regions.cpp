@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "internal.hpp"
+#include "memcheck.hpp"
 
 namespace bsalloc {
 using namespace detail;
@@ -70,12 +71,14 @@ std::size_t page_resource::insert_region(const region& r) {
   regions_[slot].in_use = true;
   ++region_count_;
   init_region(regions_[slot]);
+  memcheck_pages_free(r.base, r.pages);
   managed_pages_ += r.pages;
   return slot;
 }
 
 void page_resource::remove_region(std::size_t ri, bool clear_map) noexcept {
   region& r = regions_[ri];
+  memcheck_region_gone(this, r, false);
   if (clear_map) page_map_clear(r.span_begin, r.span_end);
   managed_pages_ -= r.pages;
   --region_count_;

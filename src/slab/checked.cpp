@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "header_window.hpp"
 #include "state.hpp"
 
 namespace bsalloc::detail {
@@ -63,6 +64,7 @@ slab* slab_state::registered_slab(const void* p) const {
 }
 
 void slab_state::mark_allocated(void* p, int c, std::size_t bytes, std::size_t alignment) {
+  const header_window headers(*this);
   slab* s = slab_of(p, c);
   const auto& g = geom[static_cast<std::size_t>(c)];
   const std::size_t i = slab_index(s, p, g.offset, g.size);
@@ -79,6 +81,7 @@ void slab_state::mark_allocated(void* p, int c, std::size_t bytes, std::size_t a
 // c: the class (bytes, alignment) maps to, -1 for the large path.
 bool slab_state::check_deallocate(void* p, std::size_t bytes, std::size_t alignment, int c) {
   (void)c;
+  const header_window headers(*this);
   std::lock_guard lock(checked_lock);
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
   if (slab* s = registered_slab(p)) {

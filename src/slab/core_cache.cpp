@@ -5,6 +5,7 @@
 
 #include <bit>
 
+#include "header_window.hpp"
 #include "state.hpp"
 
 namespace bsalloc::detail {
@@ -176,6 +177,7 @@ std::uint32_t slab_state::take_elsewhere(std::size_t ci, int c, std::uint32_t n,
 
 std::uint32_t slab_state::refill(int c, std::uint32_t n, void*& chain, std::uint32_t most) {
   BSALLOC_ASSERT(most >= n, "refill: most >= n");
+  const header_window headers(*this);
   const std::size_t ci = current_core();
   if (std::uint32_t got = take_from(ci, c, n, chain, nullptr, most)) return got;
   if (std::uint32_t got = take_elsewhere(ci, c, n, chain)) return got;
@@ -197,6 +199,7 @@ std::uint32_t slab_state::refill(int c, std::uint32_t n, void*& chain, std::uint
 // lock, remote ones posted to their owners' inboxes.
 std::size_t slab_state::flush(int c, void* chain, std::uint32_t n) {
   if (n == 0) return 0;
+  const header_window headers(*this);
   out[static_cast<std::size_t>(c)].fetch_sub(n);
   std::size_t ci = current_core();
   core_cache* target = core_if(ci);
@@ -279,6 +282,7 @@ void slab_state::post(core_cache& from, std::size_t owner, int c, void* head, vo
 }
 
 std::size_t slab_state::drain_and_return_empty() {
+  const header_window headers(*this);
   std::size_t bytes = 0;
   for (std::size_t ci = 0; ci < ncores; ++ci) {
     core_cache* cc = core_if(ci);
@@ -303,6 +307,7 @@ std::size_t slab_state::drain_and_return_empty() {
 }
 
 void slab_state::free_slabs() {
+  const header_window headers(*this);
   slab_list returns;
   for (std::size_t ci = 0; ci < ncores; ++ci) {
     core_cache* cc = core_if(ci);

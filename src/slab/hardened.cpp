@@ -27,9 +27,13 @@
 
 #include <bit>
 #include <chrono>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
+#include <unordered_set>
 
 #include <fmt/format.h>
 #include <bsalloc/budget.hpp>
@@ -37,6 +41,7 @@
 
 #include "../page/internal.hpp"
 #include "hardened_fast.hpp"
+#include "header_window.hpp"
 #include "state.hpp"
 
 #if defined(__has_include)
@@ -228,6 +233,7 @@ void slab_state::hand_out(void* p, int c, std::size_t bytes) const {
 }
 
 void slab_state::take_back(void* p, int c, std::size_t bytes, std::size_t alignment) const {
+  const header_window headers(*this);
   const std::size_t size = geom[static_cast<std::size_t>(c)].size;
   if (hardened) {
     const auto n = reinterpret_cast<std::uintptr_t>(p);
@@ -257,17 +263,84 @@ void slab_state::take_back(void* p, int c, std::size_t bytes, std::size_t alignm
   }
 }
 
+// -- memcheck: slab headers (header_window.hpp) ---------------------------------------------------
+// Per resource under memcheck: its live slabs and the windows open on it (headers defined while
+// at least one is). A process-wide table: only resources under memcheck have an entry. The
+// guarded part of a header is its mutable middle, from `used` to `next`; the words that never
+// change while the slab is live (magic, cls, owner; res) stay readable, since code outside the
+// slab layer reads them without a window (the malloc API's free() finds the class there, as
+// object_pool reads its own headers' first word): hardened mode validates them instead.
+namespace {
+constexpr std::size_t guard_begin = offsetof(slab, used);
+constexpr std::size_t guard_bytes = offsetof(slab, res) - guard_begin;
+static_assert(offsetof(slab, res) + sizeof(void*) == sizeof(slab));
+void guard(slab* s) noexcept {
+  VALGRIND_MAKE_MEM_NOACCESS(reinterpret_cast<char*>(s) + guard_begin, guard_bytes);
+}
+void unguard(slab* s) noexcept {
+  VALGRIND_MAKE_MEM_DEFINED(reinterpret_cast<char*>(s) + guard_begin, guard_bytes);
+}
+// A window costs a client request per live slab of the resource: past guard_limit live slabs a
+// resource's headers stay defined for good (its windows cost nothing more), so that memcheck runs
+// of big pools keep their time. Small pools (tests, the misuse cases) are guarded throughout.
+constexpr std::size_t guard_limit = 128;
+struct vg_headers {
+  std::unordered_set<slab*> live;
+  std::size_t windows = 0;
+  bool guarded = true;  // false once live.size() passed guard_limit
+};
+std::mutex& vg_mutex() {
+  static std::mutex m;
+  return m;
+}
+std::unordered_map<const slab_state*, vg_headers>& vg_table() {
+  static auto* t = new std::unordered_map<const slab_state*, vg_headers>;  // never destroyed
+  return *t;
+}
+}  // namespace
+
+void headers_open(const slab_state& st) noexcept {
+  std::lock_guard lock(vg_mutex());
+  vg_headers& h = vg_table()[&st];
+  if (h.windows++ == 0 && h.guarded)
+    for (slab* s : h.live) unguard(s);
+}
+
+void headers_close(const slab_state& st) noexcept {
+  std::lock_guard lock(vg_mutex());
+  vg_headers& h = vg_table()[&st];
+  if (--h.windows == 0 && h.guarded)
+    for (slab* s : h.live) guard(s);
+  if (h.windows == 0 && h.live.empty()) vg_table().erase(&st);  // e.g. a resource destroyed
+}
+
 void slab_state::slab_born(slab* s) const {
   if (!valgrind) return;
   const auto& g = geom[s->cls];
   VALGRIND_CREATE_MEMPOOL(s, 0, 0);
   VALGRIND_MAKE_MEM_NOACCESS(reinterpret_cast<char*>(s) + g.offset, g.slab_bytes - g.offset);
+  std::lock_guard lock(vg_mutex());
+  vg_headers& h = vg_table()[this];
+  h.live.insert(s);
+  if (h.guarded && h.live.size() > guard_limit) {  // too many to guard: all defined for good
+    h.guarded = false;
+    if (h.windows == 0)
+      for (slab* x : h.live) unguard(x);
+  }
+  if (h.windows == 0 && h.guarded) guard(s);
 }
 
 void slab_state::slab_dies(slab* s) const {
   // V1: before the slab goes, every thread's known_slabs goes stale.
   if (hardened) slab_deaths.fetch_add(1, std::memory_order_release);
   if (!valgrind) return;
+  {
+    std::lock_guard lock(vg_mutex());
+    vg_headers& h = vg_table()[this];
+    h.live.erase(s);
+    if (h.live.empty() && h.windows == 0) vg_table().erase(this);
+  }
+  unguard(s);
   VALGRIND_DESTROY_MEMPOOL(s);  // objects still out (release(), the destructor) die with it
   VALGRIND_MAKE_MEM_DEFINED(s, geom[s->cls].slab_bytes);
 }

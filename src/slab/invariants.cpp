@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "header_window.hpp"
 #include "state.hpp"
 
 namespace bsalloc {
@@ -14,6 +15,7 @@ using detail::slab_state;
 
 void slab_resource::check_invariants() const {
   slab_state& st = *state_;
+  const detail::header_window headers(st);
   auto fail = [](std::size_t core, int c, const char* what) {
     throw std::logic_error(fmt::format(
         "bsalloc::slab_resource invariant broken (core {}, class {}): {}", core, c, what));

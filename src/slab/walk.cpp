@@ -8,12 +8,14 @@
 #include <unordered_set>
 #include <vector>
 
+#include "header_window.hpp"
 #include "state.hpp"
 
 namespace bsalloc {
 
 std::vector<heap_block> slab_resource::live_blocks() const {
   detail::slab_state& st = *state_;
+  const detail::header_window headers(st);
   const bool checked = st.knobs.checked;
   // The calling thread's own cache: free objects, read safely (this thread is its only user).
   std::unordered_set<const void*> mine;
