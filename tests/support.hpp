@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
@@ -44,12 +45,14 @@ inline constexpr bool tsan_build = false;
 #endif
 inline constexpr bool sanitized_build = asan_build || tsan_build;
 
-/// fork() from a parent whose other threads allocate: the fork-under-load tests run in the
-/// normal build only. Clang 14's AddressSanitizer allocator takes no lock around fork(), so a
-/// child can deadlock inside the sanitizer's own malloc whatever bsalloc does; ThreadSanitizer's
-/// fork support is flaky with a multi-threaded parent (a child now and then terminates inside
-/// it: "terminate called without an active exception").
-inline constexpr bool fork_under_load_unreliable = sanitized_build;
+/// waitpid(pid, &status, 0), again when a signal interrupts it (a timer, a profiler): the pid, or
+/// -1 on a real failure.
+inline pid_t wait_child(pid_t pid, int& status) {
+  pid_t w;
+  while ((w = ::waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
+  }
+  return w;
+}
 
 /// Nothing allocated, and every region tiled by the fewest possible free blocks: what a buddy
 /// allocator looks like when everything has merged back.
@@ -134,11 +137,12 @@ child_result run_in_child(F f) {
   char buf[4096];
   for (;;) {
     const ssize_t n = ::read(fds[0], buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;  // libFuzzer's timeout alarm, a profiler's signal
     if (n <= 0) break;
     r.err.append(buf, static_cast<std::size_t>(n));
   }
   ::close(fds[0]);
-  REQUIRE(::waitpid(pid, &r.status, 0) == pid);
+  REQUIRE(wait_child(pid, r.status) == pid);
   r.aborted = WIFSIGNALED(r.status) && WTERMSIG(r.status) == SIGABRT;
   return r;
 }

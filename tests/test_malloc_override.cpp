@@ -150,7 +150,7 @@ TEST_CASE("malloc override: fork from a multi-threaded parent, the child allocat
       ::_exit(bsalloc_malloc_owns(v.back().data()) ? 0 : 3);
     }
     int status = 0;
-    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    REQUIRE(bsalloc_test::wait_child(pid, status) == pid);
     CHECK(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 0);
   }

@@ -391,7 +391,7 @@ TEST_CASE("background purger: an idle process gives freed memory back") {
     ::_exit(0);
   }
   int status = 0;
-  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  REQUIRE(bsalloc_test::wait_child(pid, status) == pid);
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
 }

@@ -332,4 +332,35 @@ void slab_state::free_slabs() {
   for (auto& o : out) o.store(0, std::memory_order_relaxed);
 }
 
+// A fork copies the other threads' objects out of the child's reach: those in their caches stay
+// counted as out (used in their slabs, out of them: S3 holds, the child never frees them). But a
+// thread in the middle of a refill (objects taken, `out` not yet raised) or of a flush (`out`
+// lowered, objects not yet back or posted) would leave `out` off for good. The child is alone
+// here: the inboxes are drained and `out` is the sum of the slabs' used counts, exactly.
+void slab_state::recount_after_fork() noexcept {
+  const header_window headers(*this);
+  std::array<std::int64_t, class_count> used{};
+  for (std::size_t ci = 0; ci < ncores; ++ci) {
+    core_cache* cc = core_if(ci);
+    if (!cc) continue;
+    slab_list returns;
+    {
+      std::lock_guard lock(cc->lock);
+      drain(*cc, returns);
+      for (int c = 0; c < classes; ++c) {
+        auto& l = cc->cls[static_cast<std::size_t>(c)];
+        for (slab* head : {l.partial, l.full, l.empty})
+          for (slab* s = head; s; s = s->next) used[static_cast<std::size_t>(c)] += s->used;
+      }
+    }
+    try {
+      return_slabs(returns);
+    } catch (...) {  // an upstream that throws on deallocate: the slabs stay unreturned
+    }
+  }
+  for (int c = 0; c < classes; ++c)
+    out[static_cast<std::size_t>(c)].store(used[static_cast<std::size_t>(c)],
+                                           std::memory_order_relaxed);
+}
+
 }  // namespace bsalloc::detail

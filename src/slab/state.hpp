@@ -329,6 +329,9 @@ struct slab_state {
   std::size_t drain_and_return_empty();
   /// Every slab back upstream, every core's lists reset. No concurrent use.
   void free_slabs();
+  /// Fork child, before any other thread exists: drains every inbox and recomputes `out` from
+  /// the slabs (S3), which a fork in the middle of another thread's refill or flush left off.
+  void recount_after_fork() noexcept;
 
   // -- thread caches (thread_cache.cpp) -------------------------------------------------------
   /// Everything in tc goes back; returns the bytes of slabs that went upstream meanwhile.

@@ -270,6 +270,8 @@ void fork_parent() noexcept {
 }
 void fork_child() noexcept {
   fork_release(true);
+  // Still the only thread, and the page layer's child handler has run (registered first).
+  for (slab_state* st = live_head; st; st = st->live_next) st->recount_after_fork();
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <csignal>
 #include <cstddef>
 #include <cstdint>
@@ -282,11 +283,15 @@ child_result run_in_child(F f) {
   char buf[4096];
   for (;;) {
     const ssize_t n = ::read(fds[0], buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;  // libFuzzer's timeout alarm, a profiler's signal
     if (n <= 0) break;
     r.err.append(buf, static_cast<std::size_t>(n));
   }
   ::close(fds[0]);
-  if (::waitpid(pid, &r.status, 0) != pid) fail("waitpid failed");
+  pid_t w;
+  while ((w = ::waitpid(pid, &r.status, 0)) < 0 && errno == EINTR) {
+  }
+  if (w != pid) fail("waitpid failed");
   r.aborted = WIFSIGNALED(r.status) && WTERMSIG(r.status) == SIGABRT;
   r.exited_zero = WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0;
   return r;
