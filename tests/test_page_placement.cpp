@@ -57,8 +57,11 @@ TEST_CASE("page_resource: a container mix's rounds reuse the pages of the first 
   // The purge policy as by default but with no second purge below 4 x retain_bytes (the interval
   // is an hour), so that the count does not depend on timing. Before the placement rules the
   // resident pages grew by 3-9 MiB a round, to 2.0-2.4x the first round's after eight; with
-  // them 1.05-1.55x (it depends on the string sizes drawn and on which CPU the slabs come from).
+  // them 1.08-1.62x over 60 seeds (it depends on the string sizes drawn), pinned to one CPU: a
+  // thread that migrates takes slabs from two core caches (1.65x seen unpinned). The bound sits
+  // between the two.
   const std::uint64_t seed = bsalloc_test::test_seed("container mix rounds");
+  bsalloc_test::pin_to_this_cpu pin;  // one core cache: slabs from one CPU, as in one round
   page_resource_options o;
   o.purge_interval = std::chrono::hours{1};
   o.cache_bytes_per_core = bsalloc::global_cache_bytes_per_core;
@@ -85,7 +88,7 @@ TEST_CASE("page_resource: a container mix's rounds reuse the pages of the first 
     worst = std::max(worst, now);
   }
   pages.check_invariants();
-  CHECK(worst <= first + first * 3 / 5);
+  CHECK(worst <= first + first * 3 / 4);
 }
 
 TEST_CASE("page_resource: a small run takes a small clean block, not a big resident one") {
