@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <csignal>
 #include <cstdint>
@@ -91,6 +92,27 @@ struct pin_to_this_cpu {
   pin_to_this_cpu(const pin_to_this_cpu&) = delete;
   pin_to_this_cpu& operator=(const pin_to_this_cpu&) = delete;
 };
+
+/// The first two CPUs this thread may run on (cross-core tests need both: CI has them).
+inline std::array<int, 2> two_usable_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  REQUIRE(::sched_getaffinity(0, sizeof set, &set) == 0);
+  std::array<int, 2> cpu{-1, -1};
+  std::size_t found = 0;
+  for (int c = 0; c < CPU_SETSIZE && found < 2; ++c)
+    if (CPU_ISSET(c, &set)) cpu[found++] = c;
+  REQUIRE_MESSAGE(found == 2, "this test needs two usable CPUs");
+  return cpu;
+}
+
+/// Moves the calling thread to `cpu` alone; true if it now runs there.
+inline bool pin_to_cpu(int cpu) {
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  return ::sched_setaffinity(0, sizeof one, &one) == 0 && ::sched_getcpu() == cpu;
+}
 
 /// The seed of a randomised test: BSALLOC_SEED when set (decimal or 0x hex), else a fresh one per
 /// process. Printed at every call with `what` (the test), so that a failure can be replayed:

@@ -30,25 +30,6 @@ using bsalloc::slab_resource_options;
 
 namespace {
 
-std::array<int, 2> two_cpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  REQUIRE(::sched_getaffinity(0, sizeof set, &set) == 0);
-  std::array<int, 2> cpu{-1, -1};
-  std::size_t found = 0;
-  for (int c = 0; c < CPU_SETSIZE && found < 2; ++c)
-    if (CPU_ISSET(c, &set)) cpu[found++] = c;
-  REQUIRE_MESSAGE(found == 2, "this test needs two usable CPUs");
-  return cpu;
-}
-
-bool pin(int cpu) {
-  cpu_set_t one;
-  CPU_ZERO(&one);
-  CPU_SET(cpu, &one);
-  return ::sched_setaffinity(0, sizeof one, &one) == 0 && ::sched_getcpu() == cpu;
-}
-
 struct block {
   unsigned char* p;
   std::size_t size;
@@ -58,7 +39,7 @@ struct block {
 }  // namespace
 
 TEST_CASE("slab_resource: remote frees return to their core as whole chains, nothing lost") {
-  const auto cpu = two_cpus();
+  const auto cpu = bsalloc_test::two_usable_cpus();
   const std::uint64_t seed = bsalloc_test::test_seed("remote hand-off");
   for (bool cache : {true, false}) {
     CAPTURE(cache);
@@ -71,7 +52,7 @@ TEST_CASE("slab_resource: remote frees return to their core as whole chains, not
     o.checked =
         false;  // the path that ships (checked mode, the Debug default, puts every object back)
     slab_resource r(std::pmr::pool_options{}, o, &pages);
-    REQUIRE(pin(cpu[0]));
+    REQUIRE(bsalloc_test::pin_to_cpu(cpu[0]));
     std::mt19937_64 rng(seed + (cache ? 1 : 0));
     std::size_t sent = 0;
     for (int round = 0; round < 12; ++round) {
@@ -93,7 +74,7 @@ TEST_CASE("slab_resource: remote frees return to their core as whole chains, not
       // Every object goes to the other CPU and is freed there (contents checked first).
       std::size_t bad = 0;
       std::thread consumer([&] {
-        if (!pin(cpu[1])) {
+        if (!bsalloc_test::pin_to_cpu(cpu[1])) {
           bad = ~std::size_t{0};
           return;
         }

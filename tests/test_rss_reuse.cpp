@@ -12,6 +12,8 @@
 
 #include <doctest/doctest.h>
 
+#include "support.hpp"
+
 using bsalloc::page_resource;
 using bsalloc::slab_resource;
 using bsalloc::slab_resource_options;
@@ -22,25 +24,13 @@ struct pin_guard {
   cpu_set_t old;
   pin_guard() { REQUIRE(::sched_getaffinity(0, sizeof old, &old) == 0); }
   ~pin_guard() { ::sched_setaffinity(0, sizeof old, &old); }
-  static bool to(int cpu) {
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(cpu, &one);
-    return ::sched_setaffinity(0, sizeof one, &one) == 0 && ::sched_getcpu() == cpu;
-  }
+  static bool to(int cpu) { return bsalloc_test::pin_to_cpu(cpu); }
 };
 
 }  // namespace
 
 TEST_CASE("slab_resource: a thread that moved to another CPU uses the slabs it left there") {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  REQUIRE(::sched_getaffinity(0, sizeof set, &set) == 0);
-  std::array<int, 2> cpu{-1, -1};
-  std::size_t found = 0;
-  for (int c = 0; c < CPU_SETSIZE && found < 2; ++c)
-    if (CPU_ISSET(c, &set)) cpu[found++] = c;
-  REQUIRE_MESSAGE(found == 2, "this test needs two usable CPUs");
+  const auto cpu = bsalloc_test::two_usable_cpus();
   for (bool cache : {false, true}) {
     CAPTURE(cache);
     pin_guard guard;
