@@ -15,7 +15,7 @@
 # with the command that replays it. Turn it into a regression: copy it to
 # tests/fuzz/regressions/<target>/ (see docs/fuzzing.md).
 #
-# Env: BSALLOC_FUZZ_KNOWN_DEFECTS (docs/fuzzing.md), BSALLOC_SEED (libFuzzer -seed),
+# Env: BSALLOC_SEED (libFuzzer -seed),
 # BSALLOC_FUZZ_BUILD (build directory, default build-fuzz), CXX (default clang++).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -9,10 +9,6 @@ set -euo pipefail
 root=${BSALLOC_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 out=${BSALLOC_OUT:-$root/build-ci}/fuzz
 seconds=${BSALLOC_FUZZ_SECONDS:-45}  # seven targets on two cores: about 3 minutes of fuzzing
-# Known-defect input classes to fuzz too (docs/fuzzing.md): add each name here once its fix is
-# merged; the environment variable overrides the list.
-enabled_defects="slab-huge-size,slab-bad-alignment,slab-mismatch-message,slab-trim-report,slab-many-resources,page-tail-pointer,budget-low-limit"
-export BSALLOC_FUZZ_KNOWN_DEFECTS="${BSALLOC_FUZZ_KNOWN_DEFECTS-$enabled_defects}"
 export ASAN_OPTIONS="abort_on_error=1:detect_leaks=1:quarantine_size_mb=64"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 
@@ -32,7 +28,7 @@ for f in "$root"/tests/fuzz/fuzz_*.cpp; do
   targets+=("${t#fuzz_}")
 done
 [ ${#targets[@]} -gt 0 ] || { echo "fuzz: no target"; exit 1; }
-echo "fuzz: targets ${targets[*]}; ${seconds}s each; known defects enabled: '${BSALLOC_FUZZ_KNOWN_DEFECTS}'"
+echo "fuzz: targets ${targets[*]}; ${seconds}s each"
 
 report() {  # target, log: the crash and every reproducer it wrote, in hex
   local t=$1 log=$2

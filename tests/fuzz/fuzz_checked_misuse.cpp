@@ -46,9 +46,8 @@ void judge(const child_result& r, const expectation& e, const void* p, const std
              what + ": message does not name the resource: " + r.err);
   FUZZ_CHECK(r.err.find(hex(p)) != std::string::npos,
              what + ": message does not name " + hex(p) + ": " + r.err);
-  if (defect_enabled("slab-mismatch-message"))
-    FUZZ_CHECK(r.err.find(e.problem) != std::string::npos,
-               what + ": message does not say \"" + e.problem + "\": " + r.err);
+  FUZZ_CHECK(r.err.find(e.problem) != std::string::npos,
+             what + ": message does not say \"" + e.problem + "\": " + r.err);
 }
 
 std::size_t pick_size(FuzzedDataProvider& in) {

@@ -25,38 +25,6 @@
 
 namespace bsalloc_fuzz {
 
-// ---------------------------------------------------------------------------------------------
-// Known defects. Each names an input class that trips a defect being fixed elsewhere; the
-// generators leave that class out unless BSALLOC_FUZZ_KNOWN_DEFECTS names it (a comma-separated
-// list, or "all"). Once the fix is merged, turn the switch on in scripts/ci.d/40-fuzz.sh and
-// then delete it here. The list is documented in docs/fuzzing.md; keep the two in step.
-// ---------------------------------------------------------------------------------------------
-inline constexpr const char* known_defects[] = {
-    "slab-huge-size",         // allocate(SIZE_MAX - k, a > 8) wraps to a tiny object
-    "slab-bad-alignment",     // alignment 0 / 3 / 12 accepted on the warm fast path
-    "slab-mismatch-message",  // checked mode names the wrong problem for a size mismatch
-    "slab-trim-report",       // slab_resource::trim() returns less than it gave back
-    "slab-many-resources",    // more live resources in one thread than thread-cache slots
-    "page-tail-pointer",      // deallocate_pages(tail of a run, ...) is accepted
-    "budget-low-limit",       // set_limit() below in_use: check_invariants() reports B2 broken
-};
-
-inline bool defect_enabled(std::string_view name) {
-  static const std::string list = [] {
-    const char* e = std::getenv("BSALLOC_FUZZ_KNOWN_DEFECTS");
-    return std::string(e ? e : "");
-  }();
-  if (list == "all") return true;
-  std::string_view rest = list;
-  while (!rest.empty()) {
-    const auto comma = rest.find(',');
-    if (rest.substr(0, comma) == name) return true;
-    if (comma == std::string_view::npos) break;
-    rest.remove_prefix(comma + 1);
-  }
-  return false;
-}
-
 // A failed check: message on stderr, then abort (libFuzzer saves the input as crash-*).
 [[noreturn]] inline void fail(const std::string& what) {
   std::fprintf(stderr, "bsalloc fuzz: CHECK FAILED: %s\n", what.c_str());

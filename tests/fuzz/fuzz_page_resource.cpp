@@ -262,13 +262,11 @@ struct harness {
         count = in.ConsumeIntegralInRange<std::size_t>(0, pages + 8);
         if (pages_of(count) == pages_of(given)) count = pages + 1;
         p = head;
-      } else if (kind == 2) {  // a page inside the run that is not the head of a block of it
+      } else if (kind == 2) {  // a page inside the run, the head of a later block of it too
         if (pages < 2) return;
         const std::size_t k = in.ConsumeIntegralInRange<std::size_t>(1, pages - 1);
         const auto info = res.find_block(head + k * page_size);
         FUZZ_CHECK(info.has_value(), "find_block of a live page found nothing");
-        const bool block_head = info->head == head + k * page_size;
-        if (block_head && !defect_enabled("page-tail-pointer")) return;
         p = head + k * page_size;
         count = in.ConsumeIntegralInRange<std::size_t>(0, pages - k);
       } else if (kind == 3) {  // not page aligned

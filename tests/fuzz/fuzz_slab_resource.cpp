@@ -145,11 +145,11 @@ struct harness {
     if (odd == 0) {  // sizes no upstream can serve (well below the wrap-around)
       bytes = in.ConsumeIntegralInRange<std::size_t>(std::size_t{1} << 33, std::size_t{1} << 62);
       kind = huge;
-    } else if (odd == 1 && defect_enabled("slab-huge-size")) {  // at the top of size_t
+    } else if (odd == 1) {  // at the top of size_t
       bytes =
           std::numeric_limits<std::size_t>::max() - in.ConsumeIntegralInRange<std::size_t>(0, 5000);
       kind = huge;
-    } else if (odd == 2 && defect_enabled("slab-bad-alignment")) {
+    } else if (odd == 2) {
       align = in.PickValueInArray<std::size_t>({0, 3, 6, 12, 24, 48, 100});
       bytes = last_bytes;  // a size just freed or allocated: its thread-cache bin is warm
       kind = bad_align;
@@ -200,10 +200,9 @@ struct harness {
     FUZZ_CHECK(after.cached_objects == 0,
                "trim left " + num(after.cached_objects) + " cached objects");
     FUZZ_CHECK(after.bytes_reserved <= before.bytes_reserved, "trim grew the reserve");
-    if (defect_enabled("slab-trim-report"))
-      FUZZ_CHECK(given == before.bytes_reserved - after.bytes_reserved,
-                 "trim() returned " + num(given) + ", gave back " +
-                     num(before.bytes_reserved - after.bytes_reserved));
+    FUZZ_CHECK(given == before.bytes_reserved - after.bytes_reserved,
+               "trim() returned " + num(given) + ", gave back " +
+                   num(before.bytes_reserved - after.bytes_reserved));
     // trim returns every empty slab: a class with nothing in use holds no slab.
     for (const auto& k : after.classes)
       FUZZ_CHECK(k.objects_in_use > 0 || k.slabs == 0,
@@ -220,7 +219,7 @@ struct harness {
   }
 
   void op_other() {
-    const std::size_t most = defect_enabled("slab-many-resources") ? 40 : 1;
+    const std::size_t most = 40;
     const int what = in.ConsumeIntegralInRange<int>(0, 3);
     if (others.empty() || (what == 0 && others.size() < most)) {
       auto o = std::make_unique<other>();
