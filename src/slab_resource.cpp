@@ -240,8 +240,7 @@ void slab_resource::release() {
   slab_state& st = *state_;
   detail::drop_caches(st, false);
   st.free_slabs();
-  st.free_large();
-  for (auto& pk : st.peak) pk.store(0, std::memory_order_relaxed);
+  st.free_large();  // free_slabs() reset the counts and the peaks
 }
 
 std::size_t slab_resource::trim() {
@@ -270,6 +269,10 @@ slab_resource_stats slab_resource::stats() const {
   s.thread_caches_created = st.caches_created.load(std::memory_order_relaxed);
   s.bin_shrinks = st.bin_shrinks.load(std::memory_order_relaxed);
   std::array<std::size_t, class_count> slabs{};
+  // Per class, summed over the cores: objects out of slabs, the cores' peaks, and what is out of
+  // slabs but not in use: remote frees in flight (sent, not yet drained by their owner) and
+  // drained chains in the cores' stashes.
+  std::array<std::int64_t, class_count> out{}, peak{}, in_flight{}, stashed{};
   s.cores.resize(st.ncores);
   for (std::size_t ci = 0; ci < st.ncores; ++ci) {
     detail::core_cache* core = st.core_if(ci);
@@ -278,24 +281,33 @@ slab_resource_stats slab_resource::stats() const {
     std::lock_guard lock(core->lock);
     s.cores[ci] = core->counters;
     s.cores[ci].remote_overflows = core->overflows.load(std::memory_order_relaxed);
-    s.cores[ci].remote_frees_sent = core->remote_sent.load(std::memory_order_relaxed);
-    for (int c = 0; c < st.classes; ++c)
-      slabs[static_cast<std::size_t>(c)] += core->cls[static_cast<std::size_t>(c)].slabs;
+    s.cores[ci].remote_frees_sent = 0;
+    for (std::size_t i = 0; i < class_count; ++i) {
+      const std::size_t sent = core->remote_sent[i].load(std::memory_order_relaxed);
+      s.cores[ci].remote_frees_sent += sent;
+      in_flight[i] += static_cast<std::int64_t>(sent - core->remote_in[i]);
+      slabs[i] += core->cls[i].slabs;
+      out[i] += core->out[i];
+      peak[i] += core->peak[i];
+    }
+    for (std::uint32_t bits = core->stash.used; bits; bits &= bits - 1) {
+      const auto& m = core->stash.chain[static_cast<std::size_t>(std::countr_zero(bits))];
+      stashed[m.cls] += m.count;
+    }
   }
   for (int c = 0; c < st.classes; ++c) {
     const auto i = static_cast<std::size_t>(c);
-    const std::int64_t in_use =
-        std::max<std::int64_t>(0, st.out[i].load(std::memory_order_relaxed) - cached[i]);
-    const auto peak = static_cast<std::size_t>(st.peak[i].load(std::memory_order_relaxed));
+    const std::int64_t in_use = std::max<std::int64_t>(
+        0, out[i] - cached[i] - std::max<std::int64_t>(0, in_flight[i]) - stashed[i]);
     s.cached_objects += static_cast<std::size_t>(cached[i]);
-    if (slabs[i] == 0 && peak == 0) continue;
+    if (slabs[i] == 0 && peak[i] == 0) continue;
     slab_class_stats k;
     k.object_size = st.geom[i].size;
     k.slab_bytes = st.geom[i].slab_bytes;
     k.slabs = slabs[i];
     k.objects_in_use = static_cast<std::size_t>(in_use);
     k.bytes_in_use = k.objects_in_use * k.object_size;
-    k.peak_objects = peak;
+    k.peak_objects = static_cast<std::size_t>(peak[i]);
     s.objects_in_use += k.objects_in_use;
     s.bytes_in_use += k.bytes_in_use;
     s.classes.push_back(k);

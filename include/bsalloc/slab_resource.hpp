@@ -34,7 +34,10 @@
 //   S2  a slab is on exactly one list of its owner core and class: full iff no free object and no
 //       unused tail, empty iff used == 0, partial otherwise.
 //   S3  per class: sum of used over all slabs == objects held by users + objects in thread caches
-//       + objects in remote messages not drained yet.
+//       + objects in remote messages not drained yet + objects in the core caches' stashes of
+//       drained remote chains. Each core cache counts, per class, the
+//       objects out of its own slabs (under its lock): that count == the sum of used over its
+//       slabs; and once every inbox is drained, every remote free counted sent was received.
 //   S4  per core and class, empty slabs <= options().max_empty_slabs_per_class.
 //   T1  per thread cache: every bin holds at most its limit; the bytes by which limits grew
 //       above their initial values add up to at most knobs().thread_cache_bytes.
@@ -114,7 +117,11 @@ struct slab_class_stats {
   std::size_t slabs = 0;           ///< slabs held from the upstream
   std::size_t objects_in_use = 0;  ///< held by users now
   std::size_t bytes_in_use = 0;    ///< objects_in_use * object_size
-  std::size_t peak_objects = 0;    ///< most objects out of slabs at once (users + thread caches)
+  /// Most objects out of slabs at once (users, thread caches, remote frees not drained yet),
+  /// counted per core cache and summed: exact when one core cache serves the class (caches = 1,
+  /// or one thread that stays on its CPU), otherwise an upper bound — the cores' peaks need not
+  /// fall at the same moment. Never below objects_in_use. release() resets it.
+  std::size_t peak_objects = 0;
 };
 
 struct slab_core_stats {
@@ -122,8 +129,11 @@ struct slab_core_stats {
   std::size_t deallocations = 0;          ///< objects given back to this core's slabs locally
   std::size_t remote_frees_sent = 0;      ///< objects this core's threads posted to other cores
   std::size_t remote_frees_received = 0;  ///< objects drained from this core's queue
-  /// ... of which handed on whole to a refilling thread (a posted chain that fit its bin)
+  /// ... of which handed on whole to a refilling thread (a posted chain that fit its bin), at
+  /// once or from the core's stash
   std::size_t remote_handed_on = 0;
+  /// ... of which kept whole in the core's stash for a later refill of their class
+  std::size_t remote_kept = 0;
   std::size_t remote_overflows = 0;  ///< messages that found the queue full
   std::size_t slab_refills = 0;      ///< slabs taken from the upstream
   std::size_t slab_returns = 0;      ///< slabs given back to the upstream

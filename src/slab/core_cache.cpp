@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
-// Core caches: per CPU, per class the partial/full/empty slab lists under the core's lock, and
-// the lock-free inbox of remote frees. See state.hpp.
+// Core caches: per CPU, per class the partial/full/empty slab lists under the core's lock; take,
+// refill, flush and the whole-resource walks over them. Remote frees (post, drain, the stash)
+// are in remote.cpp. See state.hpp.
 #include <sched.h>
 
+#include <algorithm>
 #include <bit>
 
 #include "header_window.hpp"
@@ -45,48 +47,6 @@ void slab_state::put_back(core_cache& core, void* p, int c, slab_list& returns) 
   BSALLOC_ASSERT(s->list != list_full, "S2 (a slab with a free object is not full)");
 }
 
-// Lock held. Applies every remote free posted to this core. With a hand-off, a chain of its
-// class that fits goes to the refilling thread whole: its objects are free, of this core's
-// slabs, counted out of them already (a slab counts the objects in thread caches and in flight
-// as used), so they need no put back into their slab and no take out of it again. Not for the
-// careful path or checked mode, which account for every object on its way through the slabs.
-void slab_state::drain(core_cache& core, slab_list& returns, handoff* to) {
-  remote_batch m;
-  while (core.inbox.pop(m)) {
-    core.counters.remote_frees_received += m.count;
-    if (to && static_cast<int>(m.cls) == to->c && to->got < to->want &&
-        m.count <= to->most - to->got) {
-      set_next(m.tail, to->chain);
-      to->chain = m.head;
-      to->got += m.count;
-      core.counters.remote_handed_on += m.count;
-      continue;
-    }
-    void* p = m.head;
-    for (std::uint32_t i = 0; i < m.count; ++i) {
-      void* next = next_of(p, static_cast<int>(m.cls));
-      put_back(core, p, static_cast<int>(m.cls), returns);
-      p = next;
-    }
-  }
-  for (std::size_t w = 0; w < core.overflow_mask.size(); ++w) {
-    if (core.overflow_mask[w].load(std::memory_order_relaxed) == 0) continue;
-    std::uint64_t bits = core.overflow_mask[w].exchange(0, std::memory_order_acquire);
-    while (bits) {
-      const int c = static_cast<int>(w * 64) + std::countr_zero(bits);
-      bits &= bits - 1;
-      void* p =
-          core.overflow[static_cast<std::size_t>(c)].exchange(nullptr, std::memory_order_acquire);
-      while (p) {
-        void* next = next_of(p, c);
-        put_back(core, p, c, returns);
-        ++core.counters.remote_frees_received;
-        p = next;
-      }
-    }
-  }
-}
-
 // Lock held. Takes up to n objects of class c from the core's slabs (the slab core's take);
 // returns them chained.
 std::uint32_t slab_state::take(core_cache& core, int c, std::uint32_t n, void*& chain) {
@@ -114,6 +74,10 @@ std::uint32_t slab_state::take(core_cache& core, int c, std::uint32_t n, void*& 
   }
   BSALLOC_ASSERT(l.empty_count <= knobs.max_empty_slabs_per_class, "S4");
   core.counters.allocations += got;
+  auto& out = core.out[static_cast<std::size_t>(c)];
+  auto& peak = core.peak[static_cast<std::size_t>(c)];
+  out += got;
+  if (out > peak) peak = out;
   return got;
 }
 
@@ -126,10 +90,17 @@ std::uint32_t slab_state::take_from(std::size_t ci, int c, std::uint32_t n, void
   {
     std::lock_guard lock(cc.lock);
     handoff h{c, n, most, chain, 0};
-    drain(cc, returns, careful || knobs.checked ? nullptr : &h);
+    if (careful || knobs.checked) {
+      drain(cc, returns);
+    } else {
+      take_stashed(*this, cc, h);
+      drain(cc, returns, &h);
+    }
     cc.counters.allocations += h.got;
     chain = h.chain;
-    if (fresh) {
+    if (fresh && h.got >= n) {
+      returns.push(fresh);  // chains posted meanwhile served: the new slab goes back unused
+    } else if (fresh) {
       auto& l = cc.cls[static_cast<std::size_t>(c)];
       link(l.partial, fresh);
       ++l.slabs;
@@ -138,17 +109,7 @@ std::uint32_t slab_state::take_from(std::size_t ci, int c, std::uint32_t n, void
     got = h.got + (h.got < n ? take(cc, c, n - h.got, chain) : 0);
   }
   return_slabs(returns);
-  count_out(c, got);
   return got;
-}
-
-void slab_state::count_out(int c, std::uint32_t got) {
-  if (got == 0) return;
-  const auto now = out[static_cast<std::size_t>(c)].fetch_add(got) + got;
-  auto& pk = peak[static_cast<std::size_t>(c)];
-  for (auto seen = pk.load(std::memory_order_relaxed);
-       now > seen && !pk.compare_exchange_weak(seen, now);) {
-  }
 }
 
 // A thread that moved to another CPU left partly used (and empty) slabs on the core it ran on;
@@ -167,10 +128,7 @@ std::uint32_t slab_state::take_elsewhere(std::size_t ci, int c, std::uint32_t n,
     const std::uint32_t got = take(*cc, c, n, chain);
     lock.unlock();
     return_slabs(returns);
-    if (got) {
-      count_out(c, got);
-      return got;
-    }
+    if (got) return got;
   }
   return 0;
 }
@@ -200,7 +158,6 @@ std::uint32_t slab_state::refill(int c, std::uint32_t n, void*& chain, std::uint
 std::size_t slab_state::flush(int c, void* chain, std::uint32_t n) {
   if (n == 0) return 0;
   const header_window headers(*this);
-  out[static_cast<std::size_t>(c)].fetch_sub(n);
   std::size_t ci = current_core();
   core_cache* target = core_if(ci);
   if (!target) {
@@ -252,33 +209,17 @@ std::size_t slab_state::flush(int c, void* chain, std::uint32_t n) {
   slab_list returns;
   {
     std::lock_guard lock(cc.lock);
-    drain(cc, returns);
+    handoff none{-1, 0, 0, nullptr, 0};  // no refill: what is drained may be stashed
+    drain(cc, returns, careful || knobs.checked ? nullptr : &none);
     for (void* p = mine; p;) {
       void* next = next_of(p, c);
       put_back(cc, p, c, returns);
       p = next;
     }
+    cc.out[static_cast<std::size_t>(c)] -= local;
     cc.counters.deallocations += local;
   }
   return return_slabs(returns);  // no lock held
-}
-
-// Posts a chain to another core's inbox, never taking its lock and never dropping it. The owner
-// core exists: it owns a slab.
-void slab_state::post(core_cache& from, std::size_t owner, int c, void* head, void* tail,
-                      std::uint32_t count) {
-  core_cache& to = *core_if(owner);
-  from.remote_sent.fetch_add(count, std::memory_order_relaxed);
-  if (to.inbox.bounded_push(remote_batch{head, tail, count, static_cast<std::uint32_t>(c)})) return;
-  to.overflows.fetch_add(1, std::memory_order_relaxed);
-  auto& stack = to.overflow[static_cast<std::size_t>(c)];
-  void* old = stack.load(std::memory_order_relaxed);
-  do {
-    set_next(tail, old);
-  } while (!stack.compare_exchange_weak(old, head, std::memory_order_release,
-                                        std::memory_order_relaxed));
-  to.overflow_mask[static_cast<std::size_t>(c) / 64].fetch_or(
-      std::uint64_t{1} << (static_cast<std::size_t>(c) % 64), std::memory_order_release);
 }
 
 std::size_t slab_state::drain_and_return_empty() {
@@ -291,6 +232,7 @@ std::size_t slab_state::drain_and_return_empty() {
     {
       std::lock_guard lock(cc->lock);
       drain(*cc, returns);
+      unstash_all(*this, *cc, returns);
       for (auto& l : cc->cls) {
         while (slab* s = l.empty) {
           unlink(l.empty, s);
@@ -314,7 +256,7 @@ void slab_state::free_slabs() {
     if (!cc) continue;
     std::lock_guard lock(cc->lock);
     remote_batch m;
-    while (cc->inbox.pop(m)) {
+    while (cc->inbox.pop(m)) {  // dropped with their slabs (settled below)
     }
     for (auto& o : cc->overflow) o.store(nullptr, std::memory_order_relaxed);
     for (auto& w : cc->overflow_mask) w.store(0, std::memory_order_relaxed);
@@ -327,19 +269,22 @@ void slab_state::free_slabs() {
       }
       l = {};
     }
+    cc->out = {};
+    cc->peak = {};
+    cc->stash = {};
   }
   return_slabs(returns);
-  for (auto& o : out) o.store(0, std::memory_order_relaxed);
+  settle_remote_counts();
 }
 
 // A fork copies the other threads' objects out of the child's reach: those in their caches stay
-// counted as out (used in their slabs, out of them: S3 holds, the child never frees them). But a
-// thread in the middle of a refill (objects taken, `out` not yet raised) or of a flush (`out`
-// lowered, objects not yet back or posted) would leave `out` off for good. The child is alone
-// here: the inboxes are drained and `out` is the sum of the slabs' used counts, exactly.
+// counted as out (used in their slabs, out of them: S3 holds, the child never frees them). A
+// core's `out` changes only under its lock, with the slabs, and the fork handlers hold every core
+// lock: it is exact in the child, and recounted here from the slabs all the same. What a fork
+// can cut is a post (counted sent, never pushed): the child is alone here, the inboxes are
+// drained and the remote counts settled.
 void slab_state::recount_after_fork() noexcept {
   const header_window headers(*this);
-  std::array<std::int64_t, class_count> used{};
   for (std::size_t ci = 0; ci < ncores; ++ci) {
     core_cache* cc = core_if(ci);
     if (!cc) continue;
@@ -348,9 +293,12 @@ void slab_state::recount_after_fork() noexcept {
       std::lock_guard lock(cc->lock);
       drain(*cc, returns);
       for (int c = 0; c < classes; ++c) {
-        auto& l = cc->cls[static_cast<std::size_t>(c)];
-        for (slab* head : {l.partial, l.full, l.empty})
-          for (slab* s = head; s; s = s->next) used[static_cast<std::size_t>(c)] += s->used;
+        const auto i = static_cast<std::size_t>(c);
+        std::int64_t used = 0;
+        for (slab* head : {cc->cls[i].partial, cc->cls[i].full, cc->cls[i].empty})
+          for (slab* s = head; s; s = s->next) used += s->used;
+        cc->out[i] = used;
+        cc->peak[i] = std::max(cc->peak[i], used);
       }
     }
     try {
@@ -358,9 +306,7 @@ void slab_state::recount_after_fork() noexcept {
     } catch (...) {  // an upstream that throws on deallocate: the slabs stay unreturned
     }
   }
-  for (int c = 0; c < classes; ++c)
-    out[static_cast<std::size_t>(c)].store(used[static_cast<std::size_t>(c)],
-                                           std::memory_order_relaxed);
+  settle_remote_counts();
 }
 
 }  // namespace bsalloc::detail

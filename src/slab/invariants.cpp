@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 // slab_resource::check_invariants(): S1-S4 (slab_resource.hpp; S1, S2, S4 and checked mode's
-// S5 by the slab core's walk, detail/slab_core.hpp), T1 and the large records' L1.
+// S5 by the slab core's walk, detail/slab_core.hpp; S3 per core, with its stash of drained
+// remote chains), T1 and the large records' L1.
+#include <bit>
 #include <stdexcept>
+#include <unordered_set>
 
 #include <fmt/format.h>
 
@@ -12,6 +15,51 @@ namespace bsalloc {
 
 using detail::class_count;
 using detail::slab_state;
+
+namespace {
+
+// The core's stash of drained remote chains (remote.hpp), within its bounds: each chain holds
+// `count` distinct objects of its class, from `head` to `tail`, handed out of this core's slabs.
+// Returns them: no slab's free list may hold one.
+template <class Fail>
+std::unordered_set<const void*> check_stash(const slab_state& st, std::size_t ci,
+                                            const detail::core_cache& core, Fail fail) {
+  const detail::remote_stash& stash = core.stash;
+  std::unordered_set<const void*> seen;
+  if (stash.used && (st.careful || st.knobs.checked || !st.knobs.thread_cache))
+    fail(ci, -1, "S3: a stash in a mode that keeps none");
+  std::array<std::size_t, class_count> per_class{};
+  std::size_t bytes = 0;
+  for (std::uint32_t bits = stash.used; bits; bits &= bits - 1) {
+    const detail::remote_batch& m = stash.chain[static_cast<std::size_t>(std::countr_zero(bits))];
+    const int c = static_cast<int>(m.cls);
+    if (c >= st.classes) fail(ci, c, "S3: a stashed chain of a class not in use");
+    const auto& g = st.geom[m.cls];
+    if (m.count == 0 || m.count > g.cache_limit)
+      fail(ci, c, "S3: a stashed chain longer than a refill takes whole");
+    const void* last = nullptr;
+    void* p = m.head;
+    for (std::uint32_t k = 0; k < m.count; ++k) {
+      if (!p) fail(ci, c, "S3: a stashed chain shorter than its count");
+      const detail::slab* s = st.slab_of(p, c);
+      if (s->magic != detail::slab_magic || s->cls != c || s->owner != ci || s->res != &st ||
+          detail::slab_handed_index(s, p, g.offset, g.size) >= s->capacity)
+        fail(ci, c, "S3: a stashed object that is not a handed-out object of this core");
+      if (!seen.insert(p).second) fail(ci, c, "S3: an object twice in the stash");
+      last = p;
+      p = st.next_of(p, c);
+    }
+    if (last != m.tail) fail(ci, c, "S3: a stashed chain's tail is not its last object");
+    per_class[m.cls] += m.count;
+    if (per_class[m.cls] > g.cache_max) fail(ci, c, "S3: more stashed than cache_max");
+    bytes += m.count * g.size;
+  }
+  if (bytes != stash.bytes || bytes > detail::stash_bytes_max)
+    fail(ci, -1, "S3: stash bytes miscounted or over stash_bytes_max");
+  return seen;
+}
+
+}  // namespace
 
 void slab_resource::check_invariants() const {
   slab_state& st = *state_;
@@ -31,16 +79,20 @@ void slab_resource::check_invariants() const {
     }
     st.return_slabs(returns);
   }
-  std::array<std::int64_t, class_count> used{};
+  std::array<std::size_t, class_count> sent{}, received{};
   for (std::size_t ci = 0; ci < st.ncores; ++ci) {
     detail::core_cache* core = st.core_if(ci);
     if (!core) continue;
     std::lock_guard lock(core->lock);
+    const auto stashed = check_stash(st, ci, *core, fail);
     for (int c = 0; c < class_count; ++c) {
-      const auto& g = st.geom[static_cast<std::size_t>(c)];
+      const auto i = static_cast<std::size_t>(c);
+      const auto& g = st.geom[i];
+      sent[i] += core->remote_sent[i].load(std::memory_order_relaxed);
+      received[i] += core->remote_in[i];
       if (c >= st.classes) {
-        const auto& l = core->cls[static_cast<std::size_t>(c)];
-        if (l.slabs || l.partial || l.full || l.empty)
+        const auto& l = core->cls[i];
+        if (l.slabs || l.partial || l.full || l.empty || core->out[i] || core->peak[i])
           fail(ci, c, "S2: slabs of a class not in use");
         continue;
       }
@@ -53,22 +105,28 @@ void slab_resource::check_invariants() const {
                                         .max_empty = st.knobs.max_empty_slabs_per_class,
                                         .checked = st.knobs.checked,
                                         .exact_bits = false};
-      used[static_cast<std::size_t>(c)] += static_cast<std::int64_t>(detail::slab_check_lists(
+      const auto used = static_cast<std::int64_t>(detail::slab_check_lists(
           core->cls[static_cast<std::size_t>(c)], walk,
           [&](const detail::slab* s) {
             return s->magic == detail::slab_magic && s->cls == c && s->owner == ci && s->res == &st;
           },
-          [&](void* p, const detail::slab* s) { return st.next_of(p, c, s); },
+          [&](void* p, const detail::slab* s) {
+            if (stashed.contains(p)) fail(ci, c, "S3: a stashed object on a slab's free list");
+            return st.next_of(p, c, s);
+          },
           [&](const char* what, const detail::slab* s) {
             throw std::logic_error(fmt::format(
                 "bsalloc::slab_resource invariant broken (core {}, class {}, slab {}): {}", ci, c,
                 static_cast<const void*>(s), what));
           }));
+      if (used != core->out[i]) fail(ci, c, "S3: objects used in slabs != objects out of them");
+      if (core->peak[i] < core->out[i]) fail(ci, c, "S3: the peak is below the objects out");
     }
   }
-  for (int c = 0; c < class_count; ++c)
-    if (used[static_cast<std::size_t>(c)] != st.out[static_cast<std::size_t>(c)].load())
-      fail(st.ncores, c, "S3: objects used in slabs != objects out of slabs");
+  // Every inbox is drained: every remote free posted arrived.
+  for (std::size_t c = 0; c < class_count; ++c)
+    if (sent[c] != received[c])
+      fail(st.ncores, static_cast<int>(c), "S3: remote frees sent != remote frees received");
   {
     std::lock_guard lock(detail::registry_mutex());
     for (const detail::thread_cache* tc = st.caches; tc; tc = tc->next) {

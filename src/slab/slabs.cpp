@@ -30,8 +30,11 @@ slab* slab_state::new_slab(std::size_t core, int c) {
     up_deallocate(mem, g.slab_bytes, g.slab_bytes);
     throw std::bad_alloc();  // an upstream that does not honour alignment cannot serve slabs
   }
+  // Coloured (slab_core.hpp), except where the hardened and memcheck checks read `tail` as the
+  // end of what was handed out.
+  const std::uint16_t start = careful ? 0 : slab_colour(mem, g.slab_bytes, g.capacity);
   slab* s = slab_carve(mem, slab_magic, static_cast<std::uint16_t>(c),
-                       static_cast<std::uint16_t>(core), g.capacity, g.offset, this);
+                       static_cast<std::uint16_t>(core), g.capacity, g.offset, this, start, g.size);
   if (knobs.checked) {
     try {
       init_checked(s);  // registers the slab: may throw std::bad_alloc

@@ -3,7 +3,8 @@
 // The slab layer's shared state: slab headers, geometry, core caches, thread caches, the large
 // records, checked mode — declared here, defined one concern per file under src/slab/:
 //   slabs.cpp         slab headers, geometry, new/return slabs, the upstream (serialised)
-//   core_cache.cpp    take, put_back, drain, post, refill, flush (under a core's lock)
+//   core_cache.cpp    take, put_back, drain, post, refill, flush (under a core's lock); the
+//                     remote-free types are in remote.hpp
 //   thread_cache.cpp  the TLS slot table, the registry of thread caches, thread exit, fork
 //   large.cpp         the large path (records out of band: large_table.hpp)
 //   checked.cpp       checked mode: allocation bitmap, request records, verdicts
@@ -38,10 +39,9 @@
 #include <type_traits>
 #include <unordered_set>
 
-#include <boost/lockfree/queue.hpp>
-
 #include "hardened_types.hpp"
 #include "large_table.hpp"
+#include "remote.hpp"
 #include "size_classes.hpp"
 
 #ifdef BSALLOC_ASAN
@@ -165,37 +165,19 @@ inline thread_cache& cache_of(bin& b, std::size_t c) noexcept {
   return *reinterpret_cast<thread_cache*>(&b - c);
 }
 
-struct remote_batch {  // a chain of `count` objects of one class, linked through their first word
-  void* head;
-  void* tail;  // the chain's last object (its link is null): a refill splices the whole chain
-  std::uint32_t count;
-  std::uint32_t cls;
-};
-
-// A refill's hand-off (drain): chains of class `c` posted to the core go to the refilling thread
-// whole, while they fit in `room` objects, instead of one put back and one take per object.
-// Chains are taken while fewer than `want` objects are on hand and the chain fits in `most`.
-struct handoff {
-  int c;
-  std::uint32_t want;
-  std::uint32_t most;
-  void* chain;
-  std::uint32_t got;
-};
-
-// Per CPU, created on the first use of that CPU (registry_mutex held while creating).
-struct alignas(64) core_cache {
-  explicit core_cache(std::size_t capacity) : inbox(capacity) {}
+// Per CPU, created on the first use of that CPU (registry_mutex held while creating). Its
+// remote-free part (atomics: inbox, overflow stacks) is core_remote (remote.hpp).
+struct alignas(64) core_cache : core_remote {
+  explicit core_cache(std::size_t capacity) : core_remote(capacity) {}
   using lists = slab_lists<slab_state>;  // the slab core's partial/full/empty lists
-  std::mutex lock;
+  alignas(64) std::mutex lock;
   std::array<lists, class_count> cls;  // lock
   slab_core_stats counters;            // lock
-  // Atomics: remote frees, posted by any thread, drained under `lock`.
-  boost::lockfree::queue<remote_batch, boost::lockfree::fixed_sized<true>> inbox;
-  std::array<std::atomic<void*>, class_count> overflow{};  // Treiber stacks of objects
-  std::array<std::atomic<std::uint64_t>, 2> overflow_mask{};
-  std::atomic<std::size_t> overflows{0};
-  std::atomic<std::size_t> remote_sent{0};  // objects this core's threads posted elsewhere
+  // Lock, per class: objects out of this core's slabs (S3: == the sum of their `used`), the most
+  // at once since construction or release(), and remote frees drained from the inbox.
+  std::array<std::int64_t, class_count> out{}, peak{};
+  std::array<std::size_t, class_count> remote_in{};
+  remote_stash stash;  // lock (remote.hpp)
 };
 
 struct slab_list {  // slabs to give back upstream once no lock is held
@@ -265,8 +247,6 @@ struct slab_state {
 
   // Atomics.
   std::unique_ptr<std::atomic<core_cache*>[]> cores;  // created on first use (registry_mutex)
-  std::array<std::atomic<std::int64_t>, class_count> out{};  // objects out of slabs, not remote
-  std::array<std::atomic<std::int64_t>, class_count> peak{};
   std::atomic<std::size_t> slab_bytes_reserved{0};
   std::atomic<std::size_t> caches_created{0};
   std::atomic<std::size_t> pins{0};  // exiting threads flushing a cache detached from `caches`
@@ -311,13 +291,14 @@ struct slab_state {
   core_cache& core(std::size_t ci);  // creates it on first use
   std::size_t current_core() const;
   void put_back(core_cache& core, void* p, int c, slab_list& returns);
+  /// Lock held. Applies the remote frees posted to core. With `to` (a refill, or a flush: class
+  /// -1), chains are handed on or stashed; without, every object goes back into its slab.
   void drain(core_cache& core, slab_list& returns, handoff* to = nullptr);
   std::uint32_t take(core_cache& core, int c, std::uint32_t n, void*& chain);
   std::uint32_t take_from(std::size_t ci, int c, std::uint32_t n, void*& chain, slab* fresh,
                           std::uint32_t most);
   /// Up to n objects from other cores' slabs whose lock is free (a thread that migrated).
   std::uint32_t take_elsewhere(std::size_t ci, int c, std::uint32_t n, void*& chain);
-  void count_out(int c, std::uint32_t got);  // out and peak of class c after a take
   /// n objects of class c (fewer if the upstream is out), or up to `most` (>= n) when posted
   /// remote frees come as whole chains.
   std::uint32_t refill(int c, std::uint32_t n, void*& chain, std::uint32_t most);
@@ -327,10 +308,13 @@ struct slab_state {
             std::uint32_t count);
   /// Drains every core and gives its empty slabs back; returns their bytes.
   std::size_t drain_and_return_empty();
-  /// Every slab back upstream, every core's lists reset. No concurrent use.
+  /// Every slab back upstream, every core's lists and counts reset. No concurrent use.
   void free_slabs();
-  /// Fork child, before any other thread exists: drains every inbox and recomputes `out` from
-  /// the slabs (S3), which a fork in the middle of another thread's refill or flush left off.
+  /// After every inbox was drained or dropped, with no concurrent use: posts that never arrived
+  /// (dropped, or cut by a fork) count as received, so that nothing seems in flight.
+  void settle_remote_counts();
+  /// Fork child, before any other thread exists: drains every inbox, recounts each core's `out`
+  /// from its slabs (S3) and settles the remote counts (a post the fork cut off).
   void recount_after_fork() noexcept;
 
   // -- thread caches (thread_cache.cpp) -------------------------------------------------------

@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // slab_resource::live_blocks(): the heap walk (slab_resource.hpp states what it guarantees).
-// Slabs are read under their owner core's lock, after that core's remote frees are drained;
-// large blocks under large_lock, or in batches from the page_resource's run metadata. Free-list
-// links are read only through slab_state::next_of(), which decodes and validates them in hardened
-// mode and makes them readable under memcheck.
+// Slabs are read under their owner core's lock, after that core's remote frees are drained (its
+// stash of drained chains holds free objects too); large blocks under large_lock, or in batches
+// from the page_resource's run metadata. Free-list links are read only through
+// slab_state::next_of(), which decodes and validates them in hardened mode and makes them
+// readable under memcheck.
 #include <algorithm>
+#include <bit>
 #include <unordered_set>
 #include <vector>
 
@@ -33,27 +35,38 @@ std::vector<heap_block> slab_resource::live_blocks() const {
     {
       const std::lock_guard lock(core->lock);
       st.drain(*core, returns);  // remote frees in flight become free objects of their slabs
+      // The core's stash of drained chains (remote.hpp): free objects, though counted out.
+      for (std::uint32_t bits = core->stash.used; bits; bits &= bits - 1) {
+        const detail::remote_batch& m =
+            core->stash.chain[static_cast<std::size_t>(std::countr_zero(bits))];
+        void* p = m.head;
+        for (std::uint32_t k = 0; k < m.count; ++k, p = st.next_of(p, static_cast<int>(m.cls)))
+          mine.insert(p);
+      }
       for (int c = 0; c < st.classes; ++c) {
         const auto& g = st.geom[static_cast<std::size_t>(c)];
         auto& l = core->cls[static_cast<std::size_t>(c)];
         for (std::uint8_t which : {detail::list_partial, detail::list_full}) {
           for (detail::slab* s = detail::slab_state::list_head(l, which); s; s = s->next) {
             char* const first = reinterpret_cast<char*>(s) + g.offset;
-            const std::uint32_t handed = s->capacity - s->untouched;  // objects before `tail`
+            // Objects handed out so far: from the colour `start` on, wrapping (slab_core.hpp).
+            const std::uint32_t handed = s->capacity - s->untouched;
             if (checked) {
-              for (std::uint32_t i = 0; i < handed; ++i) {
+              for (std::uint32_t k = 0; k < handed; ++k) {
+                const std::size_t i = detail::slab_nth_handed(s, k);
                 if (!(st.bitmap(s)[i / 64].load(std::memory_order_relaxed) >> (i % 64) & 1))
                   continue;
-                out.push_back({first + std::size_t{i} * g.size, g.size, false});
+                out.push_back({first + i * g.size, g.size, false});
               }
               continue;
             }
-            is_free.assign(handed, false);
+            is_free.assign(s->capacity, false);
             std::uint32_t n = 0;
             for (void* p = s->free; p && n <= handed; p = st.next_of(p, c, s), ++n)
               is_free[static_cast<std::size_t>(static_cast<char*>(p) - first) / g.size] = true;
-            for (std::uint32_t i = 0; i < handed; ++i) {
-              const char* p = first + std::size_t{i} * g.size;
+            for (std::uint32_t k = 0; k < handed; ++k) {
+              const std::size_t i = detail::slab_nth_handed(s, k);
+              const char* p = first + i * g.size;
               if (!is_free[i] && !mine.contains(p)) out.push_back({p, g.size, false});
             }
           }

@@ -11,16 +11,25 @@
 //              `first_object` on. The slab of an object is found by masking its address.
 //   free       objects given back to the slab, LIFO, linked through their first word (the front
 //              reads and writes the links: plain, hardened or memcheck-aware).
-//   untouched  objects never handed out: [tail, end). A new slab is not written beyond its
-//              header until its objects are used.
+//   untouched  objects never handed out. They are handed out in address order from object
+//              `start` (the slab's colour) on, wrapping from the last object to the first:
+//              [tail, end) then [first, start), or [tail, start) once wrapped. A new slab is not
+//              written beyond its header until its objects are used.
+//   colour     `start`: slabs are aligned to their size, so without it the objects each slab
+//              hands out first all sit at the same offsets and compete for the same few cache
+//              sets (many slabs with a few hot objects each: many resources, many classes). A
+//              front picks a start spread over the slab per slab (slab_colour); 0 = no colour,
+//              then [tail, end) is all that is untouched and `tail` only grows (the hardened
+//              checks rely on that and use no colour).
 //   lists      per owner (a core cache's class, a pool): partial (some objects free, some out),
 //              full (none free), empty (none out; at most max_empty are kept, the rest go back
 //              upstream once no lock is held). Doubly linked through the headers.
 //
 // Invariants (slab_check_lists() verifies them; the lock of the lists guards every field but
 // magic, cls, owner, capacity and res, which never change while the slab is live)
-//   S1 used + |free| + untouched == capacity; the free list holds distinct object starts below
-//      tail.
+//   S1 used + |free| + untouched == capacity; the free list holds distinct objects already handed
+//      out (slab_handed_out); start < capacity, and tail is object (start + capacity - untouched)
+//      wrapped to [0, capacity) (the end of the slab, not object 0, when start is 0).
 //   S2 a slab is on exactly one list of its owner, `list` says which: full iff no free object
 //      and nothing untouched, empty iff used == 0; back links hold; `slabs` and `empty_count`
 //      count them; the header is the front's (magic, res, cls, owner).
@@ -54,9 +63,11 @@ struct slab_header {
   std::uint32_t capacity;   // objects the slab holds
   std::uint32_t untouched;  // objects never handed out, from `tail` on
   std::uint8_t list;        // list_partial, list_full or list_empty
-  void* free;               // objects given back, LIFO, linked through their first word
-  char* tail;               // the first untouched object
-  slab_header* prev;        // neighbours on its list
+  std::uint8_t spare;
+  std::uint16_t start;  // colour: the first object handed out; never changes while live
+  void* free;           // objects given back, LIFO, linked through their first word
+  char* tail;           // the first untouched object
+  slab_header* prev;    // neighbours on its list
   slab_header* next;
   Owner* res;
 };
@@ -101,11 +112,23 @@ inline std::size_t slab_index(const void* s, const void* p, std::size_t first_ob
          size;
 }
 
-/// A new slab's header in `mem` (not yet on any list): everything untouched.
+/// A colour for a new slab at `mem` of `capacity` objects (see the glossary): spread over the
+/// whole slab by a multiplicative hash of the slab's number, so that neighbouring slabs differ.
+inline std::uint16_t slab_colour(const void* mem, std::size_t slab_bytes,
+                                 std::uint32_t capacity) noexcept {
+  const std::uint64_t n = reinterpret_cast<std::uintptr_t>(mem) / slab_bytes;
+  const std::uint64_t h = (n * 0x9E3779B97F4A7C15ull) >> 32;
+  const std::uint32_t span = capacity < 65536 ? capacity : 65535;
+  return span < 2 ? 0 : static_cast<std::uint16_t>(h % span);
+}
+
+/// A new slab's header in `mem` (not yet on any list): everything untouched, handed out from
+/// object `start` on (size: the objects' size; start 0: no colour).
 template <class Owner>
 slab_header<Owner>* slab_carve(void* mem, std::uint32_t magic, std::uint16_t cls,
                                std::uint16_t owner, std::uint32_t capacity,
-                               std::size_t first_object, Owner* res) noexcept {
+                               std::size_t first_object, Owner* res, std::uint16_t start = 0,
+                               std::size_t size = 0) noexcept {
   return ::new (mem) slab_header<Owner>{magic,
                                         cls,
                                         owner,
@@ -113,11 +136,38 @@ slab_header<Owner>* slab_carve(void* mem, std::uint32_t magic, std::uint16_t cls
                                         capacity,
                                         capacity,
                                         list_partial,
+                                        0,
+                                        start,
                                         nullptr,
-                                        static_cast<char*>(mem) + first_object,
+                                        static_cast<char*>(mem) + first_object + start * size,
                                         nullptr,
                                         nullptr,
                                         res};
+}
+
+/// Whether object i of s has been handed out (it is out, or free), not untouched.
+template <class Owner>
+inline bool slab_handed_out(const slab_header<Owner>* s, std::size_t i) noexcept {
+  const std::size_t rel = (i + s->capacity - s->start) % s->capacity;  // order of handing out
+  return rel < s->capacity - s->untouched;
+}
+
+/// The index of p in s if p is the start of an object s has handed out (S1's test for the free
+/// list, and a front's for objects it holds outside the slab); capacity otherwise.
+template <class Owner>
+inline std::size_t slab_handed_index(const slab_header<Owner>* s, const void* p,
+                                     std::size_t first_object, std::size_t size) noexcept {
+  const auto a = reinterpret_cast<std::uintptr_t>(p), base = reinterpret_cast<std::uintptr_t>(s);
+  if (a < base + first_object || (a - base - first_object) % size != 0) return s->capacity;
+  const std::size_t i = (a - base - first_object) / size;
+  return i < s->capacity && slab_handed_out(s, i) ? i : s->capacity;
+}
+
+/// The index of the k-th object s handed out (k < capacity - untouched).
+template <class Owner>
+inline std::size_t slab_nth_handed(const slab_header<Owner>* s, std::size_t k) noexcept {
+  const std::size_t i = s->start + k;
+  return i < s->capacity ? i : i - s->capacity;
 }
 
 // -- lists ----------------------------------------------------------------------------------------
@@ -203,9 +253,11 @@ template <class Owner, class NextOf, class Fresh>
   } else {
     p = s->tail;
     // A relaxed atomic store (a plain store on x86): hardened slab_resources read a slab's tail
-    // without its lock, to refuse pointers into the untouched part.
-    std::atomic_ref<char*>(s->tail).store(s->tail + size, std::memory_order_relaxed);
-    --s->untouched;
+    // without its lock, to refuse pointers into the untouched part (they use no colour).
+    char* next = s->tail + size;
+    if (--s->untouched == s->start && s->start != 0) [[unlikely]]
+      next -= std::size_t{s->capacity} * size;  // past the last object: on from the first
+    std::atomic_ref<char*>(s->tail).store(next, std::memory_order_relaxed);
     fresh(p);
   }
   ++s->used;
@@ -297,16 +349,17 @@ std::size_t slab_check_lists(const slab_lists<Owner>& l, const slab_walk_geom& g
       if (s->prev != prev) fail("S2: list back link broken", s);
       if (s->list != which) fail("S2: slab tagged with another list", s);
       if (s->capacity != g.capacity || s->untouched > g.capacity ||
-          s->tail !=
-              reinterpret_cast<char*>(s) + g.first_object + (g.capacity - s->untouched) * g.size)
-        fail("S1: capacity or untouched tail wrong", s);
+          (s->start != 0 && s->start >= g.capacity))
+        fail("S1: capacity, untouched or colour wrong", s);
+      std::size_t at = std::size_t{s->start} + (g.capacity - s->untouched);
+      if (s->start != 0 && at >= g.capacity) at -= g.capacity;
+      if (s->tail != reinterpret_cast<char*>(s) + g.first_object + at * g.size)
+        fail("S1: untouched tail wrong", s);
       std::uint32_t free_len = 0;
       for (void* p = s->free; p; p = next_of(p, s)) {
-        const auto off = reinterpret_cast<std::uintptr_t>(p) - a;
-        if (reinterpret_cast<std::uintptr_t>(p) < a || off < g.first_object ||
-            (off - g.first_object) % g.size != 0 || reinterpret_cast<char*>(p) >= s->tail)
+        const std::size_t i = slab_handed_index(s, p, g.first_object, g.size);
+        if (i >= g.capacity)
           fail("S1: free list holds something not a touched object of the slab", s);
-        const std::size_t i = (off - g.first_object) / g.size;
         if (is_free[i]) fail("S1: an object twice on the free list", s);
         is_free[i] = true;
         ++free_len;
@@ -318,7 +371,7 @@ std::size_t slab_check_lists(const slab_lists<Owner>& l, const slab_walk_geom& g
         for (std::size_t i = 0; i < g.capacity; ++i) {
           if (!slab_bit(s, i)) continue;
           ++bits;
-          if (is_free[i] || i >= g.capacity - s->untouched)
+          if (is_free[i] || !slab_handed_out(s, i))
             fail("S5: an object free or untouched is marked allocated", s);
         }
         if (g.exact_bits ? bits != s->used : bits > s->used)
