@@ -107,14 +107,15 @@ std::string to_string(const slab_resource_stats& s) {
     fmt::format_to(it, "  {:>8} {:>9} {:>6} {:>10} {:>11} {:>10}\n", c.object_size,
                    human_bytes(c.slab_bytes), c.slabs, c.objects_in_use,
                    human_bytes(c.bytes_in_use), c.peak_objects);
-  fmt::format_to(it, "  {:>4} {:>11} {:>11} {:>11} {:>11} {:>11} {:>9} {:>8} {:>8}\n", "core",
-                 "allocs", "frees", "remote out", "remote in", "handed on", "overflow", "refills",
-                 "returns");
+  fmt::format_to(it, "  {:>4} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>9} {:>8} {:>8}\n",
+                 "core", "allocs", "frees", "remote out", "remote in", "handed on", "kept",
+                 "overflow", "refills", "returns");
   for (std::size_t i = 0; i < s.cores.size(); ++i) {
     const auto& c = s.cores[i];
-    fmt::format_to(it, "  {:>4} {:>11} {:>11} {:>11} {:>11} {:>11} {:>9} {:>8} {:>8}\n", i,
+    fmt::format_to(it, "  {:>4} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>9} {:>8} {:>8}\n", i,
                    c.allocations, c.deallocations, c.remote_frees_sent, c.remote_frees_received,
-                   c.remote_handed_on, c.remote_overflows, c.slab_refills, c.slab_returns);
+                   c.remote_handed_on, c.remote_kept, c.remote_overflows, c.slab_refills,
+                   c.slab_returns);
   }
   return out;
 }
@@ -144,11 +145,11 @@ std::string to_json(const slab_resource_stats& s) {
     const auto& c = s.cores[i];
     fmt::format_to(it,
                    "{}{{\"allocations\":{},\"deallocations\":{},\"remote_frees_sent\":{},"
-                   "\"remote_frees_received\":{},\"remote_handed_on\":{},"
+                   "\"remote_frees_received\":{},\"remote_handed_on\":{},\"remote_kept\":{},"
                    "\"remote_overflows\":{},\"slab_refills\":{},\"slab_returns\":{}}}",
                    i ? "," : "", c.allocations, c.deallocations, c.remote_frees_sent,
-                   c.remote_frees_received, c.remote_handed_on, c.remote_overflows, c.slab_refills,
-                   c.slab_returns);
+                   c.remote_frees_received, c.remote_handed_on, c.remote_kept, c.remote_overflows,
+                   c.slab_refills, c.slab_returns);
   }
   out += "]}";
   return out;

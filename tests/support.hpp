@@ -205,7 +205,15 @@ template <class F>
 
 }  // namespace bsalloc_test
 
+#include <atomic>
 #include <shared_mutex>
+#include <thread>
+
+#if __has_include(<sanitizer/allocator_interface.h>)
+#include <sanitizer/allocator_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define BSALLOC_TEST_MALLOC_HOOKS 1
+#endif
 
 namespace bsalloc_test {
 
@@ -219,8 +227,42 @@ namespace bsalloc_test {
 /// outside the gate — bsalloc's allocate and deallocate on warmed-up resources over page
 /// resources — is what the fork catches mid-flight, with bsalloc's locks held. In the normal
 /// build the gate is off: nothing is held, the threads fork at any point.
+///
+/// The gate's premise is checked, not assumed: a thread marks what it runs outside the gate with
+/// fork_gate::ungated, and under a sanitizer a system malloc or free inside such a stretch is
+/// counted (ungated_calls()) and its stack printed (the first three). A test CHECKs the count,
+/// so a stretch that calls malloc fails every run, not one fork child in fifty (the way a core
+/// cache created by a refill after the warm-up once showed: a child hung in ASan's allocator).
 class fork_gate {
  public:
+  fork_gate() { install_hooks(); }
+
+  /// A stretch of this thread that must not call the system malloc or free (checked under the
+  /// sanitizers; a no-op otherwise). Given the gate that this thread holds (a scope), it lets go
+  /// of it for the stretch: a worker holds its gate all the time (its start, its loop, its own
+  /// containers) but in its ungated stretches, so that a fork meets it nowhere else.
+  class ungated {
+   public:
+    /// `report`: print the stacks of the first three calls (off for a test of the check).
+    explicit ungated(fork_gate* held = nullptr, bool report = true)
+        : g_(sanitized_build ? held : nullptr), was_(flag()) {
+      if (g_) g_->m_.unlock_shared();
+      flag() = report ? 1 : 2;
+    }
+    ~ungated() {
+      flag() = was_;
+      if (g_) g_->m_.lock_shared();
+    }
+    ungated(const ungated&) = delete;
+    ungated& operator=(const ungated&) = delete;
+
+   private:
+    fork_gate* g_;
+    int was_;
+  };
+  /// System malloc and free calls seen inside ungated stretches, by any thread, so far.
+  static std::size_t ungated_calls() { return calls().load(); }
+
   /// A thread's stretch that may call the system malloc (a no-op in the normal build).
   class scope {
    public:
@@ -250,25 +292,70 @@ class fork_gate {
   }
 
  private:
+  static int& flag() {  // 0: not in an ungated stretch; 1: in one; 2: in one, quiet
+    static thread_local int in_ungated = 0;
+    return in_ungated;
+  }
+  static std::atomic<std::size_t>& calls() {
+    static std::atomic<std::size_t> n{0};
+    return n;
+  }
+#ifdef BSALLOC_TEST_MALLOC_HOOKS
+  static void seen(const char* what) {
+    if (flag() == 0) return;
+    calls().fetch_add(1);
+    static std::atomic<int> printed{0};
+    if (flag() == 1 && printed.fetch_add(1) < 3) {
+      std::fprintf(stderr, "fork_gate: system %s inside an ungated stretch:\n", what);
+      __sanitizer_print_stack_trace();
+    }
+  }
+  static void on_malloc(const volatile void*, std::size_t) {
+    seen("malloc");
+  }
+  static void on_free(const volatile void*) {
+    seen("free");
+  }
+#endif
+  static void install_hooks() {
+#ifdef BSALLOC_TEST_MALLOC_HOOKS
+    if (!sanitized_build) return;
+    // Also at static initialisation (a gate at namespace scope): no doctest assertion here.
+    static const bool once = __sanitizer_install_malloc_and_free_hooks(on_malloc, on_free) != 0;
+    if (!once) {
+      std::fprintf(stderr, "fork_gate: the sanitizer took no malloc hooks\n");
+      std::abort();
+    }
+#endif
+  }
+
   std::shared_mutex m_;
 };
 
-/// Runs f once on each CPU this thread may run on (pinned to it in turn, then the old affinity
-/// back): a resource's per-CPU core caches all exist afterwards, so that no later first use of a
-/// CPU allocates one (with the system malloc) while a fork may happen.
+/// Runs f once on each CPU this thread may run on, each time on a new thread pinned to that CPU:
+/// a resource's per-CPU core caches all exist afterwards (a new thread's caches are empty, so its
+/// first allocation refills from the core of its CPU), and no later first use of a CPU
+/// allocates one (with the system malloc) while a fork may happen. (On one thread pinned in
+/// turn, the second CPU's allocations came out of the thread cache the first had filled.)
 template <class F>
 void on_every_cpu(F f) {
-  cpu_set_t old;
-  REQUIRE(::sched_getaffinity(0, sizeof old, &old) == 0);
+  cpu_set_t allowed;
+  REQUIRE(::sched_getaffinity(0, sizeof allowed, &allowed) == 0);
+  int pinned = 0;
   for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
-    if (!CPU_ISSET(cpu, &old)) continue;
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(cpu, &one);
-    if (::sched_setaffinity(0, sizeof one, &one) != 0) continue;
-    f();
+    if (!CPU_ISSET(cpu, &allowed)) continue;
+    bool ok = false;
+    std::thread([&] {
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(cpu, &one);
+      if (::sched_setaffinity(0, sizeof one, &one) != 0) return;
+      ok = true;
+      f();
+    }).join();
+    pinned += ok ? 1 : 0;
   }
-  ::sched_setaffinity(0, sizeof old, &old);
+  REQUIRE(pinned > 0);
 }
 
 }  // namespace bsalloc_test

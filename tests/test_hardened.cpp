@@ -491,24 +491,25 @@ TEST_CASE("hardened: cross-thread frees, threads hand objects over (remote frees
 }
 
 // Under the sanitizers too: their malloc (clang 14's ASan allocator has no fork handlers) is
-// made safe in the children by a fork_gate (tests/support.hpp): the threads' bookkeeping is fixed
-// arrays, their first uses (thread caches) are gated, every CPU's core cache exists before the
-// first fork, and the pool sits on the global page resource (no system malloc under its calls).
-// The child's checks are its exit code.
+// made safe in the children by a fork_gate (tests/support.hpp): the threads hold it but for their
+// loops, whose bookkeeping is fixed arrays (checked: no system malloc there), every CPU's core
+// cache exists before the first fork, and the pool sits on the global page resource (no system
+// malloc under its calls). The child's checks are its exit code.
 TEST_CASE("hardened: fork while other threads allocate; the child allocates and frees") {
   slab_resource pool({}, hardened());
   bsalloc_test::fork_gate gate;
   bsalloc_test::on_every_cpu([&] { pool.deallocate(pool.allocate(64), 64); });
   std::atomic<bool> stop{false};
+  std::atomic<int> started{0};
   std::vector<std::thread> ts;
   for (int t = 0; t < 2; ++t)
     ts.emplace_back([&, t] {
       std::array<std::pair<void*, std::size_t>, 101> v;
       std::size_t n = 0;
-      {
-        const bsalloc_test::fork_gate::scope first_use(gate);  // this thread's cache
-        pool.deallocate(pool.allocate(64, 8), 64, 8);
-      }
+      const bsalloc_test::fork_gate::scope held(gate);  // but for the loop below
+      started.fetch_add(1);
+      pool.deallocate(pool.allocate(64, 8), 64, 8);             // this thread's cache
+      const bsalloc_test::fork_gate::ungated no_malloc(&gate);  // checked (support.hpp)
       for (unsigned i = 0; !stop.load(std::memory_order_relaxed); ++i) {
         const std::size_t bytes = 16 + (i * 37 + static_cast<unsigned>(t)) % 700;
         v[n++] = {pool.allocate(bytes, 8), bytes};
@@ -519,6 +520,7 @@ TEST_CASE("hardened: fork while other threads allocate; the child allocates and 
       }
       for (std::size_t k = 0; k < n; ++k) pool.deallocate(v[k].first, v[k].second, 8);
     });
+  while (started.load() < 2) std::this_thread::yield();  // no fork meets a thread's start
   int failed = 0;
   for (int f = 0; f < 10; ++f) {
     std::this_thread::sleep_for(std::chrono::milliseconds(3));
@@ -543,6 +545,7 @@ TEST_CASE("hardened: fork while other threads allocate; the child allocates and 
   stop = true;
   for (auto& t : ts) t.join();
   CHECK(failed == 0);
+  CHECK(bsalloc_test::fork_gate::ungated_calls() == 0);  // the gate's premise (support.hpp)
   pool.check_invariants();
   CHECK(pool.stats().objects_in_use == 0);
 }

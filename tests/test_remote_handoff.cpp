@@ -27,6 +27,7 @@
 #include <vector>
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include "support.hpp"
 
@@ -208,6 +209,18 @@ TEST_CASE("slab_resource: drained chains wait in the core's stash for the next r
   CHECK(r.stats().objects_in_use == 1);  // stashed objects are not in use
   CHECK(r.live_blocks().size() == 1);    // nor live to the heap walk
   r.check_invariants();                  // the stash's bounds and chains (S3)
+  {  // the printed stats show the counter: a "kept" column, and "remote_kept" in JSON
+    const auto st = r.stats();
+    for (const auto& c : st.cores) {
+      CHECK(fmt::format("{:j}", st)
+                .find(fmt::format("\"remote_handed_on\":{},\"remote_kept\":{},", c.remote_handed_on,
+                                  c.remote_kept)) != std::string::npos);
+      CHECK(fmt::format("{}", st).find(fmt::format(" {:>11} {:>11} {:>9} ", c.remote_handed_on,
+                                                   c.remote_kept, c.remote_overflows)) !=
+            std::string::npos);
+    }
+    CHECK(fmt::format("{}", st).find(" handed on        kept ") != std::string::npos);
+  }
   // A refill of 200 B takes a stashed chain whole: more handed on, no slab touched for it.
   const std::size_t allocations = t.counter(&bsalloc::slab_core_stats::allocations);
   void* b = r.allocate(200);
