@@ -209,10 +209,20 @@ template <class F>
 #include <shared_mutex>
 #include <thread>
 
-#if __has_include(<sanitizer/allocator_interface.h>)
-#include <sanitizer/allocator_interface.h>
-#include <sanitizer/common_interface_defs.h>
+// The sanitizers' malloc hooks (both runtimes export them; g++ 12 ships no header declaring the
+// installer, so it is declared here).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define BSALLOC_TEST_MALLOC_HOOKS 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define BSALLOC_TEST_MALLOC_HOOKS 1
+#endif
+#endif
+#ifdef BSALLOC_TEST_MALLOC_HOOKS
+#include <sanitizer/common_interface_defs.h>
+extern "C" int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile void*,
+                                                                             std::size_t),
+                                                         void (*free_hook)(const volatile void*));
 #endif
 
 namespace bsalloc_test {
