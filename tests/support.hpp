@@ -173,6 +173,7 @@ child_result run_in_child(F f) {
 
 #include <exception>
 #include <type_traits>
+#include <utility>
 
 namespace bsalloc_test {
 
@@ -201,6 +202,20 @@ template <class F>
   std::fflush(stdout);
   std::fflush(stderr);
   ::_exit(rc);
+}
+
+/// Forks (this thread alone: no other may be running), runs f as the child's body (child_body)
+/// and waits for it: the child's exit code, or 128 + the signal that ended it.
+template <class F>
+int child_exit_code(F&& f) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) child_body(std::forward<F>(f));
+  int status = 0;
+  REQUIRE(wait_child(pid, status) == pid);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 }  // namespace bsalloc_test

@@ -271,28 +271,19 @@ TEST_CASE("slab_resource: release(), destruction and fork with a full stash") {
     t.send_all(1000);
     void* a = t.r->allocate(64);
     REQUIRE(t.counter(&bsalloc::slab_core_stats::remote_kept) > 0);
-    std::fflush(stdout);
-    std::fflush(stderr);
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      bsalloc_test::child_body([&]() -> int {
-        slab_resource& r = *t.r;
-        r.check_invariants();  // the stash survived the fork and its recount
-        if (r.stats().objects_in_use != 1) return 1;
-        std::vector<void*> v;
-        for (int i = 0; i < 3000; ++i) v.push_back(r.allocate(200));  // from the stash first
-        for (void* p : v) r.deallocate(p, 200);
-        r.deallocate(a, 64);
-        r.trim();
-        r.check_invariants();
-        return r.stats().objects_in_use == 0 && r.stats().bytes_reserved == 0 ? 0 : 2;
-      });
-    }
-    int status = 0;
-    REQUIRE(bsalloc_test::wait_child(pid, status) == pid);
-    CHECK(WIFEXITED(status));
-    CHECK(WEXITSTATUS(status) == 0);
+    const int rc = bsalloc_test::child_exit_code([&]() -> int {
+      slab_resource& r = *t.r;
+      r.check_invariants();  // the stash survived the fork and its recount
+      if (r.stats().objects_in_use != 1) return 1;
+      std::vector<void*> v;
+      for (int i = 0; i < 3000; ++i) v.push_back(r.allocate(200));  // from the stash first
+      for (void* p : v) r.deallocate(p, 200);
+      r.deallocate(a, 64);
+      r.trim();
+      r.check_invariants();
+      return r.stats().objects_in_use == 0 && r.stats().bytes_reserved == 0 ? 0 : 2;
+    });
+    CHECK(rc == 0);
     t.r->deallocate(a, 64);
     t.r->trim();
     CHECK(t.r->stats().bytes_reserved == 0);

@@ -58,6 +58,23 @@ struct restore_affinity {
   restore_affinity& operator=(const restore_affinity&) = delete;
 };
 
+// Two usable CPUs with a core cache each, over a page resource, unchecked; this thread pinned
+// to the first CPU (its affinity comes back at the end).
+struct two_cores {
+  std::array<int, 2> cpu = bsalloc_test::two_usable_cpus();
+  restore_affinity keep;
+  page_resource pages;
+  std::optional<slab_resource> res;
+  explicit two_cores(bool thread_cache) {
+    slab_resource_options o;
+    o.caches = static_cast<std::size_t>(std::max(cpu[0], cpu[1])) + 1;
+    o.thread_cache = thread_cache;
+    o.checked = false;
+    res.emplace(std::pmr::pool_options{}, o, &pages);
+    REQUIRE(bsalloc_test::pin_to_cpu(cpu[0]));
+  }
+};
+
 }  // namespace
 
 TEST_CASE("per-core counts: remote frees in flight are not in use; peaks add up over the cores") {
@@ -127,14 +144,9 @@ TEST_CASE("per-core counts: remote frees in flight are not in use; peaks add up 
 }
 
 TEST_CASE("per-core counts: release() with remote frees still in flight leaves nothing in use") {
-  const auto cpu = bsalloc_test::two_usable_cpus();
-  restore_affinity keep;
-  page_resource pages;
-  slab_resource_options o;
-  o.caches = static_cast<std::size_t>(std::max(cpu[0], cpu[1])) + 1;
-  o.checked = false;
-  slab_resource r(std::pmr::pool_options{}, o, &pages);
-  REQUIRE(bsalloc_test::pin_to_cpu(cpu[0]));
+  two_cores t(true);
+  const auto& cpu = t.cpu;
+  slab_resource& r = *t.res;
   std::vector<void*> objs;
   for (int i = 0; i < 3000; ++i) objs.push_back(r.allocate(48));
   // Freed on CPU 1: its bins post chains to core 0 and its exit posts the rest, undrained.
@@ -234,43 +246,28 @@ TEST_CASE("per-core counts: randomised, two pinned threads freeing each other's 
 }
 
 TEST_CASE("per-core counts: a fork child sees the parent's counts, remote frees in flight too") {
-  const auto cpu = bsalloc_test::two_usable_cpus();
-  restore_affinity keep;
-  page_resource pages;
-  slab_resource_options o;
-  o.caches = static_cast<std::size_t>(std::max(cpu[0], cpu[1])) + 1;
-  o.thread_cache = false;
-  o.checked = false;
-  slab_resource r(std::pmr::pool_options{}, o, &pages);
-  REQUIRE(bsalloc_test::pin_to_cpu(cpu[0]));
+  two_cores t(false);
+  const auto& cpu = t.cpu;
+  slab_resource& r = *t.res;
   std::vector<void*> objs;
   for (int i = 0; i < 400; ++i) objs.push_back(r.allocate(32));
   REQUIRE(on_cpu(cpu[1], [&] {
     for (int i = 0; i < 100; ++i) r.deallocate(objs[static_cast<std::size_t>(i)], 32);
   }));  // 100 in flight to core 0
-  std::fflush(stdout);
-  std::fflush(stderr);
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    bsalloc_test::child_body([&]() -> int {
-      // The fork handler drained every inbox and settled the remote counts.
-      auto s = r.stats();
-      if (s.objects_in_use != 300) return 1;
-      if (s.cores[static_cast<std::size_t>(cpu[0])].remote_frees_received != 100) return 2;
-      r.check_invariants();
-      for (std::size_t i = 100; i < objs.size(); ++i) r.deallocate(objs[i], 32);
-      void* p = r.allocate(32);
-      if (r.stats().objects_in_use != 1) return 3;
-      r.deallocate(p, 32);
-      r.check_invariants();
-      return r.stats().objects_in_use == 0 ? 0 : 4;
-    });
-  }
-  int status = 0;
-  REQUIRE(bsalloc_test::wait_child(pid, status) == pid);
-  CHECK(WIFEXITED(status));
-  CHECK(WEXITSTATUS(status) == 0);
+  const int rc = bsalloc_test::child_exit_code([&]() -> int {
+    // The fork handler drained every inbox and settled the remote counts.
+    auto s = r.stats();
+    if (s.objects_in_use != 300) return 1;
+    if (s.cores[static_cast<std::size_t>(cpu[0])].remote_frees_received != 100) return 2;
+    r.check_invariants();
+    for (std::size_t i = 100; i < objs.size(); ++i) r.deallocate(objs[i], 32);
+    void* p = r.allocate(32);
+    if (r.stats().objects_in_use != 1) return 3;
+    r.deallocate(p, 32);
+    r.check_invariants();
+    return r.stats().objects_in_use == 0 ? 0 : 4;
+  });
+  CHECK(rc == 0);
   // The parent's own inbox is untouched by the child's drain.
   auto s = r.stats();
   CHECK(s.objects_in_use == 300);
