@@ -273,7 +273,7 @@ std::optional<run_info> page_resource::find_run(const void* p) const {
       (reinterpret_cast<std::uintptr_t>(b->head) - r.base) >> page_shift);
   const page_meta& head = r.meta[r.meta[index].prev];
   return run_info{reinterpret_cast<void*>(page_addr(r, r.meta[index].prev)), head.next, b->region,
-                  run_mark(head.run) == run_cached};
+                  run_mark(head.run) == run_cached, run_mark(head.run) == run_parked};
 }
 
 std::optional<block_info> page_resource::find_block_locked(const void* p) const {

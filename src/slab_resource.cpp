@@ -125,6 +125,8 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
   st->pool.largest_required_pool_block = detail::class_size_of(st->classes - 1);
   st->pool.max_blocks_per_chunk = most_objects;
   st->init_careful();
+  st->large_cache_on = st->upstream_pages && !knobs.checked && knobs.thread_cache &&
+                       knobs.large_cache_bytes >= 2 * page_size && !st->valgrind;
   if (st->lean) st->id = hardened_id_;  // its caches: see small_bound_
   if (!knobs.checked && (!st->careful || st->lean)) {
     small_bound_ = static_cast<std::uint32_t>(
@@ -264,6 +266,13 @@ slab_resource_stats slab_resource::stats() const {
       for (int c = 0; c < st.classes; ++c)
         cached[static_cast<std::size_t>(c)] +=
             tc->bins[static_cast<std::size_t>(c)].count.load(std::memory_order_relaxed);
+      if (const detail::large_cache* lc = tc->large_runs()) {
+        // Modulo 2^64: a thread's deltas may be "negative", the sums are not.
+        s.large_objects += lc->objects_delta.load(std::memory_order_relaxed);
+        s.large_bytes += lc->bytes_delta.load(std::memory_order_relaxed);
+        s.large_cached_runs += lc->parked_runs.load(std::memory_order_relaxed);
+        s.large_cached_bytes += lc->parked_bytes.load(std::memory_order_relaxed);
+      }
     }
   }
   s.thread_caches_created = st.caches_created.load(std::memory_order_relaxed);
@@ -313,11 +322,10 @@ slab_resource_stats slab_resource::stats() const {
     s.classes.push_back(k);
   }
   s.bytes_reserved = st.slab_bytes_reserved.load(std::memory_order_relaxed);
-  std::lock_guard lock(st.large_lock);
-  s.large_objects = st.large_objects;
-  s.large_bytes = st.large_bytes;
-  s.bytes_in_use += st.large_bytes;
-  s.bytes_reserved += st.large_bytes;
+  s.large_objects += st.large_objects.load(std::memory_order_relaxed);
+  s.large_bytes += st.large_bytes.load(std::memory_order_relaxed);
+  s.bytes_in_use += s.large_bytes;
+  s.bytes_reserved += s.large_bytes + s.large_cached_bytes;
   return s;
 }
 

@@ -94,9 +94,10 @@ std::string to_string(const slab_resource_stats& s) {
   auto it = std::back_inserter(out);
   fmt::format_to(it,
                  "slab_resource: {} objects in use ({}), {} reserved from upstream; "
-                 "{} large ({}); {} thread caches holding {} objects\n",
+                 "{} large ({}); {} thread caches holding {} objects and {} large runs ({})\n",
                  s.objects_in_use, human_bytes(s.bytes_in_use), human_bytes(s.bytes_reserved),
-                 s.large_objects, human_bytes(s.large_bytes), s.thread_caches, s.cached_objects);
+                 s.large_objects, human_bytes(s.large_bytes), s.thread_caches, s.cached_objects,
+                 s.large_cached_runs, human_bytes(s.large_cached_bytes));
   fmt::format_to(it,
                  "  {} core caches; {} thread caches created; bins grown by {}, shrunk {} times\n",
                  s.core_caches, s.thread_caches_created, human_bytes(s.thread_cache_grown_bytes),
@@ -125,13 +126,15 @@ std::string to_json(const slab_resource_stats& s) {
   auto it = std::back_inserter(out);
   fmt::format_to(it,
                  "{{\"objects_in_use\":{},\"bytes_in_use\":{},\"bytes_reserved\":{},"
-                 "\"large_objects\":{},\"large_bytes\":{},\"thread_caches\":{},"
+                 "\"large_objects\":{},\"large_bytes\":{},\"large_cached_runs\":{},"
+                 "\"large_cached_bytes\":{},\"thread_caches\":{},"
                  "\"thread_caches_created\":{},\"core_caches\":{},"
                  "\"thread_cache_grown_bytes\":{},\"bin_shrinks\":{},"
                  "\"cached_objects\":{},\"classes\":[",
                  s.objects_in_use, s.bytes_in_use, s.bytes_reserved, s.large_objects, s.large_bytes,
-                 s.thread_caches, s.thread_caches_created, s.core_caches,
-                 s.thread_cache_grown_bytes, s.bin_shrinks, s.cached_objects);
+                 s.large_cached_runs, s.large_cached_bytes, s.thread_caches,
+                 s.thread_caches_created, s.core_caches, s.thread_cache_grown_bytes, s.bin_shrinks,
+                 s.cached_objects);
   for (std::size_t i = 0; i < s.classes.size(); ++i) {
     const auto& c = s.classes[i];
     fmt::format_to(it,

@@ -37,11 +37,13 @@
 //       nothing else maps to this resource.
 //   I10 (run cache) a cached run is an allocated run whose head has the cached mark, held by
 //       exactly one core cache bin of its page count; the caches' page counts add up.
-//   I11 (run marks) the head of every allocated run has the mark live (its user holds it) or
-//       cached (in a run-cache bin); every other page's mark is none. Every free changes the
-//       mark from live by one compare-and-swap (to cached on the cache path, to none on the
-//       locked path), so of two frees of one run, however they race, exactly one wins and the
-//       other throws std::invalid_argument naming the pointer.
+//   I11 (run marks) the head of every allocated run has the mark live (its user holds it),
+//       cached (in a run-cache bin) or parked (given back by its user to a layer above, which
+//       keeps it for its next request: park_tagged); every other page's mark is none. Every
+//       free changes the mark from live by one compare-and-swap (to cached on the cache path,
+//       to parked by park_tagged, to none on the locked path), so of two frees of one run,
+//       however they race, exactly one wins and the other throws std::invalid_argument naming
+//       the pointer.
 //   I12 (owner tags) the second page of a live run whose head block has two pages or more holds
 //       the run's tag and the bytes its user asked for (atomically accessed: prev = tag, next =
 //       the run's bytes minus those); 0 = untagged. mark_run clears it; a tag outlives its
@@ -113,10 +115,11 @@ struct block_info {
 
 /// A live allocation (a run of pages) that holds an address.
 struct run_info {
-  void* start;         ///< what allocate_pages returned
-  std::size_t pages;   ///< the count it was allocated with (0 rounded up to 1)
-  std::size_t region;  ///< region index
-  bool cached;         ///< in the run cache: given back by its user, not yet reused
+  void* start;          ///< what allocate_pages returned
+  std::size_t pages;    ///< the count it was allocated with (0 rounded up to 1)
+  std::size_t region;   ///< region index
+  bool cached;          ///< in the run cache: given back by its user, not yet reused
+  bool parked = false;  ///< parked by a layer above (park_tagged): not its user's any more
 };
 
 class page_resource : public std::pmr::memory_resource {
@@ -177,8 +180,10 @@ class page_resource : public std::pmr::memory_resource {
   /// large blocks): a live run of at least two pages carries a nonzero 32-bit tag and the bytes
   /// its user asked for in the metadata of its second page, outside the run (I12).
   /// allocate_tagged is allocate(bytes, alignment) that also tags the run; `tagged` false: the
-  /// run could not carry a tag (one page), the caller keeps its own record.
-  void* allocate_tagged(std::size_t bytes, std::size_t alignment, std::uint32_t tag, bool& tagged);
+  /// run could not carry a tag (one page), the caller keeps its own record. `pages`, if more
+  /// than the memory_resource interface would take (class_pages), is the run's page count.
+  void* allocate_tagged(std::size_t bytes, std::size_t alignment, std::uint32_t tag, bool& tagged,
+                        std::size_t pages = 0);
   /// If `p` is the start of a live run tagged `tag`: clears the tag (one compare-and-swap: of
   /// two racing calls one wins), frees the run whatever its size, sets `bytes` to the recorded
   /// bytes and returns true. Otherwise changes nothing and returns false. No lookup is repeated.
@@ -187,6 +192,25 @@ class page_resource : public std::pmr::memory_resource {
     void* start;
     std::size_t bytes;  // as recorded by allocate_tagged
   };
+  /// Parking: a layer above that caches runs of its own (slab_resource's per-thread cache of
+  /// large runs) takes a freed tagged run out of its user's hands without giving it back here.
+  /// park_tagged(p, tag, out) is deallocate_tagged's check (p the start of a live run tagged
+  /// `tag`) followed by one compare-and-swap of the run mark, live -> parked (I11): a second
+  /// free of p, by any path, then finds no live run and throws naming p. On success `out`
+  /// describes the run (its `meta` is opaque, for unpark / free_parked only) and `bytes` is
+  /// what its user had asked for. False: nothing changed (not a live run tagged `tag`).
+  /// unpark hands a parked run to a new user asking `bytes` (<= out.pages x page_size), tagged
+  /// `tag` again; free_parked gives it back here as deallocate_tagged would. Both only on a
+  /// run parked by the caller, once; a parked run is allocated for trim(), stats() and
+  /// check_invariants(), and not reported by tagged_runs().
+  struct parked_run {
+    void* start = nullptr;
+    void* meta = nullptr;  // opaque: the run head's metadata
+    std::size_t pages = 0;
+  };
+  bool park_tagged(void* p, std::uint32_t tag, parked_run& out, std::size_t& bytes) noexcept;
+  void unpark(const parked_run& r, std::size_t bytes, std::uint32_t tag) noexcept;
+  void free_parked(const parked_run& r);
   /// Up to out.size() live runs tagged `tag`, in address order within a region, from `cursor`
   /// on (0 to begin; updated): returns how many, 0 at the end. Under the lock, a walk of the
   /// blocks (not the pages). take_tagged_runs also clears the tags it reports.

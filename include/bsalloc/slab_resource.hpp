@@ -44,6 +44,9 @@
 //   L1  the large records: one per live large block, in an open-addressing table never over
 //       half full; or, with a page_resource upstream and checked mode off, in the page run's
 //       metadata (page_resource::allocate_tagged, I12) for runs of two pages or more.
+//   L2  a thread cache's large runs: each one a run of the page_resource upstream, parked (I11)
+//       and tagged by this resource, in the bin of its page count, in no other entry; each
+//       cache's pages add up and stay within knobs().large_cache_bytes.
 //
 // Thread safety: allocate/deallocate from any thread. release(), the destructor and
 // check_invariants() need that no other thread uses the resource at the same time. Calls to an
@@ -87,6 +90,14 @@ struct slab_resource_options {
   /// How far one thread's cache (per resource) may grow its bins above their initial limits,
   /// in bytes across all classes. Bins that grew and went quiet shrink back.
   std::size_t thread_cache_bytes = std::size_t{2} << 20;
+  /// Per-thread cache of large runs, in bytes per thread and resource (0: off). With a
+  /// page_resource upstream and checked mode off, a large block of up to 256 KiB that a thread
+  /// frees stays in that thread's cache (still allocated in the page layer, marked parked) for
+  /// its next large request of the same page count: no lock and no shared counter on either
+  /// call. Given back by trim() (the calling thread's), thread exit, release(), the
+  /// destructor, and by the thread's own slow path once it stops allocating large blocks.
+  /// Counted in stats().large_cached_bytes (reserved, not in use).
+  std::size_t large_cache_bytes = std::size_t{4} << 20;
   /// Detect double free, foreign pointers and size/alignment mismatches (against the size and
   /// alignment each allocation asked for); abort with a message naming the pointer and the
   /// problem. Costs an atomic bit flip and a lookup per call, 4 bytes and a bit per object.
@@ -145,6 +156,8 @@ struct slab_resource_stats {
   std::size_t bytes_reserved = 0;  ///< slab bytes and large blocks held from the upstream
   std::size_t large_objects = 0;   ///< requests passed to the upstream, live
   std::size_t large_bytes = 0;
+  std::size_t large_cached_runs = 0;   ///< large runs parked in thread caches (free)
+  std::size_t large_cached_bytes = 0;  ///< their bytes (whole pages); in bytes_reserved
   std::size_t thread_caches = 0;
   std::size_t thread_caches_created = 0;  ///< ever (one per thread and resource, if never lost)
   std::size_t core_caches = 0;            ///< core caches created (on the first use of their CPU)

@@ -116,13 +116,15 @@ inline unsigned run_order(std::size_t count) {
 }
 
 // page_meta::run, the run mark (I11): none on every page but the head of an allocated run,
-// which is live while its user holds it and cached while it sits in a run-cache bin. A free
+// which is live while its user holds it, cached while it sits in a run-cache bin and parked
+// while a layer above keeps it for itself. A free
 // claims the run by one compare-and-swap from live; so the mark is only ever accessed
 // atomically (relaxed: the locks and the run's hand-over order everything else), even where a
 // lock is held, since a racing (double) free may CAS it without one.
 constexpr std::uint8_t run_none = 0;
 constexpr std::uint8_t run_live = 1;
 constexpr std::uint8_t run_cached = 2;
+constexpr std::uint8_t run_parked = 3;  // held by a layer above (page_resource::park_tagged)
 inline std::uint8_t run_mark(const std::uint8_t& c) noexcept {
   return std::atomic_ref(const_cast<std::uint8_t&>(c)).load(std::memory_order_relaxed);
 }

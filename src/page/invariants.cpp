@@ -113,11 +113,11 @@ void page_resource::check_invariants() const {
           run_left = m.next;
           const std::uint8_t mark = run_mark(m.run);
           if (mark == run_cached) ++cached_heads;
-          if (mark != run_cached && mark != run_live)
-            fail(ri, i, "I11: allocated run head marked neither live nor cached");
+          if (mark != run_cached && mark != run_live && mark != run_parked)
+            fail(ri, i, "I11: allocated run head marked neither live, cached nor parked");
           // I12: a live run's tag records at most the run's bytes (tag first: its writer
           // publishes the bytes before it).
-          if (mark == run_live && m.order != 0 &&
+          if ((mark == run_live || mark == run_parked) && m.order != 0 &&
               std::atomic_ref(const_cast<std::uint32_t&>(r.meta[i + 1].prev))
                       .load(std::memory_order_acquire) != 0 &&
               std::atomic_ref(const_cast<std::uint32_t&>(r.meta[i + 1].next))

@@ -95,11 +95,11 @@ void* page_resource::cache_take(std::size_t count) noexcept {
 }
 
 void* page_resource::allocate_tagged(std::size_t bytes, std::size_t alignment, std::uint32_t tag,
-                                     bool& tagged) {
+                                     bool& tagged, std::size_t pages) {
   // allocate(bytes, alignment) (do_allocate), keeping the run's head metadata from the run
   // cache so that the tag costs no second lookup; the buddy path's run is looked up.
   if (bytes > (page_size << max_order)) throw std::bad_alloc();
-  const std::size_t count = class_pages(pages_for(bytes));
+  const std::size_t count = std::max(class_pages(pages_for(bytes)), pages);
   core_cache::entry e{nullptr, nullptr};
   if (cores_ && count - 1 < max_cached_run_pages && alignment - 1 < page_size &&
       (alignment & (alignment - 1)) == 0)

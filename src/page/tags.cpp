@@ -4,6 +4,7 @@
 // are that page's list links (unused while it lies inside an allocated block), read and written
 // atomically: the run's user writes them without a lock while tagged_runs() reads them under it.
 #include <atomic>
+#include <cassert>
 
 #include "internal.hpp"
 
@@ -35,6 +36,40 @@ bool page_resource::deallocate_tagged(void* p, std::uint32_t tag, std::size_t& b
     return true;
   deallocate_slow(p, count);
   return true;
+}
+
+bool page_resource::park_tagged(void* p, std::uint32_t tag, parked_run& out,
+                                std::size_t& bytes) noexcept {
+  page_meta* m = tag_slot(p);
+  // Another resource's run (or an untagged one) is left alone: no claim, nothing changed.
+  if (!m || tag == 0 || load(m[1].prev) != tag) return false;
+  // Claim the run (I11): of two frees of it racing, exactly one wins; the loser finds no live
+  // run on whatever path it takes and throws naming p.
+  if (!claim_run_mark(m->run, run_parked)) return false;
+  const std::size_t count = m->next;
+  bytes = (count << page_shift) - load(m[1].next);
+  out = parked_run{p, m, count};
+  return true;
+}
+
+void page_resource::unpark(const parked_run& r, std::size_t bytes, std::uint32_t tag) noexcept {
+  auto* m = static_cast<page_meta*>(r.meta);
+  assert(run_mark(m->run) == run_parked && m->next == r.pages && bytes <= r.pages << page_shift);
+  store(m[1].next, static_cast<std::uint32_t>((r.pages << page_shift) - bytes));
+  std::atomic_ref(m[1].prev).store(tag, std::memory_order_release);  // I12: bytes first
+  set_run_mark(m->run, run_live);
+}
+
+void page_resource::free_parked(const parked_run& r) {
+  auto* m = static_cast<page_meta*>(r.meta);
+  assert(run_mark(m->run) == run_parked && m->next == r.pages);
+  store(m[1].prev, 0);  // untagged, as deallocate_tagged leaves a run it frees
+  set_run_mark(m->run, run_live);
+  if (cores_ && r.pages <= max_cached_run_pages &&
+      (reinterpret_cast<std::uintptr_t>(r.start) & ((page_size << run_order(r.pages)) - 1)) == 0 &&
+      cache_put(r.start, r.pages, m))
+    return;
+  deallocate_slow(r.start, r.pages);
 }
 
 std::size_t page_resource::tagged_runs(std::uint32_t tag, std::span<tagged_run> out,

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // slab_resource::check_invariants(): S1-S4 (slab_resource.hpp; S1, S2, S4 and checked mode's
 // S5 by the slab core's walk, detail/slab_core.hpp; S3 per core, with its stash of drained
-// remote chains), T1 and the large records' L1.
+// remote chains), T1, the large records' L1 and the thread caches' large runs (L2).
 #include <bit>
 #include <stdexcept>
 #include <unordered_set>
@@ -57,6 +57,35 @@ std::unordered_set<const void*> check_stash(const slab_state& st, std::size_t ci
   if (bytes != stash.bytes || bytes > detail::stash_bytes_max)
     fail(ci, -1, "S3: stash bytes miscounted or over stash_bytes_max");
   return seen;
+}
+
+// L2: a thread cache's large runs (large_cache.hpp), each a parked run of the upstream in the
+// bin of its page count, counted right and within the budget. registry_mutex held.
+template <class Fail>
+void check_large_cache(const slab_state& st, const detail::thread_cache& tc,
+                       std::unordered_set<const void*>& parked, Fail fail) {
+  using detail::large_cache;
+  const large_cache* lc = tc.large_runs();
+  if (!lc) return;
+  if (!st.large_cache_on) fail(st.ncores, -1, "L2: a large cache in a resource that keeps none");
+  std::size_t runs = 0, pages = 0;
+  for (std::size_t b = 0; b < large_cache::bins; ++b) {
+    if (lc->count[b] > large_cache::per_bin) fail(st.ncores, -1, "L2: a large bin over per_bin");
+    for (std::size_t i = 0; i < lc->count[b]; ++i, ++runs) {
+      const page_resource::parked_run& r = lc->runs[b][i];
+      const auto run = st.upstream_pages->find_run(r.start);
+      if (!run || run->start != r.start || run->pages != r.pages || !run->parked)
+        fail(st.ncores, -1, "L2: a large-cache entry that is not a parked run of its pages");
+      if (large_cache::bin_of(r.pages) != b)
+        fail(st.ncores, -1, "L2: a parked run in the bin of another page count");
+      if (!parked.insert(r.start).second) fail(st.ncores, -1, "L2: a parked run in two entries");
+      pages += r.pages;
+    }
+  }
+  if (pages != lc->pages || runs != lc->parked_runs.load(std::memory_order_relaxed) ||
+      pages * page_size != lc->parked_bytes.load(std::memory_order_relaxed) ||
+      pages * page_size > st.knobs.large_cache_bytes)
+    fail(st.ncores, -1, "L2: large-cache totals miscounted or over large_cache_bytes");
 }
 
 }  // namespace
@@ -128,6 +157,7 @@ void slab_resource::check_invariants() const {
     if (sent[c] != received[c])
       fail(st.ncores, static_cast<int>(c), "S3: remote frees sent != remote frees received");
   {
+    std::unordered_set<const void*> parked;  // L2: no run in two entries, of any thread cache
     std::lock_guard lock(detail::registry_mutex());
     for (const detail::thread_cache* tc = st.caches; tc; tc = tc->next) {
       std::size_t grown = 0;
@@ -141,6 +171,7 @@ void slab_resource::check_invariants() const {
       if (grown != tc->grown_bytes.load(std::memory_order_relaxed) ||
           grown > st.knobs.thread_cache_bytes)
         fail(st.ncores, -1, "T1: thread-cache growth miscounted or over thread_cache_bytes");
+      check_large_cache(st, *tc, parked, fail);
     }
   }
   std::lock_guard lock(st.large_lock);

@@ -6,6 +6,9 @@
 //   - with a page_resource upstream and checked mode off, in the page run's own metadata: the
 //     resource's owner tag and the bytes (page_resource::allocate_tagged), no table, no lock;
 //   - otherwise (any other upstream, checked mode, a run of one page) in large_table.
+// In front of the tagged path, the thread cache's large runs (large_cache.hpp): a freed run
+// parked for the thread's next request of its page count.
+#include <algorithm>
 #include <new>
 
 #include "state.hpp"
@@ -31,12 +34,28 @@ std::uint32_t slab_state::owner_tag() {
 
 void* slab_state::allocate_large(std::size_t bytes, std::size_t alignment) {
   void* p;
+  large_cache* lc = nullptr;  // counts this thread's large blocks, if it has one
+  if (large_cache_on)
+    if (thread_cache* tc = cache_for(*this)) {
+      if (void* hit = allocate_large_cached(*tc, bytes, alignment)) return hit;
+      lc = tc->large_runs();
+    }
   if (upstream_pages && !knobs.checked) {
     bool tagged;
-    p = upstream_pages->allocate_tagged(bytes, alignment, owner_tag(), tagged);
+    // With a large cache, the run has the cache's class count, for a later hit.
+    const std::size_t pages = lc && bytes <= large_cache::max_pages * page_size
+                                  ? large_cache::class_pages(page_resource::pages_for(bytes))
+                                  : 0;
+    p = upstream_pages->allocate_tagged(bytes, alignment, owner_tag(), tagged, pages);
     if (tagged) {
-      large_objects.fetch_add(1, std::memory_order_relaxed);
-      large_bytes.fetch_add(bytes, std::memory_order_relaxed);
+      // A thread with a large cache counts in it (no shared counter); others here.
+      if (lc) {
+        add_owned(lc->objects_delta, 1);
+        add_owned(lc->bytes_delta, bytes);
+      } else {
+        large_objects.fetch_add(1, std::memory_order_relaxed);
+        large_bytes.fetch_add(bytes, std::memory_order_relaxed);
+      }
       return p;
     }
   } else {
@@ -57,6 +76,8 @@ void* slab_state::allocate_large(std::size_t bytes, std::size_t alignment) {
 void slab_state::deallocate_large(void* p, std::size_t bytes, std::size_t alignment) {
   // A tagged run of ours: untagged by one compare-and-swap (of two racing frees, the second
   // finds no tag and goes on as a pointer without a record) and freed whatever the caller says.
+  if (large_cache_on)
+    if (thread_cache* tc = find_cache(*this); tc && deallocate_large_cached(*tc, p)) return;
   if (upstream_pages && !knobs.checked) {
     std::size_t recorded;
     if (upstream_pages->deallocate_tagged(p, large_tag.load(std::memory_order_relaxed), recorded)) {
@@ -78,6 +99,108 @@ void slab_state::deallocate_large(void* p, std::size_t bytes, std::size_t alignm
   // A pointer without a record is not this resource's: the upstream decides (checked mode
   // stopped it before).
   up_deallocate(p, bytes, alignment);
+}
+
+void* slab_state::allocate_large_cached(thread_cache& tc, std::size_t bytes,
+                                        std::size_t alignment) {
+  large_cache* lc = tc.large_runs();
+  if (!lc) [[unlikely]] {
+    // The first large allocation of this thread: its cache, for the runs it will free.
+    lc = new (std::nothrow) large_cache{};
+    tc.large.store(lc, std::memory_order_release);
+    return nullptr;
+  }
+  lc->active = true;  // no tick(): large calls leave the small bins' scavenging cadence alone
+  // A parked run is page-aligned (a resized or spanned run need be no more): stricter
+  // alignments go upstream.
+  if (alignment > page_size || bytes > large_cache::max_pages * page_size) return nullptr;
+  const std::size_t b =
+      large_cache::bin_of(large_cache::class_pages(page_resource::pages_for(bytes)));
+  if (b == large_cache::bins || lc->count[b] == 0) return nullptr;
+  const page_resource::parked_run r = lc->runs[b][--lc->count[b]];
+  lc->pages -= r.pages;
+  add_owned(lc->parked_runs, std::size_t(-1));
+  add_owned(lc->parked_bytes, 0 - (r.pages << page_shift));
+  upstream_pages->unpark(r, bytes, owner_tag());
+  add_owned(lc->objects_delta, 1);
+  add_owned(lc->bytes_delta, bytes);
+  return r.start;
+}
+
+bool slab_state::deallocate_large_cached(thread_cache& tc, void* p) {
+  large_cache* lc = tc.large_runs();
+  if (!lc) return false;
+  page_resource::parked_run r;
+  std::size_t recorded;
+  // Not a live run tagged by us: the usual path decides (and names a bad pointer).
+  if (!upstream_pages->park_tagged(p, large_tag.load(std::memory_order_relaxed), r, recorded))
+    return false;
+  add_owned(lc->objects_delta, std::size_t(-1));
+  add_owned(lc->bytes_delta, 0 - recorded);
+  const std::size_t b = large_cache::bin_of(r.pages);
+  if (b == large_cache::bins || ((lc->pages + r.pages) << page_shift) > knobs.large_cache_bytes) {
+    upstream_pages->free_parked(r);
+    return true;
+  }
+  auto& bin = lc->runs[b];
+  if (lc->count[b] == large_cache::per_bin) {
+    // Full: the oldest run goes back to the page layer. Out of the bin first, so that the bin
+    // only ever holds parked runs (a fork in between leaves the child a consistent cache).
+    const page_resource::parked_run old = bin[0];
+    std::copy(bin.begin() + 1, bin.end(), bin.begin());
+    --lc->count[b];
+    lc->pages -= old.pages;
+    add_owned(lc->parked_runs, std::size_t(-1));
+    add_owned(lc->parked_bytes, 0 - (old.pages << page_shift));
+    upstream_pages->free_parked(old);
+  }
+  bin[lc->count[b]++] = r;
+  lc->pages += r.pages;
+  add_owned(lc->parked_runs, 1);
+  add_owned(lc->parked_bytes, r.pages << page_shift);
+  return true;
+}
+
+std::size_t slab_state::flush_large(thread_cache& tc) {
+  large_cache* lc = tc.large_runs();
+  if (!lc) return 0;
+  std::size_t bytes = 0;
+  for (std::size_t b = 0; b < large_cache::bins; ++b) {
+    while (lc->count[b] != 0) {
+      const page_resource::parked_run r = lc->runs[b][--lc->count[b]];
+      lc->pages -= r.pages;
+      add_owned(lc->parked_runs, std::size_t(-1));
+      add_owned(lc->parked_bytes, 0 - (r.pages << page_shift));
+      upstream_pages->free_parked(r);
+      bytes += r.pages << page_shift;
+    }
+  }
+  return bytes;
+}
+
+void slab_state::fold_large(thread_cache& tc) {
+  if (large_cache* lc = tc.large_runs()) {
+    large_objects.fetch_add(lc->objects_delta.exchange(0, std::memory_order_relaxed),
+                            std::memory_order_relaxed);
+    large_bytes.fetch_add(lc->bytes_delta.exchange(0, std::memory_order_relaxed),
+                          std::memory_order_relaxed);
+  }
+}
+
+void slab_state::recount_large_after_fork() noexcept {
+  // A thread that the fork left behind may have been between a bin's count and the cache's
+  // totals: its entries are right (a run enters a bin only once parked, and leaves it before
+  // it is unparked or freed), the totals are recounted from them.
+  for (thread_cache* tc = caches; tc; tc = tc->next) {
+    large_cache* lc = tc->large_runs();
+    if (!lc) continue;
+    std::size_t runs = 0, pages = 0;
+    for (std::size_t b = 0; b < large_cache::bins; ++b)
+      for (std::size_t i = 0; i < lc->count[b]; ++i, ++runs) pages += lc->runs[b][i].pages;
+    lc->pages = pages;
+    lc->parked_runs.store(runs, std::memory_order_relaxed);
+    lc->parked_bytes.store(pages << page_shift, std::memory_order_relaxed);
+  }
 }
 
 void slab_state::free_large() {

@@ -40,6 +40,7 @@
 #include <unordered_set>
 
 #include "hardened_types.hpp"
+#include "large_cache.hpp"
 #include "large_table.hpp"
 #include "remote.hpp"
 #include "size_classes.hpp"
@@ -157,6 +158,9 @@ struct thread_cache {
   std::atomic<std::size_t> grown_bytes{0};
   std::uint32_t slow_calls = 0;  // owner thread
   known_slabs known;             // owner thread; hardened mode only
+  // Created by the thread's first large allocation; read by stats() (hence atomic). L2
+  std::atomic<large_cache*> large{nullptr};
+  large_cache* large_runs() const noexcept { return large.load(std::memory_order_acquire); }
 };
 
 static_assert(std::is_standard_layout_v<thread_cache> && offsetof(thread_cache, bins) == 0);
@@ -270,6 +274,10 @@ struct slab_state {
   // With a page_resource upstream, unchecked: this resource's owner tag on its large runs
   // (page_resource::allocate_tagged), so that they need no table record; 0 until the first one.
   std::atomic<std::uint32_t> large_tag{0};
+  // The per-thread cache of large runs (large_cache.hpp) is on: a page_resource upstream,
+  // checked mode off, thread caches on, knobs.large_cache_bytes of two pages or more, and not
+  // under memcheck (which must see a freed run as freed).
+  bool large_cache_on = false;
 
   // -- upstream and slabs (slabs.cpp) ---------------------------------------------------------
   void* up_allocate(std::size_t bytes, std::size_t alignment);
@@ -333,6 +341,16 @@ struct slab_state {
   void deallocate_large(void* p, std::size_t bytes, std::size_t alignment);
   void free_large();
   std::uint32_t owner_tag();  // large_tag, drawn on first use
+  // The thread cache's large runs (large_cache.hpp): a hit, or null for the upstream path.
+  void* allocate_large_cached(thread_cache& tc, std::size_t bytes, std::size_t alignment);
+  // True: p was parked in tc (or given back to the page layer past the cache's bounds).
+  bool deallocate_large_cached(thread_cache& tc, void* p);
+  // Every run of tc's large cache goes back to the page layer; returns their bytes.
+  std::size_t flush_large(thread_cache& tc);
+  // tc's counts of large blocks move into large_objects / large_bytes (registry_mutex held).
+  void fold_large(thread_cache& tc);
+  // Fork child, alone: every large cache's totals recounted from its bins.
+  void recount_large_after_fork() noexcept;
 
   // -- free-list links and the careful path (hardened.cpp) -----------------------------------
   /// The link stored in free object `at` of class c. Hardened: decoded and validated (null, or

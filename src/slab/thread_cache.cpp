@@ -129,7 +129,7 @@ std::size_t slab_state::flush_cache(thread_cache& tc) {
     b.count.store(0, std::memory_order_relaxed);
     bytes += flush(c, head, n);
   }
-  return bytes;
+  return bytes + flush_large(tc);
 }
 
 void slab_state::trim_bin(thread_cache& tc, int c, std::uint32_t keep) {
@@ -148,6 +148,11 @@ void slab_state::trim_bin(thread_cache& tc, int c, std::uint32_t keep) {
 // (down to the initial one) and give back what is over it: a class that went quiet does not keep
 // its burst's objects, and the slabs they pin, for ever.
 void slab_state::scavenge(thread_cache& tc) {
+  // Large runs: kept while the thread allocates large blocks, given back once it stopped.
+  if (large_cache* lc = tc.large_runs()) {
+    if (!lc->active) flush_large(tc);
+    lc->active = false;
+  }
   for (int c = 0; c < classes; ++c) {
     bin& b = tc.bins[static_cast<std::size_t>(c)];
     if (b.flags & bin_active) {
@@ -172,7 +177,15 @@ void drop_caches(slab_state& st, bool destroying) {
     std::lock_guard lock(registry_mutex());
     for (thread_cache* tc = st.caches; tc;) {
       thread_cache* next = tc->next;
+      // Parked large runs go back to the page layer now (an upstream call under
+      // registry_mutex: the page layer takes no lock of ours); their counts go with them.
+      st.flush_large(*tc);
+      if (large_cache* lc = tc->large_runs()) {
+        lc->objects_delta.store(0, std::memory_order_relaxed);
+        lc->bytes_delta.store(0, std::memory_order_relaxed);
+      }
       if (destroying) {
+        delete tc->large_runs();
         delete tc;
       } else {
         for (auto& b : tc->bins) {
@@ -215,6 +228,7 @@ exit_hook::~exit_hook() {
         else
           st.caches = tc->next;
         if (tc->next) tc->next->prev = tc->prev;
+        st.fold_large(*tc);  // stats() no longer sees tc: its counts move to st now
         st.pins.fetch_add(1, std::memory_order_relaxed);
       }
       s = tls_slot{0, nullptr};
@@ -222,6 +236,7 @@ exit_hook::~exit_hook() {
     if (tc) {
       slab_state& st = *tc->res;
       st.flush_cache(*tc);
+      delete tc->large_runs();
       delete tc;
       st.pins.fetch_sub(1, std::memory_order_release);  // the last access to st
     }
@@ -271,7 +286,10 @@ void fork_parent() noexcept {
 void fork_child() noexcept {
   fork_release(true);
   // Still the only thread, and the page layer's child handler has run (registered first).
-  for (slab_state* st = live_head; st; st = st->live_next) st->recount_after_fork();
+  for (slab_state* st = live_head; st; st = st->live_next) {
+    st->recount_after_fork();
+    st->recount_large_after_fork();
+  }
 }
 
 }  // namespace

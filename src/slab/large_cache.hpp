@@ -1,0 +1,81 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+// A thread cache's large runs (large.cpp): with a page_resource upstream and checked mode off,
+// a large block of up to large_cache::max_pages pages that a thread frees is parked
+// (page_resource::park_tagged: one compare-and-swap of its run mark, no lock) in that thread's
+// cache for the resource, and its next large request of the same page count takes it back
+// (page_resource::unpark: plain stores) — no lock, no sched_getcpu(), no shared counter.
+//
+// Its own run classes, coarser than page_resource::class_pages() so that a run freed for one
+// request fits the next one more often (as jemalloc's and tcmalloc's large classes): up to 8
+// pages exact, then four counts per doubling (10, 12, 14, 16, 20, 24, …, 56, 64 pages): at
+// most a quarter more address space than asked, and no more RSS (the pages past what the
+// caller touches stay untouched). 19 bins. Each bin is LIFO (the newest run is the warmest)
+// and holds at most per_bin runs; a full bin gives its oldest run back to the page layer, and
+// a run that would take the cache over its budget (knobs.large_cache_bytes) is not parked.
+//
+// Invariants (L2, checked by slab_resource::check_invariants()):
+//   - every entry of bin b is a run of upstream_pages, parked (run mark, I11), tagged with this
+//     resource's tag, of bin b's page count; no run is in two entries (of any thread cache);
+//   - pages == the sum over the entries of their page counts, pages x page_size <= the budget,
+//     runs == the number of entries.
+// Owner thread only; the counters are atomic only so that stats() may read them (relaxed).
+#include <bsalloc/page_resource.hpp>
+
+#include <array>
+#include <atomic>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+
+namespace bsalloc::detail {
+
+struct large_cache {
+  static constexpr std::size_t max_pages = 64;  // runs up to 256 KiB
+  static constexpr std::size_t bins = 19;
+  static constexpr std::size_t per_bin = 8;
+
+  /// The run class of a request of `pages` pages: the page count the cache's runs have.
+  static constexpr std::size_t class_pages(std::size_t pages) noexcept {
+    if (pages <= 8) return pages;
+    const std::size_t step = std::size_t{1} << (std::bit_width(pages - 1) - 3);
+    return (pages + step - 1) & ~(step - 1);
+  }
+  /// The bin of a run of `pages` pages (a class_pages() count of 2 … max_pages), or bins if
+  /// the cache takes no run of that count.
+  static constexpr std::size_t bin_of(std::size_t pages) noexcept {
+    if (pages < 2 || pages > max_pages) return bins;
+    if (pages <= 8) return pages - 2;
+    const auto k = static_cast<unsigned>(std::bit_width(pages - 1));  // 2^(k-1) < pages <= 2^k
+    const std::size_t step = std::size_t{1} << (k - 3);
+    if ((pages & (step - 1)) != 0) return bins;  // not a class count
+    return 7 + (k - 4) * 4 + (pages - (std::size_t{1} << (k - 1))) / step - 1;
+  }
+
+  std::array<std::uint8_t, bins> count{};
+  std::array<std::array<page_resource::parked_run, per_bin>, bins> runs{};
+  std::size_t pages = 0;  // L2
+  bool active = false;    // a large call since the last scavenge
+  // For stats(): the runs parked here and their bytes (whole pages) ...
+  std::atomic<std::size_t> parked_runs{0}, parked_bytes{0};
+  // ... and what this cache's thread changed in slab_state::large_objects / large_bytes
+  // (modulo 2^64: a thread may free more than it allocated). Folded into those when the cache
+  // goes (thread exit); stats() adds them up.
+  std::atomic<std::size_t> objects_delta{0}, bytes_delta{0};
+};
+
+static_assert(large_cache::class_pages(8) == 8 && large_cache::class_pages(9) == 10 &&
+              large_cache::class_pages(17) == 20 && large_cache::class_pages(33) == 40 &&
+              large_cache::class_pages(64) == 64);
+static_assert(large_cache::bin_of(2) == 0 && large_cache::bin_of(8) == 6 &&
+              large_cache::bin_of(10) == 7 && large_cache::bin_of(16) == 10 &&
+              large_cache::bin_of(20) == 11 && large_cache::bin_of(64) == 18 &&
+              large_cache::bin_of(65) == large_cache::bins &&
+              large_cache::bin_of(18) == large_cache::bins);
+
+/// One more (or less: n wraps) in a counter that only its owner thread writes.
+inline void add_owned(std::atomic<std::size_t>& counter, std::size_t n) noexcept {
+  counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+}  // namespace bsalloc::detail

@@ -1,0 +1,374 @@
+// SPDX-License-Identifier: Apache-2.0
+// The per-thread cache of large runs (src/slab/large_cache.hpp, slab_resource_options::
+// large_cache_bytes): a large block a thread frees is parked in its cache and handed to its
+// next large request of the same run class; the page layer sees the run allocated and parked
+// (I11) meanwhile. Checked here: hits, the bounds (per bin, budget), what stats() says, every
+// way runs leave the cache (trim, thread exit, release, destruction, a bin or budget that is
+// full), a double free of a parked run, fork, and a randomised model run on several threads.
+#include <bsalloc/page_resource.hpp>
+#include <bsalloc/slab_resource.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <memory_resource>
+#include <mutex>
+#include <random>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include "support.hpp"
+
+using bsalloc::page_resource;
+using bsalloc::page_size;
+using bsalloc::slab_resource;
+using bsalloc::slab_resource_options;
+
+namespace {
+
+slab_resource_options unchecked(std::size_t budget = std::size_t{4} << 20) {
+  slab_resource_options o;
+  o.checked = false;  // the cache works on the path that ships (checked mode keeps records)
+  o.large_cache_bytes = budget;
+  return o;
+}
+
+// The run class of the large cache (large_cache::class_pages): exact up to 8 pages, then four
+// counts per doubling.
+std::size_t class_pages(std::size_t bytes) {
+  const std::size_t pages = page_resource::pages_for(bytes);
+  if (pages <= 8) return pages;
+  std::size_t pow = 8;
+  while (pow * 2 < pages) pow *= 2;  // pow < pages <= 2 pow
+  const std::size_t step = pow / 4;
+  return (pages + step - 1) / step * step;
+}
+
+}  // namespace
+
+TEST_CASE("large cache: a freed large block is the same thread's next one of its run class") {
+  page_resource pages;
+  slab_resource r({}, unchecked(), &pages);
+  void* a = r.allocate(100 << 10);
+  std::memset(a, 0x5a, 64);
+  auto s = r.stats();
+  CHECK(s.large_objects == 1);
+  CHECK(s.large_bytes == 100 << 10);
+  CHECK(s.large_cached_runs == 0);
+  const std::size_t allocated = pages.stats().allocated_bytes;
+  r.deallocate(a, 100 << 10);
+  s = r.stats();
+  CHECK(s.large_objects == 0);
+  CHECK(s.large_bytes == 0);
+  CHECK(s.large_cached_runs == 1);
+  CHECK(s.large_cached_bytes == class_pages(100 << 10) * page_size);
+  CHECK(s.bytes_reserved >= s.large_cached_bytes);
+  // Still allocated in the page layer, marked parked; not its user's any more.
+  CHECK(pages.stats().allocated_bytes == allocated);
+  const auto run = pages.find_run(a);
+  REQUIRE(run);
+  CHECK(run->parked);
+  CHECK_FALSE(run->cached);
+  CHECK(r.live_blocks().empty());
+  r.check_invariants();
+  pages.check_invariants();
+  // 97 KiB and 100 KiB are both 28-page runs: the parked one serves.
+  void* b = r.allocate(97 << 10);
+  CHECK(b == a);
+  s = r.stats();
+  CHECK(s.large_objects == 1);
+  CHECK(s.large_bytes == 97 << 10);
+  CHECK(s.large_cached_runs == 0);
+  const auto walk = r.live_blocks();
+  REQUIRE(walk.size() == 1);
+  CHECK(walk[0].ptr == b);
+  CHECK(walk[0].bytes == 97 << 10);
+  CHECK(walk[0].large);
+  // A size of another class does not take it.
+  r.deallocate(b, 97 << 10);
+  void* c = r.allocate(40 << 10);
+  CHECK(c != a);
+  r.deallocate(c, 40 << 10);
+  r.check_invariants();
+  pages.check_invariants();
+}
+
+TEST_CASE("large cache: bounded per bin and by large_cache_bytes; the rest goes to the pages") {
+  page_resource pages;
+  SUBCASE("a full bin gives its oldest run back") {
+    slab_resource r({}, unchecked(std::size_t{16} << 20), &pages);
+    std::vector<void*> v;
+    for (int i = 0; i < 12; ++i) v.push_back(r.allocate(64 << 10));
+    const std::size_t live = pages.stats().allocated_bytes;
+    for (void* p : v) r.deallocate(p, 64 << 10);
+    const auto s = r.stats();
+    CHECK(s.large_cached_runs == 8);  // large_cache::per_bin
+    CHECK(s.large_cached_bytes == 8 * (64 << 10));
+    CHECK(pages.stats().allocated_bytes == live - 4 * (64 << 10));
+    // The newest eight stay (LIFO): the last one freed comes back first.
+    CHECK(r.allocate(64 << 10) == v.back());
+    for (std::size_t i = 4; i + 1 < v.size(); ++i) CHECK(pages.find_run(v[i])->parked);
+    for (std::size_t i = 0; i < 4; ++i) {
+      const auto run = pages.find_run(v[i]);  // free, or in the page layer's run cache
+      CHECK((!run || !run->parked));
+    }
+    r.deallocate(v.back(), 64 << 10);
+    r.check_invariants();
+  }
+  SUBCASE("a run that would go over the budget is given back") {
+    slab_resource r({}, unchecked(std::size_t{256} << 10), &pages);
+    std::vector<void*> v;
+    for (int i = 0; i < 6; ++i) v.push_back(r.allocate(100 << 10));  // 28 pages each
+    for (void* p : v) r.deallocate(p, 100 << 10);
+    const auto s = r.stats();
+    CHECK(s.large_cached_runs == 2);  // 2 x 112 KiB <= 256 KiB < 3 x 112 KiB
+    CHECK(s.large_cached_bytes == 2 * 28 * page_size);
+    r.check_invariants();
+  }
+  SUBCASE("off: large_cache_bytes 0, checked mode, or no thread cache") {
+    for (int mode = 0; mode < 3; ++mode) {
+      CAPTURE(mode);
+      slab_resource_options o = unchecked(mode == 0 ? 0 : std::size_t{4} << 20);
+      if (mode == 1) o.checked = true;
+      if (mode == 2) o.thread_cache = false;
+      slab_resource r({}, o, &pages);
+      const std::size_t before = pages.stats().allocated_bytes;
+      void* p = r.allocate(100 << 10);
+      r.deallocate(p, 100 << 10);
+      CHECK(r.stats().large_cached_runs == 0);
+      CHECK(pages.stats().allocated_bytes == before);
+    }
+  }
+  SUBCASE("blocks above 256 KiB and over-aligned requests pass it by") {
+    slab_resource r({}, unchecked(std::size_t{16} << 20), &pages);
+    void* big = r.allocate(300 << 10);
+    r.deallocate(big, 300 << 10);
+    CHECK(r.stats().large_cached_runs == 0);
+    void* p = r.allocate(64 << 10);
+    r.deallocate(p, 64 << 10);
+    REQUIRE(r.stats().large_cached_runs == 1);
+    void* q = r.allocate(64 << 10, 65536);  // stricter than a page: from the page layer
+    CHECK(reinterpret_cast<std::uintptr_t>(q) % 65536 == 0);
+    CHECK(r.stats().large_cached_runs == 1);
+    r.deallocate(q, 64 << 10, 65536);
+    r.check_invariants();
+  }
+  pages.check_invariants();
+}
+
+TEST_CASE("large cache: trim, release, destruction and thread exit give every parked run back") {
+  page_resource pages;
+  const std::size_t base = pages.stats().allocated_bytes;
+  auto churn = [](slab_resource& r, int n) {
+    std::vector<void*> v;
+    for (int i = 0; i < n; ++i) v.push_back(r.allocate(std::size_t(40 + 20 * i) << 10));
+    for (int i = 0; i < n; ++i) r.deallocate(v[std::size_t(i)], std::size_t(40 + 20 * i) << 10);
+  };
+  SUBCASE("trim() flushes the caller's cache and reports the bytes") {
+    slab_resource r({}, unchecked(), &pages);
+    churn(r, 6);
+    const auto cached = r.stats().large_cached_bytes;
+    REQUIRE(cached > 0);
+    CHECK(r.trim() >= cached);
+    CHECK(r.stats().large_cached_runs == 0);
+    CHECK(pages.stats().allocated_bytes == base);
+  }
+  SUBCASE("release()") {
+    slab_resource r({}, unchecked(), &pages);
+    churn(r, 6);
+    void* live = r.allocate(80 << 10);
+    REQUIRE(r.stats().large_cached_runs > 0);
+    r.release();
+    const auto s = r.stats();
+    CHECK(s.large_cached_runs == 0);
+    CHECK(s.large_objects == 0);
+    CHECK(s.large_bytes == 0);
+    CHECK(pages.stats().allocated_bytes == base);
+    (void)live;  // released with the rest
+    r.check_invariants();
+    churn(r, 3);  // usable afterwards
+    r.check_invariants();
+  }
+  SUBCASE("destruction, with runs parked in another thread's cache") {
+    auto r = std::make_unique<slab_resource>(std::pmr::pool_options{}, unchecked(), &pages);
+    std::atomic<bool> parked{false}, done{false};
+    std::thread t([&] {
+      churn(*r, 6);
+      parked = true;
+      while (!done) std::this_thread::yield();
+    });
+    while (!parked) std::this_thread::yield();
+    CHECK(r->stats().large_cached_runs == 6);
+    r->check_invariants();
+    r.reset();  // t lives on, idle: its cache of the dead resource is freed with it
+    CHECK(pages.stats().allocated_bytes == base);
+    done = true;
+    t.join();
+  }
+  SUBCASE("thread exit: parked runs go back, the thread's counts stay with the resource") {
+    slab_resource r({}, unchecked(), &pages);
+    std::vector<void*> kept;
+    std::thread([&] {
+      churn(r, 6);
+      kept.push_back(r.allocate(50 << 10));
+      kept.push_back(r.allocate(70 << 10));
+    }).join();
+    auto s = r.stats();
+    CHECK(s.large_cached_runs == 0);
+    CHECK(s.large_objects == 2);
+    CHECK(s.large_bytes == (120 << 10));
+    r.deallocate(kept[0], 50 << 10);  // freed by another thread than its allocator's
+    r.deallocate(kept[1], 70 << 10);
+    s = r.stats();
+    CHECK(s.large_objects == 0);
+    CHECK(s.large_bytes == 0);
+    r.check_invariants();
+    CHECK(pages.stats().allocated_bytes == base);
+  }
+  pages.check_invariants();
+}
+
+TEST_CASE("large cache: a second free of a parked run throws naming it, losing nothing") {
+  page_resource pages;
+  slab_resource r({}, unchecked(), &pages);
+  void* keep = r.allocate(60 << 10);
+  std::memset(keep, 0x3c, 60 << 10);
+  void* p = r.allocate(100 << 10);
+  r.deallocate(p, 100 << 10);
+  const auto before = r.stats();
+  REQUIRE(before.large_cached_runs == 1);
+  try {
+    r.deallocate(p, 100 << 10);
+    FAIL("a double free of a parked run was accepted");
+  } catch (const std::invalid_argument& e) {
+    CHECK(std::string(e.what()).find(fmt::format("{}", p)) != std::string::npos);
+  }
+  const auto after = r.stats();
+  CHECK(after.large_objects == before.large_objects);
+  CHECK(after.large_bytes == before.large_bytes);
+  CHECK(after.large_cached_runs == 1);
+  r.check_invariants();
+  pages.check_invariants();
+  // The parked run still serves, tagged again: freed once more, it is parked once more.
+  void* q = r.allocate(100 << 10);
+  CHECK(q == p);
+  CHECK(r.live_blocks().size() == 2);
+  r.deallocate(q, 100 << 10);
+  CHECK(r.stats().large_cached_runs == 1);
+  CHECK(std::all_of(static_cast<unsigned char*>(keep),
+                    static_cast<unsigned char*>(keep) + (60 << 10),
+                    [](unsigned char c) { return c == 0x3c; }));
+  r.deallocate(keep, 60 << 10);
+  r.check_invariants();
+}
+
+TEST_CASE("large cache: a forked child allocates and frees large blocks; parent's cache intact") {
+  page_resource pages;
+  slab_resource r({}, unchecked(), &pages);
+  std::vector<void*> v;
+  for (int i = 0; i < 4; ++i) v.push_back(r.allocate(std::size_t(50 + 30 * i) << 10));
+  for (int i = 0; i < 4; ++i) r.deallocate(v[std::size_t(i)], std::size_t(50 + 30 * i) << 10);
+  REQUIRE(r.stats().large_cached_runs == 4);
+  const int rc = bsalloc_test::child_exit_code([&] {
+    void* a = r.allocate(80 << 10);  // the parked run of its class, in the child's copy
+    if (a != v[1]) return 1;
+    std::memset(a, 1, 80 << 10);
+    void* b = r.allocate(200 << 10);
+    r.deallocate(b, 200 << 10);
+    r.deallocate(a, 80 << 10);
+    r.check_invariants();
+    pages.check_invariants();
+    return r.trim() > 0 && r.stats().large_cached_runs == 0 ? 0 : 2;
+  });
+  CHECK(rc == 0);
+  CHECK(r.stats().large_cached_runs == 4);
+  r.check_invariants();
+}
+
+TEST_CASE("large cache: model check, several threads, frees on other threads than the allocator") {
+  const std::uint64_t seed = bsalloc_test::test_seed("large cache model");
+  page_resource pages;
+  slab_resource r({}, unchecked(std::size_t{1} << 20), &pages);
+  const std::size_t base = pages.stats().allocated_bytes;
+  constexpr int threads = 4;
+  constexpr int ops = 4000;
+  struct block {
+    unsigned char* p;
+    std::size_t size, align;
+    unsigned char fill;
+  };
+  // Each thread frees what the next one allocated (handed over under a lock) and its own.
+  std::mutex hand_lock;
+  std::vector<std::vector<block>> handed(threads);
+  std::atomic<int> failures{0};
+  auto check = [&](const block& b) {
+    for (std::size_t i = 0; i < b.size; i += 4093)
+      if (b.p[i] != b.fill) return false;
+    return b.p[b.size - 1] == b.fill && reinterpret_cast<std::uintptr_t>(b.p) % b.align == 0;
+  };
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      std::mt19937_64 rng(seed + std::uint64_t(t));
+      std::vector<block> mine;
+      for (int i = 0; i < ops; ++i) {
+        const unsigned op = rng() % 8;
+        if (op < 4 || mine.empty()) {
+          const std::size_t size = (std::size_t{32} << 10) + rng() % (std::size_t{300} << 10);
+          const std::size_t align = std::size_t{16} << (rng() % 10);  // 16 … 8192
+          auto* p = static_cast<unsigned char*>(r.allocate(size, align));
+          const auto fill = static_cast<unsigned char>(rng());
+          for (std::size_t k = 0; k < size; k += 4093) p[k] = fill;
+          p[size - 1] = fill;
+          mine.push_back({p, size, align, fill});
+        } else if (op < 7) {
+          const std::size_t k = rng() % mine.size();
+          if (!check(mine[k])) ++failures;
+          r.deallocate(mine[k].p, mine[k].size, mine[k].align);
+          mine[k] = mine.back();
+          mine.pop_back();
+        } else {
+          std::lock_guard lock(hand_lock);
+          handed[std::size_t((t + 1) % threads)].push_back(mine.back());
+          mine.pop_back();
+          for (const block& b : handed[std::size_t(t)]) {
+            if (!check(b)) ++failures;
+            r.deallocate(b.p, b.size, b.align);
+          }
+          handed[std::size_t(t)].clear();
+        }
+      }
+      for (const block& b : mine) {
+        if (!check(b)) ++failures;
+        r.deallocate(b.p, b.size, b.align);
+      }
+    });
+  for (auto& th : pool) th.join();
+  std::size_t left_objects = 0, left_bytes = 0;
+  for (auto& h : handed)
+    for (const block& b : h) {
+      ++left_objects;
+      left_bytes += b.size;
+    }
+  CHECK(failures == 0);
+  auto s = r.stats();
+  CHECK(s.large_objects == left_objects);
+  CHECK(s.large_bytes == left_bytes);
+  CHECK(s.large_cached_runs == 0);  // every thread exited: its cache went back
+  r.check_invariants();
+  pages.check_invariants();
+  for (auto& h : handed)
+    for (const block& b : h) {
+      CHECK(check(b));
+      r.deallocate(b.p, b.size, b.align);
+    }
+  r.trim();
+  CHECK(r.stats().large_objects == 0);
+  CHECK(pages.stats().allocated_bytes == base);
+}
