@@ -217,8 +217,8 @@ void slab_state::free_large() {
     std::array<page_resource::tagged_run, 64> batch;
     std::uint64_t cursor = 0;
     while (const std::size_t n = upstream_pages->take_tagged_runs(tag, batch, cursor))
-      for (std::size_t i = 0; i < n; ++i)
-        up_deallocate(batch[i].start, batch[i].bytes, alignof(std::max_align_t));
+      for (std::size_t i = 0; i < n; ++i)  // whatever its page count (a large-cache class)
+        upstream_pages->deallocate_run(batch[i].start);
   }
   large_objects.store(0, std::memory_order_relaxed);
   large_bytes.store(0, std::memory_order_relaxed);
