@@ -213,6 +213,20 @@ TEST_CASE("large cache: trim, release, destruction and thread exit give every pa
     done = true;
     t.join();
   }
+  SUBCASE("a thread that goes on with small objects only gives its parked runs back") {
+    slab_resource r({}, unchecked(), &pages);
+    churn(r, 6);
+    REQUIRE(r.stats().large_cached_runs == 6);
+    // 4 KiB objects: a bin of 8, refilled 4 at a time, so each round is hundreds of slow-path
+    // visits (refills and overflows), and scavenges with them.
+    for (int round = 0; round < 3; ++round) {
+      std::vector<void*> v;
+      for (int i = 0; i < 2000; ++i) v.push_back(r.allocate(4096));
+      for (void* p : v) r.deallocate(p, 4096);
+    }
+    CHECK(r.stats().large_cached_runs == 0);
+    r.check_invariants();
+  }
   SUBCASE("thread exit: parked runs go back, the thread's counts stay with the resource") {
     slab_resource r({}, unchecked(), &pages);
     std::vector<void*> kept;
