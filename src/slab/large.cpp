@@ -104,12 +104,8 @@ void slab_state::deallocate_large(void* p, std::size_t bytes, std::size_t alignm
 void* slab_state::allocate_large_cached(thread_cache& tc, std::size_t bytes,
                                         std::size_t alignment) {
   large_cache* lc = tc.large_runs();
-  if (!lc) [[unlikely]] {
-    // The first large allocation of this thread: its cache, for the runs it will free.
-    lc = new (std::nothrow) large_cache{};
-    tc.large.store(lc, std::memory_order_release);
-    return nullptr;
-  }
+  if (!lc) [[unlikely]]
+    return nullptr;   // no memory for it when the thread cache was made
   lc->active = true;  // no tick(): large calls leave the small bins' scavenging cadence alone
   // A parked run is page-aligned (a resized or spanned run need be no more): stricter
   // alignments go upstream.

@@ -20,6 +20,7 @@
 //   - pages == the sum over the entries of their page counts, pages x page_size <= the budget,
 //     runs == the number of entries.
 // Owner thread only; the counters are atomic only so that stats() may read them (relaxed).
+// Made with its thread cache (3.7 KiB), freed with it.
 #include <bsalloc/page_resource.hpp>
 
 #include <array>

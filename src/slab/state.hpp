@@ -158,7 +158,7 @@ struct thread_cache {
   std::atomic<std::size_t> grown_bytes{0};
   std::uint32_t slow_calls = 0;  // owner thread
   known_slabs known;             // owner thread; hardened mode only
-  // Created by the thread's first large allocation; read by stats() (hence atomic). L2
+  // Made with the thread cache if large_cache_on; read by stats() (hence atomic). L2
   std::atomic<large_cache*> large{nullptr};
   large_cache* large_runs() const noexcept { return large.load(std::memory_order_acquire); }
 };

@@ -100,6 +100,10 @@ thread_cache* cache_for(slab_state& st) {
   }
   auto* tc = new (std::nothrow) thread_cache{};
   if (!tc) return nullptr;
+  // Its large runs' cache too, now: a thread cache is made by a thread's first call (a lazy
+  // one would be a system malloc in the middle of a thread's large-block churn).
+  if (st.large_cache_on)
+    tc->large.store(new (std::nothrow) large_cache{}, std::memory_order_release);
   tc->res = &st;
   for (int c = 0; c < st.classes; ++c)
     tc->bins[static_cast<std::size_t>(c)].limit =
