@@ -153,10 +153,25 @@ TEST_CASE("large cache: bounded per bin and by large_cache_bytes; the rest goes 
     void* p = r.allocate(64 << 10);
     r.deallocate(p, 64 << 10);
     REQUIRE(r.stats().large_cached_runs == 1);
-    void* q = r.allocate(64 << 10, 65536);  // stricter than a page: from the page layer
+    // Stricter than a page: a parked run aligned enough serves (a 16-page buddy run is
+    // aligned to 64 KiB), one that is not stays parked.
+    const bool aligned = reinterpret_cast<std::uintptr_t>(p) % 65536 == 0;
+    void* q = r.allocate(64 << 10, 65536);
     CHECK(reinterpret_cast<std::uintptr_t>(q) % 65536 == 0);
-    CHECK(r.stats().large_cached_runs == 1);
+    CHECK(r.stats().large_cached_runs == (aligned ? 0u : 1u));
+    if (aligned) CHECK(q == p);
+    void* huge_align = r.allocate(64 << 10, std::size_t{1} << 22);
+    CHECK(reinterpret_cast<std::uintptr_t>(huge_align) % (std::size_t{1} << 22) == 0);
+    r.deallocate(huge_align, 64 << 10, std::size_t{1} << 22);
     r.deallocate(q, 64 << 10, 65536);
+    // Both parked now; a parked run aligned to 4 MiB (huge_align at least) serves that again.
+    const auto parked = r.stats().large_cached_runs;
+    CHECK(parked == (aligned ? 2u : 3u));
+    void* again = r.allocate(64 << 10, std::size_t{1} << 22);
+    CHECK(reinterpret_cast<std::uintptr_t>(again) % (std::size_t{1} << 22) == 0);
+    CHECK(r.stats().large_cached_runs == parked - 1);
+    CHECK((again == huge_align || again == q));
+    r.deallocate(again, 64 << 10, std::size_t{1} << 22);
     r.check_invariants();
   }
   pages.check_invariants();

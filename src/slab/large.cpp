@@ -107,13 +107,23 @@ void* slab_state::allocate_large_cached(thread_cache& tc, std::size_t bytes,
   if (!lc) [[unlikely]]
     return nullptr;   // no memory for it when the thread cache was made
   lc->active = true;  // no tick(): large calls leave the small bins' scavenging cadence alone
-  // A parked run is page-aligned (a resized or spanned run need be no more): stricter
-  // alignments go upstream.
-  if (alignment > page_size || bytes > large_cache::max_pages * page_size) return nullptr;
+  if (bytes > large_cache::max_pages * page_size) return nullptr;
   const std::size_t b =
       large_cache::bin_of(large_cache::class_pages(page_resource::pages_for(bytes)));
   if (b == large_cache::bins || lc->count[b] == 0) return nullptr;
-  const page_resource::parked_run r = lc->runs[b][--lc->count[b]];
+  auto& bin = lc->runs[b];
+  std::size_t i = lc->count[b] - 1;  // the newest
+  if (alignment > page_size) [[unlikely]] {
+    // A parked run is page-aligned, most of them to their buddy block too (a run of n pages
+    // from the buddy lists starts at a multiple of 2^ceil(log2 n) pages): the newest one aligned
+    // enough, if any (object_pool's slabs ask for their own size).
+    while ((reinterpret_cast<std::uintptr_t>(bin[i].start) & (alignment - 1)) != 0)
+      if (i-- == 0) return nullptr;
+  }
+  const page_resource::parked_run r = bin[i];
+  std::copy(bin.begin() + static_cast<std::ptrdiff_t>(i) + 1, bin.begin() + lc->count[b],
+            bin.begin() + static_cast<std::ptrdiff_t>(i));
+  --lc->count[b];
   lc->pages -= r.pages;
   add_owned(lc->parked_runs, std::size_t(-1));
   add_owned(lc->parked_bytes, 0 - (r.pages << page_shift));
