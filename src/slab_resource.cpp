@@ -5,10 +5,12 @@
 //
 //   do_allocate / do_deallocate (inline): class from the (alignment, size) tables, thread-cache
 //     bin pop / push. A hardened resource's cache leaves here with the bin for the validated hit
-//     path (src/slab/hardened_hit.cpp). Anything else (a miss, a full bin, no cache, checked mode,
-//     a bad alignment, a large request) goes to allocate_slow / deallocate_slow
-//     (src/slab/slow_path.cpp), which classify once with the overflow-safe size_class() and
-//     dispatch to the thread cache, the core caches or the large path.
+//     path (src/slab/hardened_hit.cpp). A request above every class up to 256 KiB, in a
+//     resource that keeps large caches, goes to the large front (src/slab/large.cpp): a parked
+//     run of the thread's large cache, else the slow path. Anything else (a miss, a full bin, no
+//     cache, checked mode, a bad alignment, a larger request) goes to allocate_slow /
+//     deallocate_slow (src/slab/slow_path.cpp), which classify once with the overflow-safe
+//     size_class() and dispatch to the thread cache, the core caches or the large path.
 #include <bsalloc/budget.hpp>
 #include <bsalloc/slab_resource.hpp>
 
@@ -69,6 +71,7 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
       hardened_id_(id_ | detail::hardened_id_bit),
       small_bound_(0),
       inline_bound_(0),
+      large_max_(0),
       checked_(knobs.checked),
       hardened_(knobs.hardened) {
   if (!upstream) throw std::invalid_argument("bsalloc::slab_resource: null upstream");
@@ -132,6 +135,8 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
     small_bound_ = static_cast<std::uint32_t>(
         std::min(detail::small_max, st->pool.largest_required_pool_block) + 1);
     inline_bound_ = static_cast<std::uint32_t>(st->pool.largest_required_pool_block + 1);
+    if (st->large_cache_on && !st->careful)
+      large_max_ = static_cast<std::uint32_t>(detail::large_cache::max_pages * page_size);
   }
   std::size_t n = knobs.caches;
   if (n == 0) n = static_cast<std::size_t>(std::max(1L, ::sysconf(_SC_NPROCESSORS_CONF)));
@@ -181,18 +186,20 @@ std::size_t slab_resource::class_size(int cls) noexcept {
 // The class the inline path serves, or -1: small sizes by the first table, the rest of the
 // classes by the second, so that the common small case stays one compare and one load. An
 // alignment that is not a power of two finds bad_class, whose bin is always empty and full.
-#define BSALLOC_INLINE_CLASS(bytes, alignment, cls, slow) \
-  if ((bytes) < small_bound_) [[likely]]                  \
-    cls = detail::small_class(bytes, alignment);          \
-  else if ((bytes) < inline_bound_)                       \
-    cls = detail::medium_class(bytes, alignment);         \
-  else                                                    \
+#define BSALLOC_INLINE_CLASS(bytes, alignment, cls, slow, large) \
+  if ((bytes) < small_bound_) [[likely]]                         \
+    cls = detail::small_class(bytes, alignment);                 \
+  else if ((bytes) < inline_bound_)                              \
+    cls = detail::medium_class(bytes, alignment);                \
+  else if ((bytes) <= large_max_)                                \
+    goto large;                                                  \
+  else                                                           \
     goto slow
 
 void* slab_resource::do_allocate(std::size_t bytes, std::size_t alignment) {
   if (alignment <= detail::inline_max_align) [[likely]] {
     std::size_t cls;
-    BSALLOC_INLINE_CLASS(bytes, alignment, cls, slow);
+    BSALLOC_INLINE_CLASS(bytes, alignment, cls, slow, large);
     const detail::tls_slot& s = detail::t_slots[slot_];
     if (s.id == id_) [[likely]] {
       detail::bin& b = s.cache->bins[cls];
@@ -208,12 +215,14 @@ void* slab_resource::do_allocate(std::size_t bytes, std::size_t alignment) {
   }
 slow:
   return allocate_slow(bytes, alignment);
+large:
+  return allocate_large_front(bytes, alignment);
 }
 
 void slab_resource::do_deallocate(void* p, std::size_t bytes, std::size_t alignment) {
   if (alignment <= detail::inline_max_align) [[likely]] {
     std::size_t cls;
-    BSALLOC_INLINE_CLASS(bytes, alignment, cls, slow);
+    BSALLOC_INLINE_CLASS(bytes, alignment, cls, slow, large);
     const detail::tls_slot& s = detail::t_slots[slot_];
     if (s.id == id_) [[likely]] {
       detail::bin& b = s.cache->bins[cls];
@@ -231,6 +240,9 @@ void slab_resource::do_deallocate(void* p, std::size_t bytes, std::size_t alignm
   }
 slow:
   deallocate_slow(p, bytes, alignment);
+  return;
+large:
+  deallocate_large_front(p, bytes, alignment);
 }
 #undef BSALLOC_INLINE_CLASS
 
@@ -271,7 +283,7 @@ slab_resource_stats slab_resource::stats() const {
         s.large_objects += lc->objects_delta.load(std::memory_order_relaxed);
         s.large_bytes += lc->bytes_delta.load(std::memory_order_relaxed);
         s.large_cached_runs += lc->parked_runs.load(std::memory_order_relaxed);
-        s.large_cached_bytes += lc->parked_bytes.load(std::memory_order_relaxed);
+        s.large_cached_bytes += lc->pages.load(std::memory_order_relaxed) << page_shift;
       }
     }
   }

@@ -102,19 +102,21 @@ TEST_CASE("large cache: a freed large block is the same thread's next one of its
 TEST_CASE("large cache: bounded per bin and by large_cache_bytes; the rest goes to the pages") {
   page_resource pages;
   SUBCASE("a full bin gives its oldest run back") {
+    constexpr std::size_t per_bin = 16;  // large_cache::per_bin
+    constexpr std::size_t extra = 4;
     slab_resource r({}, unchecked(std::size_t{16} << 20), &pages);
     std::vector<void*> v;
-    for (int i = 0; i < 12; ++i) v.push_back(r.allocate(64 << 10));
+    for (std::size_t i = 0; i < per_bin + extra; ++i) v.push_back(r.allocate(64 << 10));
     const std::size_t live = pages.stats().allocated_bytes;
     for (void* p : v) r.deallocate(p, 64 << 10);
     const auto s = r.stats();
-    CHECK(s.large_cached_runs == 8);  // large_cache::per_bin
-    CHECK(s.large_cached_bytes == 8 * (64 << 10));
-    CHECK(pages.stats().allocated_bytes == live - 4 * (64 << 10));
-    // The newest eight stay (LIFO): the last one freed comes back first.
+    CHECK(s.large_cached_runs == per_bin);
+    CHECK(s.large_cached_bytes == per_bin * (64 << 10));
+    CHECK(pages.stats().allocated_bytes == live - extra * (64 << 10));
+    // The newest per_bin stay (LIFO): the last one freed comes back first.
     CHECK(r.allocate(64 << 10) == v.back());
-    for (std::size_t i = 4; i + 1 < v.size(); ++i) CHECK(pages.find_run(v[i])->parked);
-    for (std::size_t i = 0; i < 4; ++i) {
+    for (std::size_t i = extra; i + 1 < v.size(); ++i) CHECK(pages.find_run(v[i])->parked);
+    for (std::size_t i = 0; i < extra; ++i) {
       const auto run = pages.find_run(v[i]);  // free, or in the page layer's run cache
       CHECK((!run || !run->parked));
     }
@@ -297,6 +299,80 @@ TEST_CASE("large cache: a second free of a parked run throws naming it, losing n
                     [](unsigned char c) { return c == 0x3c; }));
   r.deallocate(keep, 60 << 10);
   r.check_invariants();
+}
+
+TEST_CASE("large cache: the large front refuses a bad alignment as the slow path does") {
+  // Requests above every class with alignment <= 16 take the large front (a hit in the
+  // thread's cache, no classification): it must refuse what the slow path refuses, warm
+  // cache or cold, and lose nothing.
+  page_resource pages;
+  slab_resource r({}, unchecked(), &pages);
+  constexpr std::size_t big = 100 << 10;
+  for (const bool warm : {false, true}) {
+    CAPTURE(warm);
+    void* p = r.allocate(big);
+    std::memset(p, 0x77, big);
+    if (warm) {
+      r.deallocate(p, big);
+      REQUIRE(r.stats().large_cached_runs == 1);
+    }
+    for (const std::size_t a : {0u, 3u, 12u}) {
+      CAPTURE(a);
+      CHECK_THROWS_AS((void)r.allocate(big, a), std::invalid_argument);
+    }
+    CHECK(r.stats().large_cached_runs == (warm ? 1u : 0u));
+    if (warm) {
+      void* q = r.allocate(big, 8);  // the parked run, still there
+      CHECK(q == p);
+      std::memset(q, 0x77, big);
+    }
+    // A free with a bad alignment is refused; the block stays its user's.
+    for (const std::size_t a : {0u, 3u, 12u}) {
+      CAPTURE(a);
+      CHECK_THROWS_AS(r.deallocate(p, big, a), std::invalid_argument);
+    }
+    CHECK(r.stats().large_objects == 1);
+    CHECK(static_cast<unsigned char*>(p)[big - 1] == 0x77);
+    r.check_invariants();
+    pages.check_invariants();
+    r.deallocate(p, big, 16);
+    CHECK(r.stats().large_objects == 0);
+    CHECK(r.stats().large_cached_runs == 1);
+    void* again = r.allocate(big);  // both rounds end with the run parked, then taken back
+    CHECK(again == p);
+    r.deallocate(again, big);
+  }
+  r.check_invariants();
+  pages.check_invariants();
+}
+
+TEST_CASE("large cache: request sizes across the run classes hit the bin of their class") {
+  // Every page count up to 64 pages (the front's table against class_pages()): a block freed
+  // and asked again at any size of its class comes back; one of the next class does not.
+  page_resource pages;
+  slab_resource r({}, unchecked(std::size_t{64} << 20), &pages);
+  for (std::size_t n = 9; n <= 64; ++n) {  // 8 pages and below are classes of the slabs
+    CAPTURE(n);
+    const std::size_t bytes = n * page_size - 100;
+    void* p = r.allocate(bytes);
+    r.deallocate(p, bytes);
+    const std::size_t cls = class_pages(bytes);
+    // The smallest request of the same class, then one of the next class up.
+    std::size_t first = cls;
+    while (first > 1 && class_pages((first - 1) * page_size) == cls) --first;
+    CAPTURE(first);
+    void* q = r.allocate((first - 1) * page_size + 1);
+    CHECK(q == p);
+    r.deallocate(q, (first - 1) * page_size + 1);
+    if (cls < 64) {
+      void* other = r.allocate(cls * page_size + 1);
+      CHECK(other != p);
+      r.deallocate(other, cls * page_size + 1);
+    }
+    CHECK(r.trim() > 0);
+  }
+  r.check_invariants();
+  pages.check_invariants();
 }
 
 TEST_CASE("large cache: a forked child allocates and frees large blocks; parent's cache intact") {

@@ -253,6 +253,11 @@ class slab_resource : public std::pmr::memory_resource {
                                             detail::bin* b, std::size_t cls);
   [[gnu::noinline]] void deallocate_hardened(void* p, std::size_t bytes, std::size_t alignment,
                                              detail::bin* b, std::size_t cls);
+  // The large front (src/slab/large.cpp): a request above every class, up to large_max_, tries
+  // the calling thread's large cache first (a parked run of its class) and goes to the slow
+  // path otherwise — without classifying, reporting or looking the thread cache up again.
+  [[gnu::noinline]] void* allocate_large_front(std::size_t bytes, std::size_t alignment);
+  [[gnu::noinline]] void deallocate_large_front(void* p, std::size_t bytes, std::size_t alignment);
 
   detail::slab_state* state_;
   std::uint64_t id_;    // never reused: names this resource in thread caches
@@ -266,6 +271,10 @@ class slab_resource : public std::pmr::memory_resource {
   // sends it to the hardened hit path with the bin (the unhardened hit path is unchanged).
   std::uint32_t small_bound_;
   std::uint32_t inline_bound_;
+  // Requests with alignment <= 16 from inline_bound_ up to large_max_ take the large front; 0
+  // (none) unless the resource keeps large caches (slab_state::large_cache_on) and has an
+  // inline path.
+  std::uint32_t large_max_;
   bool checked_;
   bool hardened_;
 };

@@ -30,12 +30,16 @@ bool page_resource::deallocate_tagged(void* p, std::uint32_t tag, std::size_t& b
   // without looking it up again.
   const std::size_t count = m->next;
   bytes = (count << page_shift) - load(m[1].next);
+  free_claimed(p, count, m);
+  return true;
+}
+
+void page_resource::free_claimed(void* p, std::size_t count, page_meta* m) {
   if (cores_ && count <= max_cached_run_pages &&
       (reinterpret_cast<std::uintptr_t>(p) & ((page_size << run_order(count)) - 1)) == 0 &&
       cache_put(p, count, m))
-    return true;
+    return;
   deallocate_slow(p, count);
-  return true;
 }
 
 bool page_resource::park_tagged(void* p, std::uint32_t tag, parked_run& out,
@@ -65,11 +69,7 @@ void page_resource::free_parked(const parked_run& r) {
   assert(run_mark(m->run) == run_parked && m->next == r.pages);
   store(m[1].prev, 0);  // untagged, as deallocate_tagged leaves a run it frees
   set_run_mark(m->run, run_live);
-  if (cores_ && r.pages <= max_cached_run_pages &&
-      (reinterpret_cast<std::uintptr_t>(r.start) & ((page_size << run_order(r.pages)) - 1)) == 0 &&
-      cache_put(r.start, r.pages, m))
-    return;
-  deallocate_slow(r.start, r.pages);
+  free_claimed(r.start, r.pages, m);
 }
 
 std::size_t page_resource::tagged_runs(std::uint32_t tag, std::span<tagged_run> out,

@@ -72,18 +72,18 @@ void check_large_cache(const slab_state& st, const detail::thread_cache& tc,
   for (std::size_t b = 0; b < large_cache::bins; ++b) {
     if (lc->count[b] > large_cache::per_bin) fail(st.ncores, -1, "L2: a large bin over per_bin");
     for (std::size_t i = 0; i < lc->count[b]; ++i, ++runs) {
-      const page_resource::parked_run& r = lc->runs[b][i];
-      const auto run = st.upstream_pages->find_run(r.start);
-      if (!run || run->start != r.start || run->pages != r.pages || !run->parked)
-        fail(st.ncores, -1, "L2: a large-cache entry that is not a parked run of its pages");
-      if (large_cache::bin_of(r.pages) != b)
-        fail(st.ncores, -1, "L2: a parked run in the bin of another page count");
-      if (!parked.insert(r.start).second) fail(st.ncores, -1, "L2: a parked run in two entries");
-      pages += r.pages;
+      const void* start = lc->runs[b][i].start;
+      const std::size_t bin_pages = large_cache::bin_pages(b);
+      const auto run = st.upstream_pages->find_run(start);
+      // An entry's page count is its bin's: a run of any other count is in the wrong bin.
+      if (!run || run->start != start || run->pages != bin_pages || !run->parked)
+        fail(st.ncores, -1, "L2: a large-cache entry that is not a parked run of its bin's pages");
+      if (!parked.insert(start).second) fail(st.ncores, -1, "L2: a parked run in two entries");
+      pages += bin_pages;
     }
   }
-  if (pages != lc->pages || runs != lc->parked_runs.load(std::memory_order_relaxed) ||
-      pages * page_size != lc->parked_bytes.load(std::memory_order_relaxed) ||
+  if (pages != lc->pages.load(std::memory_order_relaxed) ||
+      runs != lc->parked_runs.load(std::memory_order_relaxed) ||
       pages * page_size > st.knobs.large_cache_bytes)
     fail(st.ncores, -1, "L2: large-cache totals miscounted or over large_cache_bytes");
 }

@@ -101,36 +101,38 @@ void slab_state::deallocate_large(void* p, std::size_t bytes, std::size_t alignm
   up_deallocate(p, bytes, alignment);
 }
 
+inline void* slab_state::hand_out(large_cache& lc, const page_resource::parked_run& r,
+                                  std::size_t bytes) {
+  upstream_pages->unpark(r, bytes, large_tag.load(std::memory_order_relaxed));
+  add_owned(lc.objects_delta, 1);
+  add_owned(lc.bytes_delta, bytes);
+  return r.start;
+}
+
 void* slab_state::allocate_large_cached(thread_cache& tc, std::size_t bytes,
                                         std::size_t alignment) {
   large_cache* lc = tc.large_runs();
   if (!lc) [[unlikely]]
     return nullptr;   // no memory for it when the thread cache was made
   lc->active = true;  // no tick(): large calls leave the small bins' scavenging cadence alone
-  if (bytes > large_cache::max_pages * page_size) return nullptr;
-  const std::size_t b =
-      large_cache::bin_of(large_cache::class_pages(page_resource::pages_for(bytes)));
+  const std::size_t pages = page_resource::pages_for(bytes);
+  if (pages > large_cache::max_pages) return nullptr;
+  const std::size_t b = large_request_bin[pages];
   if (b == large_cache::bins || lc->count[b] == 0) return nullptr;
-  auto& bin = lc->runs[b];
-  std::size_t i = lc->count[b] - 1;  // the newest
-  if (alignment > page_size) [[unlikely]] {
-    // A parked run is page-aligned, most of them to their buddy block too (a run of n pages
-    // from the buddy lists starts at a multiple of 2^ceil(log2 n) pages): the newest one aligned
-    // enough, if any (object_pool's slabs ask for their own size).
-    while ((reinterpret_cast<std::uintptr_t>(bin[i].start) & (alignment - 1)) != 0)
-      if (i-- == 0) return nullptr;
-  }
-  const page_resource::parked_run r = bin[i];
-  std::copy(bin.begin() + static_cast<std::ptrdiff_t>(i) + 1, bin.begin() + lc->count[b],
-            bin.begin() + static_cast<std::ptrdiff_t>(i));
-  --lc->count[b];
-  lc->pages -= r.pages;
-  add_owned(lc->parked_runs, std::size_t(-1));
-  add_owned(lc->parked_bytes, 0 - (r.pages << page_shift));
-  upstream_pages->unpark(r, bytes, owner_tag());
-  add_owned(lc->objects_delta, 1);
-  add_owned(lc->bytes_delta, bytes);
-  return r.start;
+  if (alignment > page_size) [[unlikely]]
+    return allocate_large_aligned(*lc, b, bytes, alignment);
+  return hand_out(*lc, take_newest(*lc, b), bytes);
+}
+
+void* slab_state::allocate_large_aligned(large_cache& lc, std::size_t b, std::size_t bytes,
+                                         std::size_t alignment) {
+  // A parked run is page-aligned, most of them to their buddy block too (a run of n pages from
+  // the buddy lists starts at a multiple of 2^ceil(log2 n) pages): the newest one aligned
+  // enough, if any (object_pool's slabs ask for their own size).
+  std::size_t i = lc.count[b] - 1u;
+  while ((reinterpret_cast<std::uintptr_t>(lc.runs[b][i].start) & (alignment - 1)) != 0)
+    if (i-- == 0) return nullptr;
+  return hand_out(lc, take_out(lc, b, i), bytes);
 }
 
 bool slab_state::deallocate_large_cached(thread_cache& tc, void* p) {
@@ -143,27 +145,17 @@ bool slab_state::deallocate_large_cached(thread_cache& tc, void* p) {
     return false;
   add_owned(lc->objects_delta, std::size_t(-1));
   add_owned(lc->bytes_delta, 0 - recorded);
-  const std::size_t b = large_cache::bin_of(r.pages);
-  if (b == large_cache::bins || ((lc->pages + r.pages) << page_shift) > knobs.large_cache_bytes) {
+  const std::size_t b =
+      r.pages <= large_cache::max_pages ? large_run_bin[r.pages] : large_cache::bins;
+  const std::size_t held = lc->pages.load(std::memory_order_relaxed);
+  if (b == large_cache::bins || ((held + r.pages) << page_shift) > knobs.large_cache_bytes) {
     upstream_pages->free_parked(r);
     return true;
   }
-  auto& bin = lc->runs[b];
-  if (lc->count[b] == large_cache::per_bin) {
-    // Full: the oldest run goes back to the page layer. Out of the bin first, so that the bin
-    // only ever holds parked runs (a fork in between leaves the child a consistent cache).
-    const page_resource::parked_run old = bin[0];
-    std::copy(bin.begin() + 1, bin.end(), bin.begin());
-    --lc->count[b];
-    lc->pages -= old.pages;
-    add_owned(lc->parked_runs, std::size_t(-1));
-    add_owned(lc->parked_bytes, 0 - (old.pages << page_shift));
-    upstream_pages->free_parked(old);
-  }
-  bin[lc->count[b]++] = r;
-  lc->pages += r.pages;
-  add_owned(lc->parked_runs, 1);
-  add_owned(lc->parked_bytes, r.pages << page_shift);
+  // Full: the oldest run goes back to the page layer. Out of the bin first, so that the bin
+  // only ever holds parked runs (a fork in between leaves the child a consistent cache).
+  if (lc->count[b] == large_cache::per_bin) upstream_pages->free_parked(take_out(*lc, b, 0));
+  put_in(*lc, b, r);
   return true;
 }
 
@@ -173,10 +165,7 @@ std::size_t slab_state::flush_large(thread_cache& tc) {
   std::size_t bytes = 0;
   for (std::size_t b = 0; b < large_cache::bins; ++b) {
     while (lc->count[b] != 0) {
-      const page_resource::parked_run r = lc->runs[b][--lc->count[b]];
-      lc->pages -= r.pages;
-      add_owned(lc->parked_runs, std::size_t(-1));
-      add_owned(lc->parked_bytes, 0 - (r.pages << page_shift));
+      const page_resource::parked_run r = take_newest(*lc, b);
       upstream_pages->free_parked(r);
       bytes += r.pages << page_shift;
     }
@@ -193,6 +182,14 @@ void slab_state::fold_large(thread_cache& tc) {
   }
 }
 
+void slab_state::forget_large(thread_cache& tc) {
+  flush_large(tc);
+  if (large_cache* lc = tc.large_runs()) {
+    lc->objects_delta.store(0, std::memory_order_relaxed);
+    lc->bytes_delta.store(0, std::memory_order_relaxed);
+  }
+}
+
 void slab_state::recount_large_after_fork() noexcept {
   // A thread that the fork left behind may have been between a bin's count and the cache's
   // totals: its entries are right (a run enters a bin only once parked, and leaves it before
@@ -202,10 +199,9 @@ void slab_state::recount_large_after_fork() noexcept {
     if (!lc) continue;
     std::size_t runs = 0, pages = 0;
     for (std::size_t b = 0; b < large_cache::bins; ++b)
-      for (std::size_t i = 0; i < lc->count[b]; ++i, ++runs) pages += lc->runs[b][i].pages;
-    lc->pages = pages;
+      for (std::size_t i = 0; i < lc->count[b]; ++i, ++runs) pages += large_cache::bin_pages(b);
+    lc->pages.store(pages, std::memory_order_relaxed);
     lc->parked_runs.store(runs, std::memory_order_relaxed);
-    lc->parked_bytes.store(pages << page_shift, std::memory_order_relaxed);
   }
 }
 
@@ -231,3 +227,23 @@ void slab_state::free_large() {
 }
 
 }  // namespace bsalloc::detail
+
+namespace bsalloc {
+
+void* slab_resource::allocate_large_front(std::size_t bytes, std::size_t alignment) {
+  // Alignment <= 16 here (the inline path's test); 0 and the others that are not a power of
+  // two are the slow path's to refuse.
+  const detail::tls_slot& s = detail::t_slots[slot_];
+  if (s.id == id_ && detail::power_of_two(alignment)) [[likely]]
+    if (void* p = state_->allocate_large_cached(*s.cache, bytes, alignment)) return p;
+  return allocate_slow(bytes, alignment);
+}
+
+void slab_resource::deallocate_large_front(void* p, std::size_t bytes, std::size_t alignment) {
+  const detail::tls_slot& s = detail::t_slots[slot_];
+  if (s.id == id_ && detail::power_of_two(alignment)) [[likely]]
+    if (state_->deallocate_large_cached(*s.cache, p)) return;
+  deallocate_slow(p, bytes, alignment);
+}
+
+}  // namespace bsalloc

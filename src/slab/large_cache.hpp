@@ -19,8 +19,10 @@
 //     resource's tag, of bin b's page count; no run is in two entries (of any thread cache);
 //   - pages == the sum over the entries of their page counts, pages x page_size <= the budget,
 //     runs == the number of entries.
+// take_out() and put_in() are the only writers of the bins and the totals (and flush, fork's
+// recount); slab_resource's large front (large.cpp) reaches them with no other work on a hit.
 // Owner thread only; the counters are atomic only so that stats() may read them (relaxed).
-// Made with its thread cache (3.7 KiB), freed with it.
+// Made with its thread cache (4.9 KiB), freed with it.
 #include <bsalloc/page_resource.hpp>
 
 #include <array>
@@ -34,7 +36,7 @@ namespace bsalloc::detail {
 struct large_cache {
   static constexpr std::size_t max_pages = 64;  // runs up to 256 KiB
   static constexpr std::size_t bins = 19;
-  static constexpr std::size_t per_bin = 8;
+  static constexpr std::size_t per_bin = 16;
 
   /// The run class of a request of `pages` pages: the page count the cache's runs have.
   static constexpr std::size_t class_pages(std::size_t pages) noexcept {
@@ -53,17 +55,79 @@ struct large_cache {
     return 7 + (k - 4) * 4 + (pages - (std::size_t{1} << (k - 1))) / step - 1;
   }
 
+  /// The page count of bin b's runs (bin_of's inverse).
+  static constexpr std::size_t bin_pages(std::size_t b) noexcept {
+    if (b < 7) return b + 2;
+    const std::size_t k = (b - 7) / 4 + 4;  // 2^(k-1) < pages <= 2^k
+    return (std::size_t{1} << (k - 1)) + ((b - 7) % 4 + 1) * (std::size_t{1} << (k - 3));
+  }
+
+  // An entry: a parked run without its page count (its bin's).
+  struct entry {
+    void* start = nullptr;
+    void* meta = nullptr;
+  };
   std::array<std::uint8_t, bins> count{};
-  std::array<std::array<page_resource::parked_run, per_bin>, bins> runs{};
-  std::size_t pages = 0;  // L2
-  bool active = false;    // a large call since the last scavenge
-  // For stats(): the runs parked here and their bytes (whole pages) ...
-  std::atomic<std::size_t> parked_runs{0}, parked_bytes{0};
+  std::array<std::array<entry, per_bin>, bins> runs{};
+  bool active = false;  // a large call since the last scavenge
+  // L2: the runs parked here and their pages (atomic for stats(); owner writes only) ...
+  std::atomic<std::size_t> parked_runs{0}, pages{0};
   // ... and what this cache's thread changed in slab_state::large_objects / large_bytes
   // (modulo 2^64: a thread may free more than it allocated). Folded into those when the cache
   // goes (thread exit); stats() adds them up.
   std::atomic<std::size_t> objects_delta{0}, bytes_delta{0};
 };
+
+// The same two maps as tables, for the hit paths (no bit arithmetic there).
+constexpr auto make_large_table(bool request) {
+  std::array<std::uint8_t, large_cache::max_pages + 1> t{};
+  for (std::size_t n = 0; n <= large_cache::max_pages; ++n)
+    t[n] = static_cast<std::uint8_t>(
+        request ? (n == 0 ? large_cache::bins : large_cache::bin_of(large_cache::class_pages(n)))
+                : large_cache::bin_of(n));
+  return t;
+}
+/// large_request_bin[n]: the bin that serves a request of n pages (n <= max_pages), or bins.
+inline constexpr auto large_request_bin = make_large_table(true);
+/// large_run_bin[n]: the bin of a run of n pages (n <= max_pages), or bins (not a class count).
+inline constexpr auto large_run_bin = make_large_table(false);
+
+/// One more (or less: n wraps) in a counter that only its owner thread writes.
+inline void add_owned(std::atomic<std::size_t>& counter, std::size_t n) noexcept {
+  counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+/// large_bin_pages[b] == large_cache::bin_pages(b), for the hit path.
+inline constexpr auto large_bin_pages = [] {
+  std::array<std::uint8_t, large_cache::bins> t{};
+  for (std::size_t b = 0; b < large_cache::bins; ++b)
+    t[b] = static_cast<std::uint8_t>(large_cache::bin_pages(b));
+  return t;
+}();
+
+/// Takes the newest entry of bin b (not empty) out of the cache: a hit.
+inline page_resource::parked_run take_newest(large_cache& lc, std::size_t b) noexcept {
+  const large_cache::entry e = lc.runs[b][--lc.count[b]];
+  const std::size_t pages = large_bin_pages[b];
+  add_owned(lc.parked_runs, std::size_t(-1));
+  add_owned(lc.pages, 0 - pages);
+  return {e.start, e.meta, pages};
+}
+/// Takes entry i of bin b out of the cache (the entries above it move down one).
+inline page_resource::parked_run take_out(large_cache& lc, std::size_t b, std::size_t i) noexcept {
+  auto& bin = lc.runs[b];
+  const large_cache::entry e = bin[i];
+  const std::size_t n = lc.count[b] - 1u;
+  for (; i < n; ++i) bin[i] = bin[i + 1];
+  bin[n] = e;  // on top: take_newest takes it and its counts
+  return take_newest(lc, b);
+}
+/// Puts a parked run into bin b, which has room.
+inline void put_in(large_cache& lc, std::size_t b, const page_resource::parked_run& r) noexcept {
+  lc.runs[b][lc.count[b]++] = {r.start, r.meta};
+  add_owned(lc.parked_runs, 1);
+  add_owned(lc.pages, r.pages);
+}
 
 static_assert(large_cache::class_pages(8) == 8 && large_cache::class_pages(9) == 10 &&
               large_cache::class_pages(17) == 20 && large_cache::class_pages(33) == 40 &&
@@ -73,10 +137,13 @@ static_assert(large_cache::bin_of(2) == 0 && large_cache::bin_of(8) == 6 &&
               large_cache::bin_of(20) == 11 && large_cache::bin_of(64) == 18 &&
               large_cache::bin_of(65) == large_cache::bins &&
               large_cache::bin_of(18) == large_cache::bins);
-
-/// One more (or less: n wraps) in a counter that only its owner thread writes.
-inline void add_owned(std::atomic<std::size_t>& counter, std::size_t n) noexcept {
-  counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
-}
+static_assert([] {
+  for (std::size_t b = 0; b < large_cache::bins; ++b)
+    if (large_cache::bin_of(large_cache::bin_pages(b)) != b) return false;
+  return true;
+}());
+static_assert(large_request_bin[1] == large_cache::bins && large_request_bin[2] == 0 &&
+              large_request_bin[17] == 11 && large_request_bin[64] == 18 &&
+              large_run_bin[18] == large_cache::bins && large_run_bin[20] == 11);
 
 }  // namespace bsalloc::detail

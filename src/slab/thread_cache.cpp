@@ -182,12 +182,8 @@ void drop_caches(slab_state& st, bool destroying) {
     for (thread_cache* tc = st.caches; tc;) {
       thread_cache* next = tc->next;
       // Parked large runs go back to the page layer now (an upstream call under
-      // registry_mutex: the page layer takes no lock of ours); their counts go with them.
-      st.flush_large(*tc);
-      if (large_cache* lc = tc->large_runs()) {
-        lc->objects_delta.store(0, std::memory_order_relaxed);
-        lc->bytes_delta.store(0, std::memory_order_relaxed);
-      }
+      // registry_mutex: the page layer takes no lock of ours).
+      st.forget_large(*tc);
       if (destroying) {
         delete tc->large_runs();
         delete tc;
