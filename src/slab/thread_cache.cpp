@@ -14,6 +14,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -90,6 +91,35 @@ std::uint32_t acquire_slot(std::uint64_t id) {
   return s;
 }
 
+thread_cache* make_thread_cache(const slab_state& st) noexcept {
+  // Colour: the cache starts at a multiple of 64 bytes into its block that depends on the
+  // resource's slot, so that the bins of one class in the caches of many resources (one
+  // thread, one resource per subsystem) do not fall into the same few cache sets whatever
+  // the system allocator's placement — as slab colour does for slabs' first objects.
+  constexpr std::size_t line = 64, colours = 32;
+  static_assert(alignof(thread_cache) <= line && alignof(large_cache) <= line);
+  const std::size_t colour = (st.slot * 7 % colours) * line;
+  constexpr std::size_t tc_bytes = (sizeof(thread_cache) + line - 1) / line * line;
+  // Its large runs' cache too, now: a thread cache is made by a thread's first call (a lazy
+  // one would be a system malloc in the middle of a thread's large-block churn).
+  const std::size_t bytes = colour + tc_bytes + (st.large_cache_on ? sizeof(large_cache) : 0);
+  void* block = ::operator new (bytes, std::align_val_t{line}, std::nothrow);
+  if (!block) return nullptr;
+  auto* tc = new (static_cast<char*>(block) + colour) thread_cache{};
+  tc->block = block;
+  if (st.large_cache_on)
+    tc->large.store(new (static_cast<char*>(block) + colour + tc_bytes) large_cache{},
+                    std::memory_order_release);
+  return tc;
+}
+
+void free_thread_cache(thread_cache* tc) noexcept {
+  if (large_cache* lc = tc->large_runs()) lc->~large_cache();
+  void* block = tc->block;
+  tc->~thread_cache();
+  ::operator delete (block, std::align_val_t{64});
+}
+
 thread_cache* cache_for(slab_state& st) {
   if (thread_cache* tc = find_cache(st)) return tc;
   if (!st.knobs.thread_cache || t_exiting || st.slot == no_slot) return nullptr;
@@ -98,12 +128,8 @@ thread_cache* cache_for(slab_state& st) {
     if (!table) return nullptr;  // no cache: served by the core caches directly
     t_slots = table;
   }
-  auto* tc = new (std::nothrow) thread_cache{};
+  thread_cache* tc = make_thread_cache(st);
   if (!tc) return nullptr;
-  // Its large runs' cache too, now: a thread cache is made by a thread's first call (a lazy
-  // one would be a system malloc in the middle of a thread's large-block churn).
-  if (st.large_cache_on)
-    tc->large.store(new (std::nothrow) large_cache{}, std::memory_order_release);
   tc->res = &st;
   for (int c = 0; c < st.classes; ++c)
     tc->bins[static_cast<std::size_t>(c)].limit =
@@ -185,8 +211,7 @@ void drop_caches(slab_state& st, bool destroying) {
       // registry_mutex: the page layer takes no lock of ours).
       st.forget_large(*tc);
       if (destroying) {
-        delete tc->large_runs();
-        delete tc;
+        free_thread_cache(tc);
       } else {
         for (auto& b : tc->bins) {
           b.head = nullptr;
@@ -236,8 +261,7 @@ exit_hook::~exit_hook() {
     if (tc) {
       slab_state& st = *tc->res;
       st.flush_cache(*tc);
-      delete tc->large_runs();
-      delete tc;
+      free_thread_cache(tc);
       st.pins.fetch_sub(1, std::memory_order_release);  // the last access to st
     }
   }

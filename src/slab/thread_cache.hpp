@@ -50,6 +50,7 @@ struct thread_cache {
   known_slabs known;             // owner thread; hardened mode only
   // Made with the thread cache if large_cache_on; read by stats() (hence atomic). L2
   std::atomic<large_cache*> large{nullptr};
+  void* block = nullptr;  // the allocation that holds it and its large cache (make_thread_cache)
   large_cache* large_runs() const noexcept { return large.load(std::memory_order_acquire); }
 };
 
@@ -79,6 +80,10 @@ extern thread_local constinit tls_slot* t_slots __attribute__((tls_model(BSALLOC
 std::mutex& registry_mutex();
 /// A fresh slot for a new resource (registry_mutex not held); no_slot when none is left.
 std::uint32_t acquire_slot(std::uint64_t id);
+/// A thread cache for st (and its large cache, if st keeps them) in one block, or nullptr;
+/// free_thread_cache gives it back.
+thread_cache* make_thread_cache(const slab_state& st) noexcept;
+void free_thread_cache(thread_cache* tc) noexcept;
 /// The calling thread's cache for (id, slot), creating it unless caches are off.
 thread_cache* cache_for(slab_state& st);
 /// The calling thread's cache for st if it has one.
