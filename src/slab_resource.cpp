@@ -191,7 +191,7 @@ std::size_t slab_resource::class_size(int cls) noexcept {
     cls = detail::small_class(bytes, alignment);                 \
   else if ((bytes) < inline_bound_)                              \
     cls = detail::medium_class(bytes, alignment);                \
-  else if ((bytes) <= large_max_)                                \
+  else if ((bytes)-1 < large_max_) /* 0 never: no inline path */ \
     goto large;                                                  \
   else                                                           \
     goto slow

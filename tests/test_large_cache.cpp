@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <memory_resource>
@@ -344,6 +345,35 @@ TEST_CASE("large cache: the large front refuses a bad alignment as the slow path
   }
   r.check_invariants();
   pages.check_invariants();
+}
+
+TEST_CASE("large cache: a resource without an inline path sends no call to the large front") {
+  // Hardened mode with zero-on-free keeps large caches (a page_resource upstream, checked mode
+  // off) but has no inline path: every call, 0 bytes included, takes the slow path, which
+  // validates it. A free of a large block that says 0 bytes is a bad free there (an abort
+  // naming it), not a block parked for the next request.
+  slab_resource_options o = unchecked();
+  o.hardened = true;
+  o.hardened_zero_on_free = true;
+  {
+    page_resource pages;
+    slab_resource r({}, o, &pages);
+    void* p = r.allocate(100 << 10);
+    r.deallocate(p, 100 << 10);
+    CHECK(r.stats().large_cached_runs == 1);  // the cache works there, on the slow path
+    CHECK(r.allocate(100 << 10) == p);
+    r.deallocate(p, 100 << 10);
+    r.check_invariants();
+  }
+  const auto child = bsalloc_test::run_in_child([o] {
+    page_resource pages;
+    slab_resource r({}, o, &pages);
+    void* p = r.allocate(100 << 10);
+    r.deallocate(p, 0, 8);
+    std::fprintf(stderr, "parked: %zu\n", r.stats().large_cached_runs);
+  });
+  CHECK(child.aborted);
+  CHECK(child.err.find("parked:") == std::string::npos);
 }
 
 TEST_CASE("large cache: request sizes across the run classes hit the bin of their class") {

@@ -272,8 +272,8 @@ class slab_resource : public std::pmr::memory_resource {
   std::uint32_t small_bound_;
   std::uint32_t inline_bound_;
   // Requests with alignment <= 16 from inline_bound_ up to large_max_ take the large front; 0
-  // (none) unless the resource keeps large caches (slab_state::large_cache_on) and has an
-  // inline path.
+  // (none, not even 0 bytes) unless the resource keeps large caches
+  // (slab_state::large_cache_on) and has an inline path.
   std::uint32_t large_max_;
   bool checked_;
   bool hardened_;

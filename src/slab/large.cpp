@@ -101,8 +101,8 @@ void slab_state::deallocate_large(void* p, std::size_t bytes, std::size_t alignm
   up_deallocate(p, bytes, alignment);
 }
 
-inline void* slab_state::hand_out(large_cache& lc, const page_resource::parked_run& r,
-                                  std::size_t bytes) {
+void* slab_state::unpark_to_user(large_cache& lc, const page_resource::parked_run& r,
+                                 std::size_t bytes) {
   upstream_pages->unpark(r, bytes, large_tag.load(std::memory_order_relaxed));
   add_owned(lc.objects_delta, 1);
   add_owned(lc.bytes_delta, bytes);
@@ -121,7 +121,7 @@ void* slab_state::allocate_large_cached(thread_cache& tc, std::size_t bytes,
   if (b == large_cache::bins || lc->count[b] == 0) return nullptr;
   if (alignment > page_size) [[unlikely]]
     return allocate_large_aligned(*lc, b, bytes, alignment);
-  return hand_out(*lc, take_newest(*lc, b), bytes);
+  return unpark_to_user(*lc, take_newest(*lc, b), bytes);
 }
 
 void* slab_state::allocate_large_aligned(large_cache& lc, std::size_t b, std::size_t bytes,
@@ -132,7 +132,7 @@ void* slab_state::allocate_large_aligned(large_cache& lc, std::size_t b, std::si
   std::size_t i = lc.count[b] - 1u;
   while ((reinterpret_cast<std::uintptr_t>(lc.runs[b][i].start) & (alignment - 1)) != 0)
     if (i-- == 0) return nullptr;
-  return hand_out(lc, take_out(lc, b, i), bytes);
+  return unpark_to_user(lc, take_out(lc, b, i), bytes);
 }
 
 bool slab_state::deallocate_large_cached(thread_cache& tc, void* p) {
@@ -153,7 +153,8 @@ bool slab_state::deallocate_large_cached(thread_cache& tc, void* p) {
     return true;
   }
   // Full: the oldest run goes back to the page layer. Out of the bin first, so that the bin
-  // only ever holds parked runs (a fork in between leaves the child a consistent cache).
+  // only ever holds parked runs (a fork in between leaves the run to the child's recount:
+  // recount_large_after_fork).
   if (lc->count[b] == large_cache::per_bin) upstream_pages->free_parked(take_out(*lc, b, 0));
   put_in(*lc, b, r);
   return true;
@@ -191,15 +192,26 @@ void slab_state::forget_large(thread_cache& tc) {
 }
 
 void slab_state::recount_large_after_fork() noexcept {
-  // A thread that the fork left behind may have been between a bin's count and the cache's
-  // totals: its entries are right (a run enters a bin only once parked, and leaves it before
-  // it is unparked or freed), the totals are recounted from them.
+  // A thread that the fork left behind may have been anywhere in take_newest / take_out /
+  // put_in. What the child can find (large_cache.hpp writes in this order):
+  //   - an entry below count is a parked run of the bin (put_in stores it before the count);
+  //   - take_out's shift may have left one run in two adjacent entries: kept once here;
+  //   - the run being taken out or put in may be in no entry: parked, and never freed in the
+  //     child (a leak of at most one run per such thread, not a double free);
+  //   - the totals may be off: recounted from the entries.
   for (thread_cache* tc = caches; tc; tc = tc->next) {
     large_cache* lc = tc->large_runs();
     if (!lc) continue;
     std::size_t runs = 0, pages = 0;
-    for (std::size_t b = 0; b < large_cache::bins; ++b)
-      for (std::size_t i = 0; i < lc->count[b]; ++i, ++runs) pages += large_cache::bin_pages(b);
+    for (std::size_t b = 0; b < large_cache::bins; ++b) {
+      auto& bin = lc->runs[b];
+      std::size_t kept = 0;
+      for (std::size_t i = 0; i < lc->count[b]; ++i)
+        if (kept == 0 || bin[kept - 1].start != bin[i].start) bin[kept++] = bin[i];
+      lc->count[b] = static_cast<std::uint8_t>(kept);
+      runs += kept;
+      pages += kept * large_cache::bin_pages(b);
+    }
     lc->pages.store(pages, std::memory_order_relaxed);
     lc->parked_runs.store(runs, std::memory_order_relaxed);
   }

@@ -19,9 +19,9 @@
 //     resource's tag, of bin b's page count; no run is in two entries (of any thread cache);
 //   - pages == the sum over the entries of their page counts, pages x page_size <= the budget,
 //     runs == the number of entries.
-// take_out() and put_in() are the only writers of the bins and the totals (and flush, fork's
-// recount); slab_resource's large front (large.cpp) reaches them with no other work on a hit.
-// Owner thread only; the counters are atomic only so that stats() may read them (relaxed).
+// take_newest(), take_out() and put_in() are the only writers of the bins and the totals (and
+// fork's recount); slab_resource's large front (large.cpp) reaches them with no other work on a
+// hit. Owner thread only; the counters are atomic only so that stats() may read them (relaxed).
 // Made with its thread cache (4.9 KiB), freed with it.
 #include <bsalloc/page_resource.hpp>
 
@@ -122,9 +122,12 @@ inline page_resource::parked_run take_out(large_cache& lc, std::size_t b, std::s
   bin[n] = e;  // on top: take_newest takes it and its counts
   return take_newest(lc, b);
 }
-/// Puts a parked run into bin b, which has room.
+/// Puts a parked run into bin b, which has room. The entry is written before the count, so
+/// that a fork at any point leaves the child no stale entry below count.
 inline void put_in(large_cache& lc, std::size_t b, const page_resource::parked_run& r) noexcept {
-  lc.runs[b][lc.count[b]++] = {r.start, r.meta};
+  const std::uint8_t n = lc.count[b];
+  lc.runs[b][n] = {r.start, r.meta};
+  std::atomic_ref(lc.count[b]).store(static_cast<std::uint8_t>(n + 1), std::memory_order_release);
   add_owned(lc.parked_runs, 1);
   add_owned(lc.pages, r.pages);
 }

@@ -277,7 +277,7 @@ struct slab_state {
   // The thread cache's large runs (large_cache.hpp): a hit, or null for the upstream path.
   void* allocate_large_cached(thread_cache& tc, std::size_t bytes, std::size_t alignment);
   // A run taken out of lc to its new user, who asked for `bytes`.
-  void* hand_out(large_cache& lc, const page_resource::parked_run& r, std::size_t bytes);
+  void* unpark_to_user(large_cache& lc, const page_resource::parked_run& r, std::size_t bytes);
   // Its over-aligned case (alignment > page_size): the newest run of bin b aligned enough.
   [[gnu::noinline]] void* allocate_large_aligned(large_cache& lc, std::size_t b, std::size_t bytes,
                                                  std::size_t alignment);
