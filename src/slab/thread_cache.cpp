@@ -91,12 +91,18 @@ std::uint32_t acquire_slot(std::uint64_t id) {
   return s;
 }
 
+namespace {
+// The alignment of a thread cache's block (make_thread_cache): its colours are cache lines, and
+// free_thread_cache must give the block back with the alignment it was taken with.
+constexpr std::size_t cache_block_align = 64;
+}  // namespace
+
 thread_cache* make_thread_cache(const slab_state& st) noexcept {
   // Colour: the cache starts at a multiple of 64 bytes into its block that depends on the
   // resource's slot, so that the bins of one class in the caches of many resources (one
   // thread, one resource per subsystem) do not fall into the same few cache sets whatever
   // the system allocator's placement — as slab colour does for slabs' first objects.
-  constexpr std::size_t line = 64, colours = 32;
+  constexpr std::size_t line = cache_block_align, colours = 32;
   static_assert(alignof(thread_cache) <= line && alignof(large_cache) <= line);
   const std::size_t colour = (st.slot * 7 % colours) * line;
   constexpr std::size_t tc_bytes = (sizeof(thread_cache) + line - 1) / line * line;
@@ -117,7 +123,7 @@ void free_thread_cache(thread_cache* tc) noexcept {
   if (large_cache* lc = tc->large_runs()) lc->~large_cache();
   void* block = tc->block;
   tc->~thread_cache();
-  ::operator delete (block, std::align_val_t{64});
+  ::operator delete (block, std::align_val_t{cache_block_align});
 }
 
 thread_cache* cache_for(slab_state& st) {
