@@ -180,6 +180,89 @@ TEST_CASE("large cache: bounded per bin and by large_cache_bytes; the rest goes 
   pages.check_invariants();
 }
 
+TEST_CASE("large cache: a miss takes a run of the next two bins up, at most half as big again") {
+  page_resource pages;
+  slab_resource r({}, unchecked(std::size_t{16} << 20), &pages);
+  // Run classes above 8 pages go in four steps per doubling: 32, 40, 48, 56, 64 pages.
+  void* run64 = r.allocate(64 * page_size);
+  r.deallocate(run64, 64 * page_size);
+  REQUIRE(r.stats().large_cached_runs == 1);
+  // 40 pages: three bins below, and 64 > 1.5 x 40: not borrowed.
+  void* p40 = r.allocate(40 * page_size);
+  CHECK(p40 != run64);
+  CHECK(r.stats().large_cached_runs == 1);
+  // 48 pages (class 48, two bins below, 64 <= 72): the 64-page run, still of 64 pages.
+  const std::size_t asked = 47 * page_size + 1;
+  void* p48 = r.allocate(asked);
+  CHECK(p48 == run64);
+  CHECK(r.stats().large_cached_runs == 0);
+  CHECK(r.stats().large_bytes == 40 * page_size + asked);  // what was asked, not the run
+  const auto run = pages.find_run(p48);
+  REQUIRE(run);
+  CHECK(run->pages == 64);
+  std::memset(p48, 0x5a, asked);
+  // Freed, it goes back to the 64-page bin: a 64-page request takes it.
+  r.deallocate(p48, asked);
+  CHECK(r.stats().large_cached_bytes == 64 * page_size);
+  CHECK(r.allocate(64 * page_size) == run64);
+  r.check_invariants();
+  // The exact bin first when it holds a run: a 48-page run parked next to the 64-page one.
+  void* run48 = r.allocate(48 * page_size);
+  r.deallocate(run48, 48 * page_size);
+  r.deallocate(run64, 64 * page_size);
+  CHECK(r.allocate(48 * page_size) == run48);
+  // 56 pages takes the 64-page run (one bin up); then nothing is left for 56 pages.
+  void* p56 = r.allocate(56 * page_size);
+  CHECK(p56 == run64);
+  void* other = r.allocate(56 * page_size);
+  CHECK(other != run64);
+  CHECK(other != run48);
+  r.deallocate(other, 56 * page_size);
+  r.deallocate(p56, 56 * page_size);
+  r.deallocate(run48, 48 * page_size);
+  r.deallocate(p40, 40 * page_size);
+  r.check_invariants();
+  pages.check_invariants();
+}
+
+TEST_CASE("large cache: the budget grows to a quarter of the thread's live large bytes") {
+  page_resource pages;
+  constexpr std::size_t base = 256 << 10;  // large_cache_bytes
+  constexpr std::size_t block = 100 << 10;  // a run of 28 pages (112 KiB)
+  constexpr std::size_t run = 28 * page_size;
+  slab_resource r({}, unchecked(base), &pages);
+  SUBCASE("few live blocks: the base budget") {
+    std::vector<void*> v;
+    for (int i = 0; i < 10; ++i) v.push_back(r.allocate(block));
+    for (void* p : v) r.deallocate(p, block);
+    CHECK(r.stats().large_cached_runs == 2);  // 2 x 112 KiB <= 256 KiB
+  }
+  SUBCASE("many live blocks: up to 4 x the base") {
+    std::vector<void*> live, churn;
+    for (int i = 0; i < 40; ++i) live.push_back(r.allocate(block));
+    for (int i = 0; i < 10; ++i) churn.push_back(r.allocate(block));
+    // Each free of the churn sees 40 + (the churn not freed yet) blocks live: a quarter of
+    // 41 x 100 KiB is 1025 KiB, capped at 1 MiB, over 9 runs (1008 KiB); the tenth free sees
+    // 4000 KiB live (a budget of 1000 KiB) and 10 runs would be 1120 KiB.
+    for (void* p : churn) r.deallocate(p, block);
+    CHECK(r.stats().large_cached_runs == 9);
+    CHECK(r.stats().large_cached_bytes == 9 * run);
+    CHECK(r.stats().large_cached_bytes <= 4 * base);
+    r.check_invariants();
+    // They serve the thread's next requests.
+    for (int i = 0; i < 9; ++i) churn[static_cast<std::size_t>(i)] = r.allocate(block);
+    CHECK(r.stats().large_cached_runs == 0);
+    for (std::size_t i = 0; i < 9; ++i) r.deallocate(churn[i], block);
+    for (void* p : live) r.deallocate(p, block);
+    // Freeing everything: live went to 0, the runs parked stay within the ceiling.
+    CHECK(r.stats().large_cached_bytes <= 4 * base);
+    r.check_invariants();
+  }
+  r.trim();
+  CHECK(r.stats().large_cached_runs == 0);
+  pages.check_invariants();
+}
+
 TEST_CASE("large cache: trim, release, destruction and thread exit give every parked run back") {
   page_resource pages;
   const std::size_t base = pages.stats().allocated_bytes;

@@ -46,7 +46,8 @@
 //       metadata (page_resource::allocate_tagged, I12) for runs of two pages or more.
 //   L2  a thread cache's large runs: each one a run of the page_resource upstream, parked (I11)
 //       and tagged by this resource, in the bin of its page count, in no other entry; each
-//       cache's pages add up and stay within knobs().large_cache_bytes.
+//       cache's pages add up and stay within 4 x knobs().large_cache_bytes (the budget's
+//       ceiling).
 //
 // Thread safety: allocate/deallocate from any thread. release(), the destructor and
 // check_invariants() need that no other thread uses the resource at the same time. Calls to an
@@ -93,10 +94,12 @@ struct slab_resource_options {
   /// Per-thread cache of large runs, in bytes per thread and resource (0: off). With a
   /// page_resource upstream and checked mode off, a large block of up to 256 KiB that a thread
   /// frees stays in that thread's cache (still allocated in the page layer, marked parked) for
-  /// its next large request of the same page count: no lock and no shared counter on either
-  /// call. Given back by trim() (the calling thread's), thread exit, release(), the
-  /// destructor, and by the thread's own slow path once it stops allocating large blocks.
-  /// Counted in stats().large_cached_bytes (reserved, not in use).
+  /// its next large request of the same run class, or of a class up to a third smaller: no
+  /// lock and no shared counter on either call. A thread whose live large blocks (through
+  /// this resource) exceed 4 x this budget may cache a quarter of them, up to 4 x this budget.
+  /// Given back by trim() (the calling thread's), thread exit, release(), the destructor, and by
+  /// the thread's own slow path once it stops allocating large blocks. Counted in
+  /// stats().large_cached_bytes (reserved, not in use).
   std::size_t large_cache_bytes = std::size_t{4} << 20;
   /// Detect double free, foreign pointers and size/alignment mismatches (against the size and
   /// alignment each allocation asked for); abort with a message naming the pointer and the

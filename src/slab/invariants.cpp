@@ -84,8 +84,8 @@ void check_large_cache(const slab_state& st, const detail::thread_cache& tc,
   }
   if (pages != lc->pages.load(std::memory_order_relaxed) ||
       runs != lc->parked_runs.load(std::memory_order_relaxed) ||
-      pages * page_size > st.knobs.large_cache_bytes)
-    fail(st.ncores, -1, "L2: large-cache totals miscounted or over large_cache_bytes");
+      pages * page_size > detail::large_budget_ceiling(st.knobs.large_cache_bytes))
+    fail(st.ncores, -1, "L2: large-cache totals miscounted or over the budget's ceiling");
 }
 
 }  // namespace

@@ -118,21 +118,29 @@ void* slab_state::allocate_large_cached(thread_cache& tc, std::size_t bytes,
   const std::size_t pages = page_resource::pages_for(bytes);
   if (pages > large_cache::max_pages) return nullptr;
   const std::size_t b = large_request_bin[pages];
-  if (b == large_cache::bins || lc->count[b] == 0) return nullptr;
-  if (alignment > page_size) [[unlikely]]
-    return allocate_large_aligned(*lc, b, bytes, alignment);
+  if (b == large_cache::bins) return nullptr;
+  if (lc->count[b] == 0 || alignment > page_size) [[unlikely]]
+    return allocate_large_near(*lc, b, bytes, alignment);
   return unpark_to_user(*lc, take_newest(*lc, b), bytes);
 }
 
-void* slab_state::allocate_large_aligned(large_cache& lc, std::size_t b, std::size_t bytes,
-                                         std::size_t alignment) {
-  // A parked run is page-aligned, most of them to their buddy block too (a run of n pages from
-  // the buddy lists starts at a multiple of 2^ceil(log2 n) pages): the newest one aligned
-  // enough, if any (object_pool's slabs ask for their own size).
-  std::size_t i = lc.count[b] - 1u;
-  while ((reinterpret_cast<std::uintptr_t>(lc.runs[b][i].start) & (alignment - 1)) != 0)
-    if (i-- == 0) return nullptr;
-  return unpark_to_user(lc, take_out(lc, b, i), bytes);
+void* slab_state::allocate_large_near(large_cache& lc, std::size_t b, std::size_t bytes,
+                                      std::size_t alignment) {
+  // Bin b first, then up to borrow_bins bins up whose runs are not too big for the request's
+  // class (borrowed_ok): a run keeps its page count, and its free parks it in its own bin.
+  const std::size_t cls = large_cache::bin_pages(b);
+  const std::size_t last = std::min(b + large_cache::borrow_bins, large_cache::bins - 1);
+  for (std::size_t j = b; j <= last && borrowed_ok(cls, large_cache::bin_pages(j)); ++j) {
+    if (lc.count[j] == 0) continue;
+    if (alignment <= page_size) return unpark_to_user(lc, take_newest(lc, j), bytes);
+    // A parked run is page-aligned, most of them to their buddy block too (a run of n pages
+    // from the buddy lists starts at a multiple of 2^ceil(log2 n) pages): the newest one
+    // aligned enough, if any (object_pool's slabs ask for their own size).
+    for (std::size_t i = lc.count[j]; i-- != 0;)
+      if ((reinterpret_cast<std::uintptr_t>(lc.runs[j][i].start) & (alignment - 1)) == 0)
+        return unpark_to_user(lc, take_out(lc, j, i), bytes);
+  }
+  return nullptr;
 }
 
 bool slab_state::deallocate_large_cached(thread_cache& tc, void* p) {
@@ -147,8 +155,9 @@ bool slab_state::deallocate_large_cached(thread_cache& tc, void* p) {
   add_owned(lc->bytes_delta, 0 - recorded);
   const std::size_t b =
       r.pages <= large_cache::max_pages ? large_run_bin[r.pages] : large_cache::bins;
-  const std::size_t held = lc->pages.load(std::memory_order_relaxed);
-  if (b == large_cache::bins || ((held + r.pages) << page_shift) > knobs.large_cache_bytes) {
+  const std::size_t after = (lc->pages.load(std::memory_order_relaxed) + r.pages) << page_shift;
+  if (b == large_cache::bins ||
+      (after > knobs.large_cache_bytes && after > large_budget(*lc, knobs.large_cache_bytes))) {
     upstream_pages->free_parked(r);
     return true;
   }

@@ -12,19 +12,24 @@
 // most a quarter more address space than asked, and no more RSS (the pages past what the
 // caller touches stay untouched). 19 bins. Each bin is LIFO (the newest run is the warmest)
 // and holds at most per_bin runs; a full bin gives its oldest run back to the page layer, and
-// a run that would take the cache over its budget (knobs.large_cache_bytes) is not parked.
+// a run that would take the cache over its budget (large_budget()) is not parked. A request
+// whose bin is empty takes a run of one of the next bins up (borrow_bins) if that has at most
+// half as many pages again as its class (borrowed_ok): with random sizes, each bin's count is
+// a random walk that hits 0 often, and the next bins up usually hold a run.
 //
 // Invariants (L2, checked by slab_resource::check_invariants()):
 //   - every entry of bin b is a run of upstream_pages, parked (run mark, I11), tagged with this
 //     resource's tag, of bin b's page count; no run is in two entries (of any thread cache);
-//   - pages == the sum over the entries of their page counts, pages x page_size <= the budget,
-//     runs == the number of entries.
+//   - pages == the sum over the entries of their page counts, pages x page_size <= the
+//     budget's ceiling (large_budget_growth x knobs.large_cache_bytes), runs == the number of
+//     entries.
 // take_newest(), take_out() and put_in() are the only writers of the bins and the totals (and
 // fork's recount); slab_resource's large front (large.cpp) reaches them with no other work on a
 // hit. Owner thread only; the counters are atomic only so that stats() may read them (relaxed).
 // Made with its thread cache (4.9 KiB), freed with it.
 #include <bsalloc/page_resource.hpp>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <bit>
@@ -37,6 +42,7 @@ struct large_cache {
   static constexpr std::size_t max_pages = 64;  // runs up to 256 KiB
   static constexpr std::size_t bins = 19;
   static constexpr std::size_t per_bin = 16;
+  static constexpr std::size_t borrow_bins = 2;  // a miss looks this many bins up
 
   /// The run class of a request of `pages` pages: the page count the cache's runs have.
   static constexpr std::size_t class_pages(std::size_t pages) noexcept {
@@ -91,6 +97,29 @@ constexpr auto make_large_table(bool request) {
 inline constexpr auto large_request_bin = make_large_table(true);
 /// large_run_bin[n]: the bin of a run of n pages (n <= max_pages), or bins (not a class count).
 inline constexpr auto large_run_bin = make_large_table(false);
+
+/// A run of `run_pages` may serve a request of class `class_pages`: it is no smaller and has
+/// at most half as many pages again (the address space a borrowed run wastes; RSS only where
+/// an earlier user touched the pages past the request).
+constexpr bool borrowed_ok(std::size_t class_pages, std::size_t run_pages) noexcept {
+  return run_pages >= class_pages && 2 * run_pages <= 3 * class_pages;
+}
+
+/// The budget grows with what the thread holds: a quarter of its live large bytes through this
+/// resource (allocated minus freed, when positive), at least `base` (knobs.large_cache_bytes)
+/// and at most large_budget_growth x base. A thread that keeps many large blocks live and
+/// replaces them churns through more sizes than a fixed budget holds runs for; one with few
+/// keeps the base.
+inline constexpr std::size_t large_budget_growth = 4;
+constexpr std::size_t large_budget_ceiling(std::size_t base) noexcept {
+  return base > SIZE_MAX / large_budget_growth ? SIZE_MAX : base * large_budget_growth;
+}
+inline std::size_t large_budget(const large_cache& lc, std::size_t base) noexcept {
+  const std::size_t live = lc.bytes_delta.load(std::memory_order_relaxed);
+  const std::size_t quarter =
+      static_cast<std::ptrdiff_t>(live) > 0 ? live / 4 : 0;  // negative: frees more than it made
+  return std::max(base, std::min(quarter, large_budget_ceiling(base)));
+}
 
 /// One more (or less: n wraps) in a counter that only its owner thread writes.
 inline void add_owned(std::atomic<std::size_t>& counter, std::size_t n) noexcept {

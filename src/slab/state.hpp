@@ -278,9 +278,10 @@ struct slab_state {
   void* allocate_large_cached(thread_cache& tc, std::size_t bytes, std::size_t alignment);
   // A run taken out of lc to its new user, who asked for `bytes`.
   void* unpark_to_user(large_cache& lc, const page_resource::parked_run& r, std::size_t bytes);
-  // Its over-aligned case (alignment > page_size): the newest run of bin b aligned enough.
-  [[gnu::noinline]] void* allocate_large_aligned(large_cache& lc, std::size_t b, std::size_t bytes,
-                                                 std::size_t alignment);
+  // Its miss in bin b, or an alignment above page_size: the newest run aligned enough of bin b
+  // or of the next bins up that may serve b's class (large_cache.hpp), else null.
+  [[gnu::noinline]] void* allocate_large_near(large_cache& lc, std::size_t b, std::size_t bytes,
+                                              std::size_t alignment);
   // True: p was parked in tc (or given back to the page layer past the cache's bounds).
   bool deallocate_large_cached(thread_cache& tc, void* p);
   // Every run of tc's large cache goes back to the page layer; returns their bytes.
