@@ -86,6 +86,7 @@ namespace bsalloc {
 class page_resource;
 namespace detail {
 struct page_access;
+struct page_parking;
 }  // namespace detail
 
 class page_resource : public std::pmr::memory_resource {
@@ -227,6 +228,7 @@ class page_resource : public std::pmr::memory_resource {
   static constexpr std::uint32_t no_page = std::numeric_limits<std::uint32_t>::max();
 
   friend struct detail::page_access;
+  friend struct detail::page_parking;  // park_tagged / unpark inline (src/page/parking.hpp)
   struct core_cache;
   struct purger_state;
 

@@ -7,6 +7,7 @@
 #include <cassert>
 
 #include "internal.hpp"
+#include "parking.hpp"
 
 namespace bsalloc {
 using namespace detail;
@@ -44,24 +45,11 @@ void page_resource::free_claimed(void* p, std::size_t count, page_meta* m) {
 
 bool page_resource::park_tagged(void* p, std::uint32_t tag, parked_run& out,
                                 std::size_t& bytes) noexcept {
-  page_meta* m = tag_slot(p);
-  // Another resource's run (or an untagged one) is left alone: no claim, nothing changed.
-  if (!m || tag == 0 || load(m[1].prev) != tag) return false;
-  // Claim the run (I11): of two frees of it racing, exactly one wins; the loser finds no live
-  // run on whatever path it takes and throws naming p.
-  if (!claim_run_mark(m->run, run_parked)) return false;
-  const std::size_t count = m->next;
-  bytes = (count << page_shift) - load(m[1].next);
-  out = parked_run{p, m, count};
-  return true;
+  return page_parking::park(*this, p, tag, out, bytes);
 }
 
 void page_resource::unpark(const parked_run& r, std::size_t bytes, std::uint32_t tag) noexcept {
-  auto* m = static_cast<page_meta*>(r.meta);
-  assert(run_mark(m->run) == run_parked && m->next == r.pages && bytes <= r.pages << page_shift);
-  store(m[1].next, static_cast<std::uint32_t>((r.pages << page_shift) - bytes));
-  std::atomic_ref(m[1].prev).store(tag, std::memory_order_release);  // I12: bytes first
-  set_run_mark(m->run, run_live);
+  page_parking::unpark(r, bytes, tag);
 }
 
 void page_resource::free_parked(const parked_run& r) {

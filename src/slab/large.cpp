@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <new>
 
+#include "../page/parking.hpp"
 #include "state.hpp"
 
 namespace bsalloc::detail {
@@ -30,6 +31,78 @@ std::atomic<std::uint32_t> last_owner_tag{0};
 std::uint32_t slab_state::owner_tag() {
   const std::uint32_t t = large_tag.load(std::memory_order_relaxed);
   return t != 0 ? t : draw_tag(large_tag);
+}
+
+// The hit paths: inline here, into the large front and the slow path.
+[[gnu::always_inline]] inline void* slab_state::unpark_to_user(large_cache& lc,
+                                                               const page_resource::parked_run& r,
+                                                               std::size_t bytes) {
+  page_parking::unpark(r, bytes, large_tag.load(std::memory_order_relaxed));
+  add_owned(lc.objects_delta, 1);
+  add_owned(lc.bytes_delta, bytes);
+  return r.start;
+}
+
+[[gnu::always_inline]] inline void* slab_state::allocate_large_cached(thread_cache& tc,
+                                                                      std::size_t bytes,
+                                                                      std::size_t alignment) {
+  large_cache* lc = tc.large_runs();
+  if (!lc) [[unlikely]]
+    return nullptr;   // no memory for it when the thread cache was made
+  lc->active = true;  // no tick(): large calls leave the small bins' scavenging cadence alone
+  const std::size_t pages = page_resource::pages_for(bytes);
+  if (pages > large_cache::max_pages) return nullptr;
+  const std::size_t b = large_request_bin[pages];
+  if (b == large_cache::bins) return nullptr;
+  if (lc->count[b] == 0 || alignment > page_size) [[unlikely]]
+    return allocate_large_near(*lc, b, bytes, alignment);
+  return unpark_to_user(*lc, take_newest(*lc, b), bytes);
+}
+
+void* slab_state::allocate_large_near(large_cache& lc, std::size_t b, std::size_t bytes,
+                                      std::size_t alignment) {
+  // Bin b first, then up to borrow_bins bins up whose runs are not too big for the request's
+  // class (borrowed_ok): a run keeps its page count, and its free parks it in its own bin.
+  const std::size_t cls = large_cache::bin_pages(b);
+  const std::size_t last = std::min(b + large_cache::borrow_bins, large_cache::bins - 1);
+  for (std::size_t j = b; j <= last && borrowed_ok(cls, large_cache::bin_pages(j)); ++j) {
+    if (lc.count[j] == 0) continue;
+    if (alignment <= page_size) return unpark_to_user(lc, take_newest(lc, j), bytes);
+    // A parked run is page-aligned, most of them to their buddy block too (a run of n pages
+    // from the buddy lists starts at a multiple of 2^ceil(log2 n) pages): the newest one
+    // aligned enough, if any (object_pool's slabs ask for their own size).
+    for (std::size_t i = lc.count[j]; i-- != 0;)
+      if ((reinterpret_cast<std::uintptr_t>(lc.runs[j][i].start) & (alignment - 1)) == 0)
+        return unpark_to_user(lc, take_out(lc, j, i), bytes);
+  }
+  return nullptr;
+}
+
+[[gnu::always_inline]] inline bool slab_state::deallocate_large_cached(thread_cache& tc, void* p) {
+  large_cache* lc = tc.large_runs();
+  if (!lc) return false;
+  page_resource::parked_run r;
+  std::size_t recorded;
+  // Not a live run tagged by us: the usual path decides (and names a bad pointer).
+  if (!page_parking::park(*upstream_pages, p, large_tag.load(std::memory_order_relaxed), r,
+                          recorded)) [[unlikely]]
+    return false;
+  add_owned(lc->objects_delta, std::size_t(-1));
+  add_owned(lc->bytes_delta, 0 - recorded);
+  const std::size_t b =
+      r.pages <= large_cache::max_pages ? large_run_bin[r.pages] : large_cache::bins;
+  const std::size_t after = (lc->pages.load(std::memory_order_relaxed) + r.pages) << page_shift;
+  if (b == large_cache::bins ||
+      (after > knobs.large_cache_bytes && after > large_budget(*lc, knobs.large_cache_bytes))) {
+    upstream_pages->free_parked(r);
+    return true;
+  }
+  // Full: the oldest run goes back to the page layer. Out of the bin first, so that the bin
+  // only ever holds parked runs (a fork in between leaves the run to the child's recount:
+  // recount_large_after_fork).
+  if (lc->count[b] == large_cache::per_bin) upstream_pages->free_parked(take_out(*lc, b, 0));
+  put_in(*lc, b, r);
+  return true;
 }
 
 void* slab_state::allocate_large(std::size_t bytes, std::size_t alignment) {
@@ -99,74 +172,6 @@ void slab_state::deallocate_large(void* p, std::size_t bytes, std::size_t alignm
   // A pointer without a record is not this resource's: the upstream decides (checked mode
   // stopped it before).
   up_deallocate(p, bytes, alignment);
-}
-
-void* slab_state::unpark_to_user(large_cache& lc, const page_resource::parked_run& r,
-                                 std::size_t bytes) {
-  upstream_pages->unpark(r, bytes, large_tag.load(std::memory_order_relaxed));
-  add_owned(lc.objects_delta, 1);
-  add_owned(lc.bytes_delta, bytes);
-  return r.start;
-}
-
-void* slab_state::allocate_large_cached(thread_cache& tc, std::size_t bytes,
-                                        std::size_t alignment) {
-  large_cache* lc = tc.large_runs();
-  if (!lc) [[unlikely]]
-    return nullptr;   // no memory for it when the thread cache was made
-  lc->active = true;  // no tick(): large calls leave the small bins' scavenging cadence alone
-  const std::size_t pages = page_resource::pages_for(bytes);
-  if (pages > large_cache::max_pages) return nullptr;
-  const std::size_t b = large_request_bin[pages];
-  if (b == large_cache::bins) return nullptr;
-  if (lc->count[b] == 0 || alignment > page_size) [[unlikely]]
-    return allocate_large_near(*lc, b, bytes, alignment);
-  return unpark_to_user(*lc, take_newest(*lc, b), bytes);
-}
-
-void* slab_state::allocate_large_near(large_cache& lc, std::size_t b, std::size_t bytes,
-                                      std::size_t alignment) {
-  // Bin b first, then up to borrow_bins bins up whose runs are not too big for the request's
-  // class (borrowed_ok): a run keeps its page count, and its free parks it in its own bin.
-  const std::size_t cls = large_cache::bin_pages(b);
-  const std::size_t last = std::min(b + large_cache::borrow_bins, large_cache::bins - 1);
-  for (std::size_t j = b; j <= last && borrowed_ok(cls, large_cache::bin_pages(j)); ++j) {
-    if (lc.count[j] == 0) continue;
-    if (alignment <= page_size) return unpark_to_user(lc, take_newest(lc, j), bytes);
-    // A parked run is page-aligned, most of them to their buddy block too (a run of n pages
-    // from the buddy lists starts at a multiple of 2^ceil(log2 n) pages): the newest one
-    // aligned enough, if any (object_pool's slabs ask for their own size).
-    for (std::size_t i = lc.count[j]; i-- != 0;)
-      if ((reinterpret_cast<std::uintptr_t>(lc.runs[j][i].start) & (alignment - 1)) == 0)
-        return unpark_to_user(lc, take_out(lc, j, i), bytes);
-  }
-  return nullptr;
-}
-
-bool slab_state::deallocate_large_cached(thread_cache& tc, void* p) {
-  large_cache* lc = tc.large_runs();
-  if (!lc) return false;
-  page_resource::parked_run r;
-  std::size_t recorded;
-  // Not a live run tagged by us: the usual path decides (and names a bad pointer).
-  if (!upstream_pages->park_tagged(p, large_tag.load(std::memory_order_relaxed), r, recorded))
-    return false;
-  add_owned(lc->objects_delta, std::size_t(-1));
-  add_owned(lc->bytes_delta, 0 - recorded);
-  const std::size_t b =
-      r.pages <= large_cache::max_pages ? large_run_bin[r.pages] : large_cache::bins;
-  const std::size_t after = (lc->pages.load(std::memory_order_relaxed) + r.pages) << page_shift;
-  if (b == large_cache::bins ||
-      (after > knobs.large_cache_bytes && after > large_budget(*lc, knobs.large_cache_bytes))) {
-    upstream_pages->free_parked(r);
-    return true;
-  }
-  // Full: the oldest run goes back to the page layer. Out of the bin first, so that the bin
-  // only ever holds parked runs (a fork in between leaves the run to the child's recount:
-  // recount_large_after_fork).
-  if (lc->count[b] == large_cache::per_bin) upstream_pages->free_parked(take_out(*lc, b, 0));
-  put_in(*lc, b, r);
-  return true;
 }
 
 std::size_t slab_state::flush_large(thread_cache& tc) {

@@ -275,15 +275,18 @@ struct slab_state {
   void free_large();
   std::uint32_t owner_tag();  // large_tag, drawn on first use
   // The thread cache's large runs (large_cache.hpp): a hit, or null for the upstream path.
-  void* allocate_large_cached(thread_cache& tc, std::size_t bytes, std::size_t alignment);
+  // Inline in large.cpp (the large front and the slow path), as are unpark_to_user and
+  // deallocate_large_cached.
+  inline void* allocate_large_cached(thread_cache& tc, std::size_t bytes, std::size_t alignment);
   // A run taken out of lc to its new user, who asked for `bytes`.
-  void* unpark_to_user(large_cache& lc, const page_resource::parked_run& r, std::size_t bytes);
+  inline void* unpark_to_user(large_cache& lc, const page_resource::parked_run& r,
+                              std::size_t bytes);
   // Its miss in bin b, or an alignment above page_size: the newest run aligned enough of bin b
   // or of the next bins up that may serve b's class (large_cache.hpp), else null.
   [[gnu::noinline]] void* allocate_large_near(large_cache& lc, std::size_t b, std::size_t bytes,
                                               std::size_t alignment);
   // True: p was parked in tc (or given back to the page layer past the cache's bounds).
-  bool deallocate_large_cached(thread_cache& tc, void* p);
+  inline bool deallocate_large_cached(thread_cache& tc, void* p);
   // Every run of tc's large cache goes back to the page layer; returns their bytes.
   std::size_t flush_large(thread_cache& tc);
   // tc's counts of large blocks move into large_objects / large_bytes (registry_mutex held).
