@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // The per-thread cache of large runs (src/slab/large_cache.hpp, slab_resource_options::
 // large_cache_bytes): a large block a thread frees is parked in its cache and handed to its
-// next large request of the same run class; the page layer sees the run allocated and parked
-// (I11) meanwhile. Checked here: hits, the bounds (per bin, budget), what stats() says, every
+// next large request of the same run class (or of one up to a third smaller: a borrow); the
+// page layer sees the run allocated and parked (I11) meanwhile. Checked here: hits, borrows,
+// the bounds (per bin, the budget and how it follows the live bytes), what stats() says, every
 // way runs leave the cache (trim, thread exit, release, destruction, a bin or budget that is
 // full), a double free of a parked run, fork, and a randomised model run on several threads.
 #include <bsalloc/page_resource.hpp>
@@ -200,6 +201,9 @@ TEST_CASE("large cache: a miss takes a run of the next two bins up, at most half
   const auto run = pages.find_run(p48);
   REQUIRE(run);
   CHECK(run->pages == 64);
+  CHECK(!run->parked);
+  pages.check_invariants();  // the borrowed run live again, tagged with what was asked
+  r.check_invariants();
   std::memset(p48, 0x5a, asked);
   // Freed, it goes back to the 64-page bin: a 64-page request takes it.
   r.deallocate(p48, asked);
@@ -214,9 +218,9 @@ TEST_CASE("large cache: a miss takes a run of the next two bins up, at most half
   // 56 pages takes the 64-page run (one bin up); then nothing is left for 56 pages.
   void* p56 = r.allocate(56 * page_size);
   CHECK(p56 == run64);
-  void* other = r.allocate(56 * page_size);
+  CHECK(r.stats().large_cached_runs == 0);
+  void* other = r.allocate(56 * page_size);  // nothing parked: from the page layer
   CHECK(other != run64);
-  CHECK(other != run48);
   r.deallocate(other, 56 * page_size);
   r.deallocate(p56, 56 * page_size);
   r.deallocate(run48, 48 * page_size);
@@ -227,7 +231,7 @@ TEST_CASE("large cache: a miss takes a run of the next two bins up, at most half
 
 TEST_CASE("large cache: the budget grows to a quarter of the thread's live large bytes") {
   page_resource pages;
-  constexpr std::size_t base = 256 << 10;  // large_cache_bytes
+  constexpr std::size_t base = 256 << 10;   // large_cache_bytes
   constexpr std::size_t block = 100 << 10;  // a run of 28 pages (112 KiB)
   constexpr std::size_t run = 28 * page_size;
   slab_resource r({}, unchecked(base), &pages);
@@ -237,25 +241,33 @@ TEST_CASE("large cache: the budget grows to a quarter of the thread's live large
     for (void* p : v) r.deallocate(p, block);
     CHECK(r.stats().large_cached_runs == 2);  // 2 x 112 KiB <= 256 KiB
   }
-  SUBCASE("many live blocks: up to 4 x the base") {
+  SUBCASE("many live blocks: up to 4 x the base, and back down as they are freed") {
     std::vector<void*> live, churn;
-    for (int i = 0; i < 40; ++i) live.push_back(r.allocate(block));
-    for (int i = 0; i < 10; ++i) churn.push_back(r.allocate(block));
-    // Each free of the churn sees 40 + (the churn not freed yet) blocks live: a quarter of
-    // 41 x 100 KiB is 1025 KiB, capped at 1 MiB, over 9 runs (1008 KiB); the tenth free sees
-    // 4000 KiB live (a budget of 1000 KiB) and 10 runs would be 1120 KiB.
+    for (int i = 0; i < 60; ++i) live.push_back(r.allocate(block));
+    for (int i = 0; i < 12; ++i) churn.push_back(r.allocate(block));
+    // Each free of the churn sees at least 60 blocks live: a quarter of 6000 KiB is over the
+    // ceiling of 4 x 256 KiB = 1 MiB, which holds 9 runs (1008 KiB), not 10 (1120 KiB).
     for (void* p : churn) r.deallocate(p, block);
     CHECK(r.stats().large_cached_runs == 9);
     CHECK(r.stats().large_cached_bytes == 9 * run);
-    CHECK(r.stats().large_cached_bytes <= 4 * base);
     r.check_invariants();
     // They serve the thread's next requests.
-    for (int i = 0; i < 9; ++i) churn[static_cast<std::size_t>(i)] = r.allocate(block);
+    for (std::size_t i = 0; i < 9; ++i) churn[i] = r.allocate(block);
     CHECK(r.stats().large_cached_runs == 0);
     for (std::size_t i = 0; i < 9; ++i) r.deallocate(churn[i], block);
-    for (void* p : live) r.deallocate(p, block);
-    // Freeing everything: live went to 0, the runs parked stay within the ceiling.
-    CHECK(r.stats().large_cached_bytes <= 4 * base);
+    CHECK(r.stats().large_cached_runs == 9);
+    // Freeing the live blocks: the budget follows a quarter of what is left (at least the
+    // base), and each free past it gives the oldest runs back until the cache fits.
+    std::size_t left = live.size() * block;
+    for (void* p : live) {
+      r.deallocate(p, block);
+      left -= block;
+      const std::size_t budget = std::max(base, std::min(left / 4, 4 * base));
+      CAPTURE(left);
+      CHECK(r.stats().large_cached_bytes <= budget);
+    }
+    CHECK(r.stats().large_cached_bytes <= base);  // nothing live: the base budget
+    CHECK(r.stats().large_cached_runs == 2);
     r.check_invariants();
   }
   r.trim();

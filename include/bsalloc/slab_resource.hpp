@@ -95,8 +95,9 @@ struct slab_resource_options {
   /// page_resource upstream and checked mode off, a large block of up to 256 KiB that a thread
   /// frees stays in that thread's cache (still allocated in the page layer, marked parked) for
   /// its next large request of the same run class, or of a class up to a third smaller: no
-  /// lock and no shared counter on either call. A thread whose live large blocks (through
-  /// this resource) exceed 4 x this budget may cache a quarter of them, up to 4 x this budget.
+  /// lock and no shared counter on either call. A thread whose live large blocks through this
+  /// resource (those it allocated minus those it freed) exceed 4 x this budget may cache a
+  /// quarter of them, up to 4 x this budget; its frees give runs back as that falls.
   /// Given back by trim() (the calling thread's), thread exit, release(), the destructor, and by
   /// the thread's own slow path once it stops allocating large blocks. Counted in
   /// stats().large_cached_bytes (reserved, not in use).

@@ -15,7 +15,7 @@ namespace bsalloc::detail {
 struct page_parking {
   using meta = page_resource::page_meta;
 
-  [[gnu::always_inline]] static bool park(const page_resource& pr, void* p, std::uint32_t tag,
+  [[gnu::always_inline]] static bool park(page_resource& pr, void* p, std::uint32_t tag,
                                           page_resource::parked_run& out,
                                           std::size_t& bytes) noexcept {
     meta* m = pr.tag_slot(p);

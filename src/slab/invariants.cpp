@@ -60,7 +60,8 @@ std::unordered_set<const void*> check_stash(const slab_state& st, std::size_t ci
 }
 
 // L2: a thread cache's large runs (large_cache.hpp), each a parked run of the upstream in the
-// bin of its page count, counted right and within the budget. registry_mutex held.
+// bin of its page count, counted right and within the budget's ceiling (4 x large_cache_bytes).
+// registry_mutex held.
 template <class Fail>
 void check_large_cache(const slab_state& st, const detail::thread_cache& tc,
                        std::unordered_set<const void*>& parked, Fail fail) {

@@ -7,7 +7,7 @@
 //     resource's owner tag and the bytes (page_resource::allocate_tagged), no table, no lock;
 //   - otherwise (any other upstream, checked mode, a run of one page) in large_table.
 // In front of the tagged path, the thread cache's large runs (large_cache.hpp): a freed run
-// parked for the thread's next request of its page count.
+// parked for the thread's next request of its run class (or of a class up to a third smaller).
 #include <algorithm>
 #include <new>
 
@@ -91,18 +91,32 @@ void* slab_state::allocate_large_near(large_cache& lc, std::size_t b, std::size_
   add_owned(lc->bytes_delta, 0 - recorded);
   const std::size_t b =
       r.pages <= large_cache::max_pages ? large_run_bin[r.pages] : large_cache::bins;
-  const std::size_t after = (lc->pages.load(std::memory_order_relaxed) + r.pages) << page_shift;
-  if (b == large_cache::bins ||
-      (after > knobs.large_cache_bytes && after > large_budget(*lc, knobs.large_cache_bytes))) {
+  if (b == large_cache::bins) [[unlikely]] {
     upstream_pages->free_parked(r);
     return true;
   }
+  const std::size_t after = (lc->pages.load(std::memory_order_relaxed) + r.pages) << page_shift;
+  if (after > knobs.large_cache_bytes) [[unlikely]]
+    if (const std::size_t budget = large_budget(*lc, knobs.large_cache_bytes); after > budget) {
+      over_budget(*lc, r, budget);
+      return true;
+    }
   // Full: the oldest run goes back to the page layer. Out of the bin first, so that the bin
   // only ever holds parked runs (a fork in between leaves the run to the child's recount:
   // recount_large_after_fork).
   if (lc->count[b] == large_cache::per_bin) upstream_pages->free_parked(take_out(*lc, b, 0));
   put_in(*lc, b, r);
   return true;
+}
+
+void slab_state::over_budget(large_cache& lc, const page_resource::parked_run& r,
+                             std::size_t budget) {
+  upstream_pages->free_parked(r);
+  // The budget follows the thread's live large bytes, so it may have fallen below what the
+  // cache holds: the oldest runs go back, from the biggest runs' bins down, until it fits.
+  for (std::size_t b = large_cache::bins; b-- != 0;)
+    while (lc.count[b] != 0 && (lc.pages.load(std::memory_order_relaxed) << page_shift) > budget)
+      upstream_pages->free_parked(take_out(lc, b, 0));
 }
 
 void* slab_state::allocate_large(std::size_t bytes, std::size_t alignment) {

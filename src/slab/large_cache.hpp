@@ -3,7 +3,8 @@
 // A thread cache's large runs (large.cpp): with a page_resource upstream and checked mode off,
 // a large block of up to large_cache::max_pages pages that a thread frees is parked
 // (page_resource::park_tagged: one compare-and-swap of its run mark, no lock) in that thread's
-// cache for the resource, and its next large request of the same page count takes it back
+// cache for the resource, and its next large request of the same run class (or of one up to a
+// third smaller: borrowing, below) takes it back
 // (page_resource::unpark: plain stores) — no lock, no sched_getcpu(), no shared counter.
 //
 // Its own run classes, coarser than page_resource::class_pages() so that a run freed for one
@@ -106,10 +107,13 @@ constexpr bool borrowed_ok(std::size_t class_pages, std::size_t run_pages) noexc
 }
 
 /// The budget grows with what the thread holds: a quarter of its live large bytes through this
-/// resource (allocated minus freed, when positive), at least `base` (knobs.large_cache_bytes)
-/// and at most large_budget_growth x base. A thread that keeps many large blocks live and
-/// replaces them churns through more sizes than a fixed budget holds runs for; one with few
-/// keeps the base.
+/// resource (large blocks of any size it allocated minus those it freed, when positive: blocks
+/// handed to other threads to free count as live here), at least `base`
+/// (knobs.large_cache_bytes) and at most large_budget_growth x base. A thread that keeps many
+/// large blocks live and replaces them churns through more sizes than a fixed budget holds
+/// runs for; one with few keeps the base. Checked when a run is parked; a park past it gives
+/// the cache's oldest runs back until it fits (slab_state::over_budget), so the cache follows
+/// the budget down as the thread frees.
 inline constexpr std::size_t large_budget_growth = 4;
 constexpr std::size_t large_budget_ceiling(std::size_t base) noexcept {
   return base > SIZE_MAX / large_budget_growth ? SIZE_MAX : base * large_budget_growth;

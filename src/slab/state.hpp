@@ -287,6 +287,10 @@ struct slab_state {
                                               std::size_t alignment);
   // True: p was parked in tc (or given back to the page layer past the cache's bounds).
   inline bool deallocate_large_cached(thread_cache& tc, void* p);
+  // Its case of a run past the budget (large_budget()): r goes back to the page layer, and the
+  // cache's oldest runs too until it holds at most `budget` bytes.
+  [[gnu::noinline]] void over_budget(large_cache& lc, const page_resource::parked_run& r,
+                                     std::size_t budget);
   // Every run of tc's large cache goes back to the page layer; returns their bytes.
   std::size_t flush_large(thread_cache& tc);
   // tc's counts of large blocks move into large_objects / large_bytes (registry_mutex held).
