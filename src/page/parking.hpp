@@ -42,6 +42,16 @@ struct page_parking {
     set_run_mark(m->run, run_live);
   }
 
+  /// True if `meta` is the metadata of the page at p, a page of pr: what a parked run's entry
+  /// must hold (the large cache's L2, checked by slab_resource::check_invariants()).
+  static bool is_meta_of(const page_resource& pr, const void* p, const void* meta) noexcept {
+    const page_map_hit hit = page_map_find(p);
+    if (hit.owner != &pr) return false;
+    const page_resource::region& r = pr.regions_[hit.region];
+    const auto addr = reinterpret_cast<std::uintptr_t>(p);
+    return addr >= r.base && &r.meta[(addr - r.base) >> page_shift] == meta;
+  }
+
  private:
   static std::uint32_t load(const std::uint32_t& v) noexcept {
     return std::atomic_ref(const_cast<std::uint32_t&>(v)).load(std::memory_order_relaxed);

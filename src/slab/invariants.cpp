@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "../page/parking.hpp"
 #include "header_window.hpp"
 #include "state.hpp"
 
@@ -79,6 +80,9 @@ void check_large_cache(const slab_state& st, const detail::thread_cache& tc,
       // An entry's page count is its bin's: a run of any other count is in the wrong bin.
       if (!run || run->start != start || run->pages != bin_pages || !run->parked)
         fail(st.ncores, -1, "L2: a large-cache entry that is not a parked run of its bin's pages");
+      // Its meta is what unpark and free_parked write through: the run head's.
+      if (!detail::page_parking::is_meta_of(*st.upstream_pages, start, lc->runs[b][i].meta))
+        fail(st.ncores, -1, "L2: a large-cache entry whose meta is not its run head's");
       if (!parked.insert(start).second) fail(st.ncores, -1, "L2: a parked run in two entries");
       pages += bin_pages;
     }
