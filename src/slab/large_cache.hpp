@@ -20,7 +20,8 @@
 //
 // Invariants (L2, checked by slab_resource::check_invariants()):
 //   - every entry of bin b is a run of upstream_pages, parked (run mark, I11), tagged with this
-//     resource's tag, of bin b's page count; no run is in two entries (of any thread cache);
+//     resource's tag, of bin b's page count, its meta the run head's; no run is in two entries
+//     (of any thread cache);
 //   - pages == the sum over the entries of their page counts, pages x page_size <= the
 //     budget's ceiling (large_budget_growth x knobs.large_cache_bytes), runs == the number of
 //     entries.
