@@ -421,6 +421,18 @@ constexpr std::string_view readme_end = "<!-- end of the bad-input matrix -->";
 
 alignas(4096) std::byte foreign_buffer[4 * 4096];  // no bsalloc resource manages it
 
+// An object of 64 bytes in p's slab (`slab` bytes, aligned to its size) that no refill has
+// handed out, p being the first object a fresh slab handed out. Slab colour starts a slab's
+// objects at an index that depends on its address and wraps at the end, and a first refill takes
+// at most 128 objects from there: 250 objects back from p if p lies in the slab's upper half,
+// else 250 on, stays inside the slab and outside those (an offset of 500 objects from p left
+// the slab whenever the colour put p in its last 500 objects: a flaky cell).
+template <class T>
+T* never_handed_out(T* p, std::size_t slab) {
+  const auto off = reinterpret_cast<std::uintptr_t>(p) & (slab - 1);
+  return off >= slab / 2 ? p - 250 * 64 / sizeof(T) : p + 250 * 64 / sizeof(T);
+}
+
 struct subject {
   virtual ~subject() = default;
   virtual std::pmr::memory_resource& mr() = 0;
@@ -429,10 +441,9 @@ struct subject {
   virtual std::size_t unit() const { return 64; }  // the size of a normal allocation
   virtual std::size_t interior_offset() const { return 16; }
   virtual std::size_t wrong_size() const { return 40; }  // another class than unit()
-  // From an object just handed out by a fresh resource to one of the same slab never handed out:
-  // past every object a first refill takes (at most 128 of 64 bytes), within the slab (a 64 KiB
-  // slab holds over 900).
-  virtual std::size_t untouched_offset() const { return 500 * 64; }
+  // From an object just handed out by a fresh resource to one of the same slab never handed out
+  // (a 64 KiB slab: min_slab_bytes' default).
+  virtual std::byte* untouched(std::byte* p) const { return never_handed_out(p, 64 << 10); }
   virtual std::size_t objects_in_use() { return 0; }  // slab_resource's own count (if any)
 };
 
@@ -446,7 +457,7 @@ struct page_subject final : subject {
   }
   std::size_t unit() const override { return 2 * bsalloc::page_size; }
   std::size_t interior_offset() const override { return bsalloc::page_size; }  // the tail page
-  std::size_t untouched_offset() const override { return 64 * bsalloc::page_size; }  // free pages
+  std::byte* untouched(std::byte* p) const override { return p + 64 * bsalloc::page_size; }
   std::size_t wrong_size() const override { return 3 * bsalloc::page_size; }
 };
 
@@ -565,7 +576,7 @@ void bad_call(input in, subject& s, const std::function<void(const void*)>& tell
     }
     case input::never_handed_out: {
       void* p = r.allocate(u, 8);
-      void* q = static_cast<std::byte*>(p) + s.untouched_offset();
+      void* q = s.untouched(static_cast<std::byte*>(p));
       tell(q);
       r.deallocate(q, u, 8);
       r.deallocate(p, u, 8);
@@ -818,10 +829,12 @@ void malloc_bad_call(input in) {
       tell_pointer(p + 16);
       bsalloc_free(p + 16);
       return;
-    case input::never_handed_out:  // p's slab is fresh: a first refill takes at most 128 objects
-      tell_pointer(p + 500 * 64);
-      bsalloc_free(p + 500 * 64);
+    case input::never_handed_out: {  // p's slab is fresh (the engine's slabs are 1 MiB)
+      char* q = never_handed_out(p, std::size_t{1} << 20);
+      tell_pointer(q);
+      bsalloc_free(q);
       return;
+    }
     default:
       return;
   }
