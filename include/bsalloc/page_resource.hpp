@@ -277,6 +277,10 @@ class page_resource : public std::pmr::memory_resource {
   // The head meta of the live run at p if its head block has two pages or more (so that the
   // next page's meta holds the tag, I12), else nullptr.
   page_meta* tag_slot(const void* p) const noexcept;
+  // The metadata of p's page if p lies in one of this resource's regions, else nullptr; and
+  // of p's page in region r (p one of r's managed pages).
+  page_meta* meta_of(const void* p) const noexcept;
+  static page_meta* meta_in(const region& r, const void* p) noexcept;
   // A live run at p of count pages, head meta m, untagged: to the run cache or the buddy lists.
   void free_claimed(void* p, std::size_t count, page_meta* m);
   std::size_t scan_tagged(std::uint32_t tag, std::span<tagged_run> out, std::uint64_t& cursor,

@@ -135,6 +135,14 @@ inline bool claim_run_mark(std::uint8_t& c, std::uint8_t to) noexcept {
   std::uint8_t expect = run_live;
   return std::atomic_ref(c).compare_exchange_strong(expect, to, std::memory_order_relaxed);
 }
+// The owner-tag fields of a run's second page (I12: prev = tag, next = the run's bytes minus
+// those asked): written by the run's user without the lock, so always accessed atomically.
+inline std::uint32_t load_tag_field(const std::uint32_t& v) noexcept {
+  return std::atomic_ref(const_cast<std::uint32_t&>(v)).load(std::memory_order_relaxed);
+}
+inline void store_tag_field(std::uint32_t& v, std::uint32_t x) noexcept {
+  std::atomic_ref(v).store(x, std::memory_order_relaxed);
+}
 // Writes a whole page_meta; its run mark atomically (see above).
 template <class Meta>
 inline void set_meta(Meta& m, std::uint8_t state, unsigned order, unsigned flags, std::uint8_t mark,
@@ -230,16 +238,26 @@ std::uint64_t page_map_entry(const void* p) noexcept;
 namespace bsalloc {
 // Owner tags (I12, tags.cpp and run_cache.cpp). Without the lock: the head of a live run does
 // not change until its user frees it, and only its user calls this for it.
+[[gnu::always_inline]] inline page_resource::page_meta* page_resource::meta_in(
+    const region& r, const void* p) noexcept {
+  return &r.meta[(reinterpret_cast<std::uintptr_t>(p) - r.base) >> page_shift];
+}
+
+inline page_resource::page_meta* page_resource::meta_of(const void* p) const noexcept {
+  const detail::page_map_hit hit = detail::page_map_find(p);
+  if (hit.owner != this) [[unlikely]]
+    return nullptr;
+  return meta_in(regions_[hit.region], p);
+}
+
 [[gnu::always_inline]] inline page_resource::page_meta* page_resource::tag_slot(
     const void* p) const noexcept {
   const detail::page_map_hit hit = detail::page_map_find(p);
   if (hit.owner != this) [[unlikely]]
     return nullptr;
-  const region& r = regions_[hit.region];
-  const auto addr = reinterpret_cast<std::uintptr_t>(p);
-  page_meta* m = &r.meta[(addr - r.base) >> page_shift];
-  if (addr % page_size != 0 || detail::run_mark(m->run) != detail::run_live || m->order == 0)
-      [[unlikely]]
+  page_meta* m = meta_in(regions_[hit.region], p);
+  if (reinterpret_cast<std::uintptr_t>(p) % page_size != 0 ||
+      detail::run_mark(m->run) != detail::run_live || m->order == 0) [[unlikely]]
     return nullptr;
   return m;  // m + 1 lies inside the head block (order >= 1): no block's head
 }

@@ -20,14 +20,14 @@ struct page_parking {
                                           std::size_t& bytes) noexcept {
     meta* m = pr.tag_slot(p);
     // Another resource's run (or an untagged one) is left alone: no claim, nothing changed.
-    if (!m || tag == 0 || load(m[1].prev) != tag) [[unlikely]]
+    if (!m || tag == 0 || load_tag_field(m[1].prev) != tag) [[unlikely]]
       return false;
     // Claim the run (I11): of two frees of it racing, exactly one wins; the loser finds no
     // live run on whatever path it takes and throws naming p.
     if (!claim_run_mark(m->run, run_parked)) [[unlikely]]
       return false;
     const std::size_t count = m->next;
-    bytes = (count << page_shift) - load(m[1].next);
+    bytes = (count << page_shift) - load_tag_field(m[1].next);
     out = page_resource::parked_run{p, m, count};
     return true;
   }
@@ -36,25 +36,16 @@ struct page_parking {
                                             std::uint32_t tag) noexcept {
     auto* m = static_cast<meta*>(r.meta);
     assert(run_mark(m->run) == run_parked && m->next == r.pages && bytes <= r.pages << page_shift);
-    std::atomic_ref(m[1].next).store(static_cast<std::uint32_t>((r.pages << page_shift) - bytes),
-                                     std::memory_order_relaxed);
+    store_tag_field(m[1].next, static_cast<std::uint32_t>((r.pages << page_shift) - bytes));
     std::atomic_ref(m[1].prev).store(tag, std::memory_order_release);  // I12: bytes first
     set_run_mark(m->run, run_live);
   }
 
-  /// True if `meta` is the metadata of the page at p, a page of pr: what a parked run's entry
+  /// True if `m` is the metadata of the page at p, a page of pr: what a parked run's entry
   /// must hold (the large cache's L2, checked by slab_resource::check_invariants()).
-  static bool is_meta_of(const page_resource& pr, const void* p, const void* meta) noexcept {
-    const page_map_hit hit = page_map_find(p);
-    if (hit.owner != &pr) return false;
-    const page_resource::region& r = pr.regions_[hit.region];
-    const auto addr = reinterpret_cast<std::uintptr_t>(p);
-    return addr >= r.base && &r.meta[(addr - r.base) >> page_shift] == meta;
-  }
-
- private:
-  static std::uint32_t load(const std::uint32_t& v) noexcept {
-    return std::atomic_ref(const_cast<std::uint32_t&>(v)).load(std::memory_order_relaxed);
+  static bool is_meta_of(const page_resource& pr, const void* p, const void* m) noexcept {
+    const meta* at = pr.meta_of(p);
+    return at && at == m;
   }
 };
 

@@ -114,8 +114,7 @@ void* page_resource::allocate_tagged(std::size_t bytes, std::size_t alignment, s
   if (bytes > run_bytes || run_bytes - bytes > std::numeric_limits<std::uint32_t>::max())
     return e.run;
   page_meta& t = e.head[1];  // I12: inside the head block, no block's head
-  std::atomic_ref(t.next).store(static_cast<std::uint32_t>(run_bytes - bytes),
-                                std::memory_order_relaxed);
+  store_tag_field(t.next, static_cast<std::uint32_t>(run_bytes - bytes));
   std::atomic_ref(t.prev).store(tag, std::memory_order_release);  // check_invariants: bytes
   tagged = true;
   return e.run;

@@ -12,15 +12,6 @@
 namespace bsalloc {
 using namespace detail;
 
-namespace {
-inline std::uint32_t load(const std::uint32_t& v) noexcept {
-  return std::atomic_ref(const_cast<std::uint32_t&>(v)).load(std::memory_order_relaxed);
-}
-inline void store(std::uint32_t& v, std::uint32_t x) noexcept {
-  std::atomic_ref(v).store(x, std::memory_order_relaxed);
-}
-}  // namespace
-
 bool page_resource::deallocate_tagged(void* p, std::uint32_t tag, std::size_t& bytes) {
   page_meta* m = tag_slot(p);
   if (!m || tag == 0) return false;
@@ -30,7 +21,7 @@ bool page_resource::deallocate_tagged(void* p, std::uint32_t tag, std::size_t& b
   // The run is its user's (live) and untagged: free it as deallocate_pages(p, count) would,
   // without looking it up again.
   const std::size_t count = m->next;
-  bytes = (count << page_shift) - load(m[1].next);
+  bytes = (count << page_shift) - load_tag_field(m[1].next);
   free_claimed(p, count, m);
   return true;
 }
@@ -55,7 +46,7 @@ void page_resource::unpark(const parked_run& r, std::size_t bytes, std::uint32_t
 void page_resource::free_parked(const parked_run& r) {
   auto* m = static_cast<page_meta*>(r.meta);
   assert(run_mark(m->run) == run_parked && m->next == r.pages);
-  store(m[1].prev, 0);  // untagged, as deallocate_tagged leaves a run it frees
+  store_tag_field(m[1].prev, 0);  // untagged, as deallocate_tagged leaves a run it frees
   set_run_mark(m->run, run_live);
   free_claimed(r.start, r.pages, m);
 }
@@ -84,14 +75,14 @@ std::size_t page_resource::scan_tagged(std::uint32_t tag, std::span<tagged_run> 
     while (i < r.pages) {
       const page_meta& m = r.meta[i];
       if (m.state == meta_allocated && (m.flags & flag_run_head) && m.order != 0 &&
-          run_mark(m.run) == run_live && load(r.meta[i + 1].prev) == tag) {
+          run_mark(m.run) == run_live && load_tag_field(r.meta[i + 1].prev) == tag) {
         if (n == out.size()) {
           cursor = std::uint64_t{ri} << 32 | i;
           return n;
         }
         out[n++] = {reinterpret_cast<void*>(page_addr(r, i)),
-                    (std::size_t{m.next} << page_shift) - load(r.meta[i + 1].next)};
-        if (take) store(r.meta[i + 1].prev, 0);
+                    (std::size_t{m.next} << page_shift) - load_tag_field(r.meta[i + 1].next)};
+        if (take) store_tag_field(r.meta[i + 1].prev, 0);
       }
       // I1: the blocks tile the region; a head state at every block start.
       i += m.state == meta_none ? 1u : std::uint32_t{1} << m.order;
