@@ -43,13 +43,14 @@ mkdir -p "$(dirname "$out")"
 echo "peer,size,align,ops,instr_per_allocate,instr_per_deallocate,net_allocate,net_deallocate" >"$out"
 printf "%-11s %6s %5s %10s %10s %10s %10s\n" peer bytes align alloc dealloc net-alloc net-dealloc
 # 64 B at memory_resource::allocate's default alignment (16) and at 8 (what a container of
-# 8-aligned objects asks for); 4 KiB for the page-sized peers.
-for config in "64 16" "64 8" "4096 16"; do
+# 8-aligned objects asks for); 4 KiB and 64 KiB (above the slab classes: slab_resource's large
+# bins) for the page-sized peers too.
+for config in "64 16" "64 8" "4096 16" "65536 16"; do
   read -r size align <<<"$config"
   counts=$(count null "$size" "$align")
   read -r base_a base_d <<<"$counts"
   list=$peers
-  [ "$size" -eq 4096 ] && list="$(grep -x -e slab <<<"$peers" || true) page glibc jemalloc mimalloc tcmalloc"
+  [ "$size" -ge 4096 ] && list="$(grep -x -e slab <<<"$peers" || true) page glibc jemalloc mimalloc tcmalloc"
   for peer in $list; do
     [ -z "${preload[$peer]:-}" ] || [ -e "${preload[$peer]}" ] || continue
     counts=$(count "$peer" "$size" "$align")

@@ -3,11 +3,10 @@
 // layers under src/slab/, whole-resource operations and stats. See slab_resource.hpp for the
 // glossary and invariants, src/slab/state.hpp for the layers and the lock order.
 //
-//   do_allocate / do_deallocate (inline): class from the (alignment, size) tables, thread-cache
-//     bin pop / push. A hardened resource's cache leaves here with the bin for the validated hit
-//     path (src/slab/hardened_hit.cpp). A request above every class up to 256 KiB, in a
-//     resource that keeps large caches, goes to the large front (src/slab/large.cpp): a parked
-//     run of the thread's large cache, else the slow path. Anything else (a miss, a full bin, no
+//   do_allocate / do_deallocate (inline): bin from the (alignment, size) tables — a slab class,
+//     or up to 256 KiB a large bin of whole page runs (src/slab/large_bins.hpp), served by the
+//     same pop / push. A hardened resource's cache leaves here with the bin for the validated hit
+//     path (src/slab/hardened_hit.cpp). Anything else (a miss, a full bin, no
 //     cache, checked mode, a bad alignment, a larger request) goes to allocate_slow /
 //     deallocate_slow (src/slab/slow_path.cpp), which classify once with the overflow-safe
 //     size_class() and dispatch to the thread cache, the core caches or the large path.
@@ -41,6 +40,27 @@ bool known_thread_safe(std::pmr::memory_resource* up) {
          dynamic_cast<std::pmr::synchronized_pool_resource*>(up) != nullptr;
 }
 
+// The large bins (src/slab/large_bins.hpp): on with a page_resource upstream, thread caches, the
+// inline path without the careful path, and a budget that holds one run of every bin in use;
+// those the wide row maps some size to (above the largest slab class) are in use.
+void init_large_bins(slab_state& st, bool inline_path) {
+  using detail::large_runs;
+  std::size_t in_use = 0;
+  for (std::size_t b = 0; b < large_runs::bins; ++b) {
+    st.large_bin_used[b] =
+        large_runs::bin_pages(b) * page_size > st.pool.largest_required_pool_block;
+    if (st.large_bin_used[b]) in_use += large_runs::bin_pages(b) * page_size;
+  }
+  st.large_start = detail::large_start_limit(st.knobs.large_cache_bytes, in_use);
+  st.large_ceiling_bytes = st.knobs.large_cache_bytes;
+  st.large_bins_on = st.upstream_pages && !st.knobs.checked && st.knobs.thread_cache &&
+                     inline_path && !st.careful && st.large_start != 0;
+  if (!st.large_bins_on) {
+    st.large_bin_used.fill(false);
+    st.large_start = 0;
+  }
+}
+
 // Objects of `size` that fit in `slab_bytes` after the header (the slab core's geometry, with a
 // 4-byte request record per object in checked mode).
 std::size_t fit(std::size_t slab_bytes, std::size_t size, std::size_t obj_align, bool checked) {
@@ -70,8 +90,8 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
       slot_(detail::no_slot),
       hardened_id_(id_ | detail::hardened_id_bit),
       small_bound_(0),
-      inline_bound_(0),
-      large_max_(0),
+      wide_bound_(0),
+      wide_rows_{},
       checked_(knobs.checked),
       hardened_(knobs.hardened) {
   if (!upstream) throw std::invalid_argument("bsalloc::slab_resource: null upstream");
@@ -128,15 +148,23 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
   st->pool.largest_required_pool_block = detail::class_size_of(st->classes - 1);
   st->pool.max_blocks_per_chunk = most_objects;
   st->init_careful();
-  st->large_cache_on = st->upstream_pages && !knobs.checked && knobs.thread_cache &&
-                       knobs.large_cache_bytes >= 2 * page_size && !st->valgrind;
   if (st->lean) st->id = hardened_id_;  // its caches: see small_bound_
-  if (!knobs.checked && (!st->careful || st->lean)) {
+  const bool inline_path = !knobs.checked && (!st->careful || st->lean);
+  init_large_bins(*st, inline_path);
+  const std::uint8_t* row = st->wide.data();
+  if (st->pool.largest_required_pool_block == (std::size_t{32} << 10))
+    row = st->large_bins_on ? detail::wide_row_default.data()
+                            : detail::wide_row_default_no_bins.data();
+  else
+    st->wide = detail::make_wide_row(st->pool.largest_required_pool_block, st->large_bins_on);
+  for (std::size_t a = 0; a <= detail::inline_max_align; ++a)
+    wide_rows_[a] = detail::power_of_two(a) ? row : detail::wide_row_bad.data();
+  if (inline_path) {
     small_bound_ = static_cast<std::uint32_t>(
         std::min(detail::small_max, st->pool.largest_required_pool_block) + 1);
-    inline_bound_ = static_cast<std::uint32_t>(st->pool.largest_required_pool_block + 1);
-    if (st->large_cache_on && !st->careful)
-      large_max_ = static_cast<std::uint32_t>(detail::large_cache::max_pages * page_size);
+    wide_bound_ = static_cast<std::uint32_t>(
+        (st->large_bins_on ? detail::large_runs::max_bytes : st->pool.largest_required_pool_block) +
+        1);
   }
   std::size_t n = knobs.caches;
   if (n == 0) n = static_cast<std::size_t>(std::max(1L, ::sysconf(_SC_NPROCESSORS_CONF)));
@@ -183,30 +211,30 @@ std::size_t slab_resource::class_size(int cls) noexcept {
 // (src/slab/slow_path.cpp).
 // ---------------------------------------------------------------------------------------------
 
-// The class the inline path serves, or -1: small sizes by the first table, the rest of the
-// classes by the second, so that the common small case stays one compare and one load. An
-// alignment that is not a power of two finds bad_class, whose bin is always empty and full.
-#define BSALLOC_INLINE_CLASS(bytes, alignment, cls, slow, large) \
-  if ((bytes) < small_bound_) [[likely]]                         \
-    cls = detail::small_class(bytes, alignment);                 \
-  else if ((bytes) < inline_bound_)                              \
-    cls = detail::medium_class(bytes, alignment);                \
-  else if ((bytes)-1 < large_max_) /* 0 never: no inline path */ \
-    goto large;                                                  \
-  else                                                           \
+// The bin the inline path serves: small sizes by the small table, the rest up to wide_bound_
+// (every slab class, then the large bins up to 256 KiB) by the resource's wide row — one compare
+// and one load for every size, whichever front serves it. An alignment that is not a power of
+// two finds bad_class, whose bin is always empty and full; so does a size above every slab
+// class that no large bin serves.
+#define BSALLOC_INLINE_CLASS(bytes, alignment, cls, slow) \
+  if ((bytes) < small_bound_) [[likely]]                  \
+    cls = detail::small_class(bytes, alignment);          \
+  else if ((bytes) < wide_bound_)                         \
+    cls = wide_rows_[alignment][((bytes) + 127) >> 7];    \
+  else                                                    \
     goto slow
 
 void* slab_resource::do_allocate(std::size_t bytes, std::size_t alignment) {
   if (alignment <= detail::inline_max_align) [[likely]] {
     std::size_t cls;
-    BSALLOC_INLINE_CLASS(bytes, alignment, cls, slow, large);
+    BSALLOC_INLINE_CLASS(bytes, alignment, cls, slow);
     const detail::tls_slot& s = detail::t_slots[slot_];
     if (s.id == id_) [[likely]] {
       detail::bin& b = s.cache->bins[cls];
       if (void* p = b.head) [[likely]] {
         b.head = detail::link_get(p, 0);
         b.count.store(b.count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
-        BSALLOC_UNPOISON(p, detail::class_size_of(static_cast<int>(cls)));
+        BSALLOC_UNPOISON(p, detail::bin_bytes[cls]);
         return p;
       }
     } else if (s.id == hardened_id_) {  // a hardened resource's cache
@@ -215,14 +243,12 @@ void* slab_resource::do_allocate(std::size_t bytes, std::size_t alignment) {
   }
 slow:
   return allocate_slow(bytes, alignment);
-large:
-  return allocate_large_front(bytes, alignment);
 }
 
 void slab_resource::do_deallocate(void* p, std::size_t bytes, std::size_t alignment) {
   if (alignment <= detail::inline_max_align) [[likely]] {
     std::size_t cls;
-    BSALLOC_INLINE_CLASS(bytes, alignment, cls, slow, large);
+    BSALLOC_INLINE_CLASS(bytes, alignment, cls, slow);
     const detail::tls_slot& s = detail::t_slots[slot_];
     if (s.id == id_) [[likely]] {
       detail::bin& b = s.cache->bins[cls];
@@ -231,7 +257,7 @@ void slab_resource::do_deallocate(void* p, std::size_t bytes, std::size_t alignm
         detail::link_set(p, b.head, 0);
         b.head = p;
         b.count.store(n + 1, std::memory_order_relaxed);
-        BSALLOC_POISON_FREE(p, detail::class_size_of(static_cast<int>(cls)));
+        BSALLOC_POISON_FREE(p, detail::bin_bytes[cls]);
         return;
       }
     } else if (s.id == hardened_id_) {
@@ -240,9 +266,6 @@ void slab_resource::do_deallocate(void* p, std::size_t bytes, std::size_t alignm
   }
 slow:
   deallocate_slow(p, bytes, alignment);
-  return;
-large:
-  deallocate_large_front(p, bytes, alignment);
 }
 #undef BSALLOC_INLINE_CLASS
 
@@ -270,6 +293,7 @@ slab_resource_stats slab_resource::stats() const {
   slab_state& st = *state_;
   slab_resource_stats s;
   std::array<std::int64_t, class_count> cached{};
+  std::size_t large_excess = 0;  // large runs' pages past their classes (large_bins.hpp)
   {
     std::lock_guard lock(detail::registry_mutex());
     for (auto* tc = st.caches; tc; tc = tc->next) {
@@ -278,12 +302,24 @@ slab_resource_stats slab_resource::stats() const {
       for (int c = 0; c < st.classes; ++c)
         cached[static_cast<std::size_t>(c)] +=
             tc->bins[static_cast<std::size_t>(c)].count.load(std::memory_order_relaxed);
-      if (const detail::large_cache* lc = tc->large_runs()) {
-        // Modulo 2^64: a thread's deltas may be "negative", the sums are not.
-        s.large_objects += lc->objects_delta.load(std::memory_order_relaxed);
-        s.large_bytes += lc->bytes_delta.load(std::memory_order_relaxed);
-        s.large_cached_runs += lc->parked_runs.load(std::memory_order_relaxed);
-        s.large_cached_bytes += lc->pages.load(std::memory_order_relaxed) << page_shift;
+      if (st.large_bins_on) {
+        // Modulo 2^64: a thread's counts may be "negative", the sums are not. A run counts at
+        // its bin's class (one borrowed by a smaller class counts its extra pages as live).
+        std::size_t runs = 0, pages = 0;
+        for (std::size_t b = 0; b < detail::large_runs::bins; ++b) {
+          const std::size_t n =
+              tc->bins[static_cast<std::size_t>(detail::large_base) + b].count.load(
+                  std::memory_order_relaxed);
+          runs += n;
+          pages += n * detail::large_runs::bin_pages(b);
+        }
+        const std::size_t excess = tc->large_excess.load(std::memory_order_relaxed);
+        s.large_objects += tc->large_taken.load(std::memory_order_relaxed) - runs;
+        s.large_bytes += (tc->large_taken_pages.load(std::memory_order_relaxed) - pages - excess)
+                         << page_shift;
+        s.large_cached_runs += runs;
+        s.large_cached_bytes += pages << page_shift;
+        large_excess += excess << page_shift;
       }
     }
   }
@@ -337,7 +373,7 @@ slab_resource_stats slab_resource::stats() const {
   s.large_objects += st.large_objects.load(std::memory_order_relaxed);
   s.large_bytes += st.large_bytes.load(std::memory_order_relaxed);
   s.bytes_in_use += s.large_bytes;
-  s.bytes_reserved += s.large_bytes + s.large_cached_bytes;
+  s.bytes_reserved += s.large_bytes + s.large_cached_bytes + large_excess;
   return s;
 }
 

@@ -118,6 +118,20 @@ inline bool pin_to_cpu(int cpu) {
 /// process. Printed at every call with `what` (the test), so that a failure can be replayed:
 ///   BSALLOC_SEED=<n> ./tests/test_x --test-case='<name>'
 /// Derive per-thread or per-round streams from it (seed + t), never from constants.
+/// The bytes of the run that serves a large request of `bytes` (<= 256 KiB) from a
+/// slab_resource's large bins (src/slab/large_bins.hpp): exact pages up to 8, then four run
+/// classes per doubling. What stats() and the heap walk count for such a block.
+inline std::size_t large_run_bytes(std::size_t bytes) {
+  std::size_t pages = bsalloc::page_resource::pages_for(bytes);
+  if (pages > 8) {
+    std::size_t pow = 8;
+    while (pow * 2 < pages) pow *= 2;  // pow < pages <= 2 pow
+    const std::size_t step = pow / 4;
+    pages = (pages + step - 1) / step * step;
+  }
+  return pages * bsalloc::page_size;
+}
+
 inline std::uint64_t test_seed(const char* what) {
   static const std::uint64_t seed = [] {
     const char* env = std::getenv("BSALLOC_SEED");

@@ -325,12 +325,16 @@ void model_run(bool checked, std::uint64_t seed) {
     std::vector<std::uintptr_t> keys;
     std::mt19937_64 rng(seed);
     std::size_t failures = 0, live_bytes = 0;
-    // What bytes_in_use must say: the class size of each small block, the request of each large.
+    // What bytes_in_use must say: the class size of each small block; unchecked, the run class
+    // of each large one up to 256 KiB (the large bins'); the request of every other.
     const std::size_t largest = res.options().largest_required_pool_block;
     CHECK(largest == std::size_t{32} << 10);  // the default
-    auto charged = [largest](std::size_t bytes, std::size_t align) {
+    auto charged = [largest, checked](std::size_t bytes, std::size_t align) {
       const int c = slab_resource::size_class(bytes, align);
-      return c < 0 || slab_resource::class_size(c) > largest ? bytes : slab_resource::class_size(c);
+      if (c >= 0 && slab_resource::class_size(c) <= largest) return slab_resource::class_size(c);
+      if (!checked && bytes <= (std::size_t{256} << 10) && align <= bsalloc::page_size)
+        return bsalloc_test::large_run_bytes(bytes);
+      return bytes;
     };
     auto check_block = [&](std::uintptr_t a, const block& b) {
       auto* p = reinterpret_cast<unsigned char*>(a);

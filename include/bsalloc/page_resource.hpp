@@ -159,10 +159,10 @@ class page_resource : public std::pmr::memory_resource {
     void* start;
     std::size_t bytes;  // as recorded by allocate_tagged
   };
-  /// Parking: a layer above that caches runs of its own (slab_resource's per-thread cache of
-  /// large runs) takes a freed tagged run out of its user's hands without giving it back here.
-  /// park_tagged(p, tag, out) is deallocate_tagged's check (p the start of a live run tagged
-  /// `tag`) followed by one compare-and-swap of the run mark, live -> parked (I11): a second
+  /// Parking: a layer above that caches runs of its own (a cache that must refuse a second
+  /// free of a run it holds) takes a freed tagged run out of its user's hands without giving it
+  /// back here. park_tagged(p, tag, out) is deallocate_tagged's check (p the start of a live run
+  /// tagged `tag`) followed by one compare-and-swap of the run mark, live -> parked (I11): a second
   /// free of p, by any path, then finds no live run and throws naming p. On success `out`
   /// describes the run (its `meta` is opaque, for unpark / free_parked only) and `bytes` is
   /// what its user had asked for. False: nothing changed (not a live run tagged `tag`).
@@ -277,9 +277,7 @@ class page_resource : public std::pmr::memory_resource {
   // The head meta of the live run at p if its head block has two pages or more (so that the
   // next page's meta holds the tag, I12), else nullptr.
   page_meta* tag_slot(const void* p) const noexcept;
-  // The metadata of p's page if p lies in one of this resource's regions, else nullptr; and
-  // of p's page in region r (p one of r's managed pages).
-  page_meta* meta_of(const void* p) const noexcept;
+  // The metadata of p's page in region r (p one of r's managed pages).
   static page_meta* meta_in(const region& r, const void* p) noexcept;
   // A live run at p of count pages, head meta m, untagged: to the run cache or the buddy lists.
   void free_claimed(void* p, std::size_t count, page_meta* m);

@@ -44,10 +44,10 @@
 //   L1  the large records: one per live large block, in an open-addressing table never over
 //       half full; or, with a page_resource upstream and checked mode off, in the page run's
 //       metadata (page_resource::allocate_tagged, I12) for runs of two pages or more.
-//   L2  a thread cache's large runs: each one a run of the page_resource upstream, parked (I11)
-//       and tagged by this resource, in the bin of its page count, in no other entry; each
-//       cache's pages add up and stay within 4 x knobs().large_cache_bytes (the budget's
-//       ceiling).
+//   L2  a thread cache's large bins: each run a live run of the page_resource upstream, tagged
+//       by this resource, of a class count of pages from its bin's class to half as many again,
+//       in no other bin; each bin's count is its list's length and within its limit, and the
+//       limits' bytes add up to at most knobs().large_cache_bytes.
 //
 // Thread safety: allocate/deallocate from any thread. release(), the destructor and
 // check_invariants() need that no other thread uses the resource at the same time. Calls to an
@@ -91,17 +91,18 @@ struct slab_resource_options {
   /// How far one thread's cache (per resource) may grow its bins above their initial limits,
   /// in bytes across all classes. Bins that grew and went quiet shrink back.
   std::size_t thread_cache_bytes = std::size_t{2} << 20;
-  /// Per-thread cache of large runs, in bytes per thread and resource (0: off). With a
-  /// page_resource upstream and checked mode off, a large block of up to 256 KiB that a thread
-  /// frees stays in that thread's cache (still allocated in the page layer, marked parked) for
-  /// its next large request of the same run class, or of a class up to a third smaller: no
-  /// lock and no shared counter on either call. A thread whose live large blocks through this
-  /// resource (those it allocated minus those it freed) exceed 4 x this budget may cache a
-  /// quarter of them, up to 4 x this budget; its frees give runs back as that falls.
-  /// Given back by trim() (the calling thread's), thread exit, release(), the destructor, and by
-  /// the thread's own slow path once it stops allocating large blocks. Counted in
-  /// stats().large_cached_bytes (reserved, not in use).
-  std::size_t large_cache_bytes = std::size_t{4} << 20;
+  /// The large bins: what one thread's bins of large runs may hold at most, in bytes per thread
+  /// and resource (too little for one run of each large bin: none). With a page_resource
+  /// upstream, the inline path on and checked and hardened modes off, the run classes above the
+  /// slab classes up to 256 KiB are bins of the thread cache, served by the inline path as the
+  /// slab classes are: a large block that a thread frees stays in its bin (still allocated in
+  /// the page layer) for that thread's next request of its run class, or of a class up to a
+  /// third smaller. A bin starts at 4 runs and grows for a thread that both allocates and frees
+  /// its class, to at most 16, the bins' limits together within this bound (their contents are
+  /// about half of it: each bin's count goes up and down). Given back by trim() (the calling
+  /// thread's), thread exit, release(), the destructor, and the thread's own slow path once a
+  /// bin goes quiet. Counted in stats().large_cached_bytes (reserved, not in use).
+  std::size_t large_cache_bytes = std::size_t{24} << 20;
   /// Detect double free, foreign pointers and size/alignment mismatches (against the size and
   /// alignment each allocation asked for); abort with a message naming the pointer and the
   /// problem. Costs an atomic bit flip and a lookup per call, 4 bytes and a bit per object.
@@ -159,8 +160,10 @@ struct slab_resource_stats {
   std::size_t bytes_in_use = 0;    ///< their class bytes, plus large bytes
   std::size_t bytes_reserved = 0;  ///< slab bytes and large blocks held from the upstream
   std::size_t large_objects = 0;   ///< requests passed to the upstream, live
+  /// Their bytes: as asked, except a block of a large bin's run class (up to 256 KiB), which
+  /// counts its run class's whole pages, as a small object counts its class size.
   std::size_t large_bytes = 0;
-  std::size_t large_cached_runs = 0;   ///< large runs parked in thread caches (free)
+  std::size_t large_cached_runs = 0;   ///< large runs free in thread caches' large bins
   std::size_t large_cached_bytes = 0;  ///< their bytes (whole pages); in bytes_reserved
   std::size_t thread_caches = 0;
   std::size_t thread_caches_created = 0;  ///< ever (one per thread and resource, if never lost)
@@ -257,28 +260,23 @@ class slab_resource : public std::pmr::memory_resource {
                                             detail::bin* b, std::size_t cls);
   [[gnu::noinline]] void deallocate_hardened(void* p, std::size_t bytes, std::size_t alignment,
                                              detail::bin* b, std::size_t cls);
-  // The large front (src/slab/large.cpp): a request above every class, up to large_max_, tries
-  // the calling thread's large cache first (a parked run of its class) and goes to the slow
-  // path otherwise — without classifying, reporting or looking the thread cache up again.
-  [[gnu::noinline]] void* allocate_large_front(std::size_t bytes, std::size_t alignment);
-  [[gnu::noinline]] void deallocate_large_front(void* p, std::size_t bytes, std::size_t alignment);
 
   detail::slab_state* state_;
   std::uint64_t id_;    // never reused: names this resource in thread caches
   std::uint32_t slot_;  // its slot in every thread's cache table (dense, reused after destruction)
   std::uint64_t hardened_id_;  // id_ | detail::hardened_id_bit: a hardened resource's cache id
   // Requests with alignment <= 16 below small_bound_ (1 KiB) take the inline path through the
-  // small table, the rest below inline_bound_ (every class) through the medium table. Both are 0
-  // in checked mode, under memcheck and in hardened mode with zero-on-free, so that every call
-  // takes the slow path. A hardened resource's thread caches are registered under
+  // small table, the rest below wide_bound_ through the wide row of their alignment (wide_rows_:
+  // every slab class, then the large bins up to 256 KiB when the resource has them). Both bounds
+  // are 0 in checked mode, under memcheck and in hardened mode with zero-on-free, so that every
+  // call takes the slow path. A hardened resource's thread caches are registered under
   // id_ | hardened_id_bit: the inline path finds the bin, its id test fails, and a second test
   // sends it to the hardened hit path with the bin (the unhardened hit path is unchanged).
   std::uint32_t small_bound_;
-  std::uint32_t inline_bound_;
-  // Requests with alignment <= 16 from inline_bound_ up to large_max_ take the large front; 0
-  // (none, not even 0 bytes) unless the resource keeps large caches
-  // (slab_state::large_cache_on) and has an inline path.
-  std::uint32_t large_max_;
+  std::uint32_t wide_bound_;
+  // Per alignment 0..16: the resource's wide row (slab_state::wide) for powers of two, a row of
+  // bad_class for the others (src/slab/large_bins.hpp, make_wide_row).
+  const std::uint8_t* wide_rows_[17];
   bool checked_;
   bool hardened_;
 };

@@ -243,13 +243,6 @@ namespace bsalloc {
   return &r.meta[(reinterpret_cast<std::uintptr_t>(p) - r.base) >> page_shift];
 }
 
-inline page_resource::page_meta* page_resource::meta_of(const void* p) const noexcept {
-  const detail::page_map_hit hit = detail::page_map_find(p);
-  if (hit.owner != this) [[unlikely]]
-    return nullptr;
-  return meta_in(regions_[hit.region], p);
-}
-
 [[gnu::always_inline]] inline page_resource::page_meta* page_resource::tag_slot(
     const void* p) const noexcept {
   const detail::page_map_hit hit = detail::page_map_find(p);

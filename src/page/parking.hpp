@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
-// Parking (page_resource::park_tagged / unpark, page_resource.hpp) inline, for the one layer
-// above that parks runs on its hit paths: slab_resource's large front (src/slab/large.cpp).
-// The public members call these; the page layer's invariants they keep are I11 (the run mark:
-// live -> parked by one compare-and-swap, parked -> live by the parker alone) and I12 (the tag
-// and the bytes asked, in the second page's metadata; the bytes stored before the tag).
+// Parking (page_resource::park_tagged / unpark, page_resource.hpp) inline, and the tag check of
+// slab_resource's large bins (src/slab/large.cpp). The public members call these; the page layer's
+// invariants they keep are I11 (the run mark: live -> parked by one compare-and-swap, parked ->
+// live by the parker alone) and I12 (the tag and the bytes asked, in the second page's metadata;
+// the bytes stored before the tag).
 #include <atomic>
 #include <cassert>
 
@@ -41,11 +41,15 @@ struct page_parking {
     set_run_mark(m->run, run_live);
   }
 
-  /// True if `m` is the metadata of the page at p, a page of pr: what a parked run's entry
-  /// must hold (the large cache's L2, checked by slab_resource::check_invariants()).
-  static bool is_meta_of(const page_resource& pr, const void* p, const void* m) noexcept {
-    const meta* at = pr.meta_of(p);
-    return at && at == m;
+  /// The page count of the live run that starts at p, is tagged `tag` and records its whole
+  /// bytes as asked (I12: no slack), else 0: what slab_resource's large bins check before they
+  /// take a run in on a slow path (src/slab/large.cpp). Reads only; the run stays its user's.
+  static std::size_t bin_run_pages(const page_resource& pr, const void* p,
+                                   std::uint32_t tag) noexcept {
+    const meta* m = pr.tag_slot(p);
+    if (!m || tag == 0 || load_tag_field(m[1].prev) != tag || load_tag_field(m[1].next) != 0)
+      return 0;
+    return m->next;
   }
 };
 

@@ -60,37 +60,43 @@ std::unordered_set<const void*> check_stash(const slab_state& st, std::size_t ci
   return seen;
 }
 
-// L2: a thread cache's large runs (large_cache.hpp), each a parked run of the upstream in the
-// bin of its page count, counted right and within the budget's ceiling (4 x large_cache_bytes).
-// registry_mutex held.
+// L2: a thread cache's large bins (large_bins.hpp): each run a live run of the upstream, tagged
+// by this resource, of a class count of pages that its bin's class may borrow (borrowed_ok), in
+// no other bin; counts and limits right, every bin full within the ceiling. registry_mutex held.
 template <class Fail>
-void check_large_cache(const slab_state& st, const detail::thread_cache& tc,
-                       std::unordered_set<const void*>& parked, Fail fail) {
-  using detail::large_cache;
-  const large_cache* lc = tc.large_runs();
-  if (!lc) return;
-  if (!st.large_cache_on) fail(st.ncores, -1, "L2: a large cache in a resource that keeps none");
-  std::size_t runs = 0, pages = 0;
-  for (std::size_t b = 0; b < large_cache::bins; ++b) {
-    if (lc->count[b] > large_cache::per_bin) fail(st.ncores, -1, "L2: a large bin over per_bin");
-    for (std::size_t i = 0; i < lc->count[b]; ++i, ++runs) {
-      const void* start = lc->runs[b][i].start;
-      const std::size_t bin_pages = large_cache::bin_pages(b);
-      const auto run = st.upstream_pages->find_run(start);
-      // An entry's page count is its bin's: a run of any other count is in the wrong bin.
-      if (!run || run->start != start || run->pages != bin_pages || !run->parked)
-        fail(st.ncores, -1, "L2: a large-cache entry that is not a parked run of its bin's pages");
-      // Its meta is what unpark and free_parked write through: the run head's.
-      if (!detail::page_parking::is_meta_of(*st.upstream_pages, start, lc->runs[b][i].meta))
-        fail(st.ncores, -1, "L2: a large-cache entry whose meta is not its run head's");
-      if (!parked.insert(start).second) fail(st.ncores, -1, "L2: a parked run in two entries");
-      pages += bin_pages;
+void check_large_bins(const slab_state& st, const detail::thread_cache& tc,
+                      std::unordered_set<const void*>& seen, Fail fail) {
+  using detail::large_runs;
+  std::size_t full = 0;  // every bin full
+  for (std::size_t b = 0; b < large_runs::bins; ++b)
+    full += tc.bins[static_cast<std::size_t>(detail::large_base) + b].limit *
+            large_runs::bin_pages(b) * page_size;
+  if (full != tc.large_limit_bytes || full > st.large_ceiling_bytes)
+    fail(st.ncores, -1, "L2: the large bins' limits miscounted or past the ceiling");
+  for (std::size_t b = 0; b < large_runs::bins; ++b) {
+    const auto& bin = tc.bins[static_cast<std::size_t>(detail::large_base) + b];
+    const int c = detail::large_base + static_cast<int>(b);
+    const std::uint32_t n = bin.count.load(std::memory_order_relaxed);
+    if (!st.large_bin_used[b]) {
+      if (bin.limit != 0 || n != 0 || bin.head) fail(st.ncores, c, "L2: a large bin out of use");
+      continue;
     }
+    if (n > bin.limit || bin.limit > detail::large_limit_max)
+      fail(st.ncores, c, "L2: a large bin over its limit, or a limit over large_limit_max");
+    std::uint32_t k = 0;
+    for (const void* p = bin.head; p; p = detail::link_get(p, 0), ++k) {
+      if (k == n) fail(st.ncores, c, "L2: a large bin's list is longer than its count");
+      const auto run = st.upstream_pages->find_run(p);
+      const std::size_t tagged = detail::page_parking::bin_run_pages(
+          *st.upstream_pages, p, st.large_tag.load(std::memory_order_relaxed));
+      if (!run || run->start != p || run->cached || run->parked || tagged != run->pages ||
+          detail::large_run_bin[std::min(run->pages, large_runs::max_pages)] == large_runs::bins ||
+          !detail::borrowed_ok(large_runs::bin_pages(b), run->pages))
+        fail(st.ncores, c, "L2: a large-bin entry that is not a live run of ours of its class");
+      if (!seen.insert(p).second) fail(st.ncores, c, "L2: a run in two large-bin entries");
+    }
+    if (k != n) fail(st.ncores, c, "L2: a large bin's list is shorter than its count");
   }
-  if (pages != lc->pages.load(std::memory_order_relaxed) ||
-      runs != lc->parked_runs.load(std::memory_order_relaxed) ||
-      pages * page_size > detail::large_budget_ceiling(st.knobs.large_cache_bytes))
-    fail(st.ncores, -1, "L2: large-cache totals miscounted or over the budget's ceiling");
 }
 
 }  // namespace
@@ -162,7 +168,7 @@ void slab_resource::check_invariants() const {
     if (sent[c] != received[c])
       fail(st.ncores, static_cast<int>(c), "S3: remote frees sent != remote frees received");
   {
-    std::unordered_set<const void*> parked;  // L2: no run in two entries, of any thread cache
+    std::unordered_set<const void*> seen;  // L2: no run in two entries, of any thread cache
     std::lock_guard lock(detail::registry_mutex());
     for (const detail::thread_cache* tc = st.caches; tc; tc = tc->next) {
       std::size_t grown = 0;
@@ -176,7 +182,7 @@ void slab_resource::check_invariants() const {
       if (grown != tc->grown_bytes.load(std::memory_order_relaxed) ||
           grown > st.knobs.thread_cache_bytes)
         fail(st.ncores, -1, "T1: thread-cache growth miscounted or over thread_cache_bytes");
-      check_large_cache(st, *tc, parked, fail);
+      if (st.large_bins_on) check_large_bins(st, *tc, seen, fail);
     }
   }
   std::lock_guard lock(st.large_lock);

@@ -1,13 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 // The large path: requests no class can serve go to the upstream, which decides (it throws what
-// it throws, std::bad_alloc for sizes it cannot serve). Nothing is written into the block. Its
+// it throws, std::bad_alloc for sizes it cannot serve). Nothing is written into a live block. Its
 // record (pointer, bytes, alignment) lives out of band, so that release() frees it, the heap
 // walk reports it and checked mode checks size and alignment:
 //   - with a page_resource upstream and checked mode off, in the page run's own metadata: the
 //     resource's owner tag and the bytes (page_resource::allocate_tagged), no table, no lock;
 //   - otherwise (any other upstream, checked mode, a run of one page) in large_table.
-// In front of the tagged path, the thread cache's large runs (large_cache.hpp): a freed run
-// parked for the thread's next request of its run class (or of a class up to a third smaller).
+// In front of the tagged path, the thread cache's large bins (large_bins.hpp), which the inline
+// path serves as it serves the slab classes; their slow paths are here: a miss (the bin, then
+// borrowing from the bins up, then a run from the page layer), a validated push, an overflowing
+// bin's give-back, the scavenge, and the thread-exit / release() hand-over.
 #include <algorithm>
 #include <new>
 
@@ -33,115 +35,221 @@ std::uint32_t slab_state::owner_tag() {
   return t != 0 ? t : draw_tag(large_tag);
 }
 
-// The hit paths: inline here, into the large front and the slow path.
-[[gnu::always_inline]] inline void* slab_state::unpark_to_user(large_cache& lc,
-                                                               const page_resource::parked_run& r,
-                                                               std::size_t bytes) {
-  page_parking::unpark(r, bytes, large_tag.load(std::memory_order_relaxed));
-  add_owned(lc.objects_delta, 1);
-  add_owned(lc.bytes_delta, bytes);
-  return r.start;
+// -- the large bins' slow paths (large_bins.hpp) ------------------------------------------------
+
+namespace {
+// The bin of a request, or large_runs::bins: none (too big, too aligned, or a class that the
+// wide row never maps to a large bin because a slab class serves it).
+std::size_t request_bin(const slab_state& st, std::size_t bytes, std::size_t alignment) {
+  if (!st.large_bins_on || bytes > large_runs::max_bytes || alignment > page_size)
+    return large_runs::bins;
+  const std::size_t b = large_request_bin[page_resource::pages_for(bytes)];
+  return b != large_runs::bins && st.large_bin_used[b] ? b : large_runs::bins;
 }
 
-[[gnu::always_inline]] inline void* slab_state::allocate_large_cached(thread_cache& tc,
-                                                                      std::size_t bytes,
-                                                                      std::size_t alignment) {
-  large_cache* lc = tc.large_runs();
-  if (!lc) [[unlikely]]
-    return nullptr;   // no memory for it when the thread cache was made
-  lc->active = true;  // no tick(): large calls leave the small bins' scavenging cadence alone
-  const std::size_t pages = page_resource::pages_for(bytes);
-  if (pages > large_cache::max_pages) return nullptr;
-  const std::size_t b = large_request_bin[pages];
-  if (b == large_cache::bins) return nullptr;
-  if (lc->count[b] == 0 || alignment > page_size) [[unlikely]]
-    return allocate_large_near(*lc, b, bytes, alignment);
-  return unpark_to_user(*lc, take_newest(*lc, b), bytes);
+// The class pages of a run of `pages` pages freed as `bytes`: what it was asked as, if that is a
+// class it may serve (a correct caller), else its own.
+std::size_t freed_class_pages(std::size_t bytes, std::size_t pages) {
+  if (bytes > large_runs::max_bytes) return pages;
+  const std::size_t cls = large_runs::class_pages(page_resource::pages_for(bytes));
+  return borrowed_ok(cls, pages) ? cls : pages;
 }
 
-void* slab_state::allocate_large_near(large_cache& lc, std::size_t b, std::size_t bytes,
-                                      std::size_t alignment) {
-  // Bin b first, then up to borrow_bins bins up whose runs are not too big for the request's
-  // class (borrowed_ok): a run keeps its page count, and its free parks it in its own bin.
-  const std::size_t cls = large_cache::bin_pages(b);
-  const std::size_t last = std::min(b + large_cache::borrow_bins, large_cache::bins - 1);
-  for (std::size_t j = b; j <= last && borrowed_ok(cls, large_cache::bin_pages(j)); ++j) {
-    if (lc.count[j] == 0) continue;
-    if (alignment <= page_size) return unpark_to_user(lc, take_newest(lc, j), bytes);
-    // A parked run is page-aligned, most of them to their buddy block too (a run of n pages
-    // from the buddy lists starts at a multiple of 2^ceil(log2 n) pages): the newest one
-    // aligned enough, if any (object_pool's slabs ask for their own size).
-    for (std::size_t i = lc.count[j]; i-- != 0;)
-      if ((reinterpret_cast<std::uintptr_t>(lc.runs[j][i].start) & (alignment - 1)) == 0)
-        return unpark_to_user(lc, take_out(lc, j, i), bytes);
+bin& large_bin(thread_cache& tc, std::size_t b) {
+  return tc.bins[static_cast<std::size_t>(large_base) + b];
+}
+
+// Takes the newest run of bin b (not empty), of `pages` pages.
+void* pop_run(bin& b, [[maybe_unused]] std::size_t pages) {
+  void* p = b.head;
+  b.head = link_get(p, 0);
+  b.count.store(b.count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+  BSALLOC_UNPOISON(p, pages << page_shift);
+  return p;
+}
+}  // namespace
+
+void* slab_state::allocate_from_bins(thread_cache& tc, std::size_t b, std::size_t alignment) {
+  (void)alignment;  // <= page_size (request_bin): every run is page-aligned
+  tick(tc);
+  bin& mine = large_bin(tc, b);
+  mine.flags |= bin_active | bin_refilled;                        // the thread allocates this class
+  if (mine.head) return pop_run(mine, large_runs::bin_pages(b));  // an aligned request's hit
+  // Borrowing: the newest run of one of the next bins up, if not too big for b's class (its
+  // page count read from the page layer: a run borrowed before may have more than its bin's).
+  const std::size_t cls = large_runs::bin_pages(b);
+  const std::uint32_t tag = large_tag.load(std::memory_order_relaxed);
+  const std::size_t last = std::min(b + large_runs::borrow_bins, large_runs::bins - 1);
+  for (std::size_t j = b + 1; j <= last && borrowed_ok(cls, large_runs::bin_pages(j)); ++j) {
+    bin& up = large_bin(tc, j);
+    if (!up.head) continue;
+    const std::size_t pages = page_parking::bin_run_pages(*upstream_pages, up.head, tag);
+    if (!borrowed_ok(cls, pages)) continue;
+    // Its excess was over bin j's class, it is now over b's.
+    add_owned(tc.large_excess, large_runs::bin_pages(j) - cls);
+    return pop_run(up, pages);
   }
   return nullptr;
 }
 
-[[gnu::always_inline]] inline bool slab_state::deallocate_large_cached(thread_cache& tc, void* p) {
-  large_cache* lc = tc.large_runs();
-  if (!lc) return false;
-  page_resource::parked_run r;
-  std::size_t recorded;
-  // Not a live run tagged by us: the usual path decides (and names a bad pointer).
-  if (!page_parking::park(*upstream_pages, p, large_tag.load(std::memory_order_relaxed), r,
-                          recorded)) [[unlikely]]
-    return false;
-  add_owned(lc->objects_delta, std::size_t(-1));
-  add_owned(lc->bytes_delta, 0 - recorded);
-  const std::size_t b =
-      r.pages <= large_cache::max_pages ? large_run_bin[r.pages] : large_cache::bins;
-  if (b == large_cache::bins) [[unlikely]] {
-    upstream_pages->free_parked(r);
-    return true;
-  }
-  const std::size_t after = (lc->pages.load(std::memory_order_relaxed) + r.pages) << page_shift;
-  if (after > knobs.large_cache_bytes) [[unlikely]]
-    if (const std::size_t budget = large_budget(*lc, knobs.large_cache_bytes); after > budget) {
-      over_budget(*lc, r, budget);
-      return true;
+void slab_state::push_to_bins(thread_cache& tc, void* p, std::size_t pages, std::size_t bytes) {
+  const std::size_t b = large_run_bin[pages];
+  tick(tc);
+  bin& mine = large_bin(tc, b);
+  mine.flags |= bin_active;
+  // Its excess over the class it was asked as leaves that class: it goes into its own pages'
+  // bin, or back to the page layer.
+  add_owned(tc.large_excess, 0 - (pages - freed_class_pages(bytes, pages)));
+  const std::uint32_t n = mine.count.load(std::memory_order_relaxed) + 1;
+  if (n > mine.limit) {
+    if (mine.flags & bin_refilled) {
+      // A bin that overflows and that its thread also misses in grows, as the slab classes',
+      // within what the other bins leave of the ceiling.
+      const std::size_t run = large_runs::bin_pages(b) << page_shift;
+      const std::size_t room = (large_ceiling_bytes - tc.large_limit_bytes) / run;
+      const std::uint32_t grown = std::min<std::uint32_t>(
+          {large_limit_max, mine.limit * 2u,
+           mine.limit + static_cast<std::uint32_t>(std::min<std::size_t>(room, 64))});
+      tc.large_limit_bytes += (grown - mine.limit) * run;
+      mine.limit = static_cast<std::uint16_t>(grown);
+      mine.flags = static_cast<std::uint16_t>(mine.flags & ~bin_refilled);
     }
-  // Full: the oldest run goes back to the page layer. Out of the bin first, so that the bin
-  // only ever holds parked runs (a fork in between leaves the run to the child's recount:
-  // recount_large_after_fork).
-  if (lc->count[b] == large_cache::per_bin) upstream_pages->free_parked(take_out(*lc, b, 0));
-  put_in(*lc, b, r);
-  return true;
+    if (n > mine.limit) {  // full: this run goes back (no walk through the bin's cold runs)
+      give_back(tc, p);
+      return;
+    }
+  }
+  BSALLOC_POISON_FREE(p, pages << page_shift);
+  link_set(p, mine.head, 0);
+  mine.head = p;
+  mine.count.store(n, std::memory_order_relaxed);
 }
 
-void slab_state::over_budget(large_cache& lc, const page_resource::parked_run& r,
-                             std::size_t budget) {
-  upstream_pages->free_parked(r);
-  // The budget follows the thread's live large bytes, so it may have fallen below what the
-  // cache holds: the oldest runs go back, from the biggest runs' bins down, until it fits.
-  for (std::size_t b = large_cache::bins; b-- != 0;)
-    while (lc.count[b] != 0 && (lc.pages.load(std::memory_order_relaxed) << page_shift) > budget)
-      upstream_pages->free_parked(take_out(lc, b, 0));
+void slab_state::give_back(thread_cache& tc, void* run) {
+  std::size_t recorded;
+  const std::uint32_t tag = large_tag.load(std::memory_order_relaxed);
+  if (!upstream_pages->deallocate_tagged(run, tag, recorded)) [[unlikely]]
+    upstream_pages->deallocate_run(run);  // not a run of ours: a bad free; this names it
+  add_owned(tc.large_taken, std::size_t(-1));
+  add_owned(tc.large_taken_pages, 0 - (recorded >> page_shift));
+}
+
+void slab_state::trim_large_bin(thread_cache& tc, std::size_t b, std::uint32_t keep) {
+  bin& mine = large_bin(tc, b);
+  const std::uint32_t n = mine.count.load(std::memory_order_relaxed);
+  if (n <= keep) return;
+  void* rest = mine.head;
+  if (keep == 0) {
+    mine.head = nullptr;
+  } else {
+    void* cut = mine.head;
+    for (std::uint32_t i = 1; i < keep; ++i) cut = link_get(cut, 0);
+    rest = link_get(cut, 0);
+    link_set(cut, nullptr, 0);
+  }
+  mine.count.store(keep, std::memory_order_relaxed);
+  for (std::uint32_t i = keep; i < n && rest; ++i) {
+    void* run = rest;
+    rest = link_get(run, 0);
+#if BSALLOC_ASAN
+    const std::size_t pages = page_parking::bin_run_pages(
+        *upstream_pages, run, large_tag.load(std::memory_order_relaxed));
+    BSALLOC_UNPOISON(run, (pages ? pages : 1) << page_shift);
+#endif
+    const std::size_t before = tc.large_taken_pages.load(std::memory_order_relaxed);
+    give_back(tc, run);
+    const std::size_t run_pages = before - tc.large_taken_pages.load(std::memory_order_relaxed);
+    add_owned(tc.large_excess, 0 - (run_pages - large_runs::bin_pages(b)));
+  }
+}
+
+std::size_t slab_state::flush_large(thread_cache& tc) {
+  if (!large_bins_on) return 0;
+  std::size_t bytes = 0;
+  for (std::size_t b = 0; b < large_runs::bins; ++b) {
+    bytes += large_bin(tc, b).count.load(std::memory_order_relaxed) * large_runs::bin_pages(b)
+             << page_shift;
+    trim_large_bin(tc, b, 0);
+  }
+  return bytes;
+}
+
+void slab_state::scavenge_large(thread_cache& tc) {
+  if (!large_bins_on) return;
+  for (std::size_t b = 0; b < large_runs::bins; ++b) {
+    bin& mine = large_bin(tc, b);
+    if (mine.flags & bin_active) {
+      mine.flags = static_cast<std::uint16_t>(mine.flags & ~bin_active);
+      continue;
+    }
+    // Quiet since the last look: half the limit (down to the initial one) and half the runs.
+    const std::uint32_t n = mine.count.load(std::memory_order_relaxed);
+    if (n == 0 && mine.limit <= large_start) continue;
+    const auto lower =
+        static_cast<std::uint16_t>(std::max<std::uint32_t>(large_start, mine.limit / 2u));
+    tc.large_limit_bytes -= (mine.limit - lower) * (large_runs::bin_pages(b) << page_shift);
+    mine.limit = lower;
+    mine.flags = 0;
+    trim_large_bin(tc, b, std::min<std::uint32_t>(mine.limit, n / 2));
+  }
+}
+
+void slab_state::fold_large(thread_cache& tc) {
+  // The bins are empty (flushed first): what tc took and did not give back is live, at its
+  // requests' classes.
+  large_objects.fetch_add(tc.large_taken.exchange(0, std::memory_order_relaxed),
+                          std::memory_order_relaxed);
+  const std::size_t pages = tc.large_taken_pages.exchange(0, std::memory_order_relaxed) -
+                            tc.large_excess.exchange(0, std::memory_order_relaxed);
+  large_bytes.fetch_add(pages << page_shift, std::memory_order_relaxed);
+}
+
+void slab_state::forget_large(thread_cache& tc) {
+  if (large_bins_on)
+    for (std::size_t b = 0; b < large_runs::bins; ++b) {
+      bin& mine = large_bin(tc, b);
+#if BSALLOC_ASAN
+      // Accessible again before free_large() gives them to the page layer, which does not
+      // annotate. A fork may have cut a push or a pop in another thread: at most count + 1.
+      void* run = mine.head;
+      for (std::uint32_t i = 0; run && i <= mine.count.load(std::memory_order_relaxed); ++i) {
+        void* next = link_get(run, 0);
+        BSALLOC_UNPOISON(run, large_runs::max_bytes);
+        run = next;
+      }
+#endif
+      mine.head = nullptr;
+      mine.count.store(0, std::memory_order_relaxed);
+    }
+  tc.large_taken.store(0, std::memory_order_relaxed);
+  tc.large_taken_pages.store(0, std::memory_order_relaxed);
+  tc.large_excess.store(0, std::memory_order_relaxed);
 }
 
 void* slab_state::allocate_large(std::size_t bytes, std::size_t alignment) {
   void* p;
-  large_cache* lc = nullptr;  // counts this thread's large blocks, if it has one
-  if (large_cache_on)
-    if (thread_cache* tc = cache_for(*this)) {
-      if (void* hit = allocate_large_cached(*tc, bytes, alignment)) return hit;
-      lc = tc->large_runs();
-    }
+  const std::size_t b = request_bin(*this, bytes, alignment);
+  thread_cache* tc = nullptr;
+  if (b != large_runs::bins) {
+    tc = cache_for(*this);
+    if (tc)
+      if (void* hit = allocate_from_bins(*tc, b, alignment)) return hit;
+  }
   if (upstream_pages && !knobs.checked) {
     bool tagged;
-    // With a large cache, the run has the cache's class count, for a later hit.
-    const std::size_t pages = lc && bytes <= large_cache::max_pages * page_size
-                                  ? large_cache::class_pages(page_resource::pages_for(bytes))
-                                  : 0;
-    p = upstream_pages->allocate_tagged(bytes, alignment, owner_tag(), tagged, pages);
+    // A run of a large bin's class asks its whole bytes: its record (and what stats() count)
+    // is the run's, whichever request of its class it serves next.
+    const std::size_t pages = b != large_runs::bins ? large_runs::bin_pages(b) : 0;
+    const std::size_t asked = pages ? pages << page_shift : bytes;
+    p = upstream_pages->allocate_tagged(asked, alignment, owner_tag(), tagged, pages);
     if (tagged) {
-      // A thread with a large cache counts in it (no shared counter); others here.
-      if (lc) {
-        add_owned(lc->objects_delta, 1);
-        add_owned(lc->bytes_delta, bytes);
+      // A thread with large bins counts in its cache (no shared counter); others here.
+      if (tc) {
+        add_owned(tc->large_taken, 1);
+        add_owned(tc->large_taken_pages, pages);
       } else {
         large_objects.fetch_add(1, std::memory_order_relaxed);
-        large_bytes.fetch_add(bytes, std::memory_order_relaxed);
+        large_bytes.fetch_add(asked, std::memory_order_relaxed);
       }
       return p;
     }
@@ -161,15 +269,33 @@ void* slab_state::allocate_large(std::size_t bytes, std::size_t alignment) {
 }
 
 void slab_state::deallocate_large(void* p, std::size_t bytes, std::size_t alignment) {
+  // A run of a large bin's class, tagged by us and recorded whole: into the thread's bin of its
+  // page count (validated here, unlike the inline path's push).
+  if (large_bins_on)
+    if (thread_cache* tc = find_cache(*this)) {
+      const std::size_t pages = page_parking::bin_run_pages(
+          *upstream_pages, p, large_tag.load(std::memory_order_relaxed));
+      if (pages != 0 && pages <= large_runs::max_pages &&
+          large_run_bin[pages] != large_runs::bins && large_bin_used[large_run_bin[pages]]) {
+        push_to_bins(*tc, p, pages, bytes);
+        return;
+      }
+    }
   // A tagged run of ours: untagged by one compare-and-swap (of two racing frees, the second
   // finds no tag and goes on as a pointer without a record) and freed whatever the caller says.
-  if (large_cache_on)
-    if (thread_cache* tc = find_cache(*this); tc && deallocate_large_cached(*tc, p)) return;
   if (upstream_pages && !knobs.checked) {
     std::size_t recorded;
     if (upstream_pages->deallocate_tagged(p, large_tag.load(std::memory_order_relaxed), recorded)) {
       large_objects.fetch_sub(1, std::memory_order_relaxed);
-      large_bytes.fetch_sub(recorded, std::memory_order_relaxed);
+      // A run of a large bin's class counted at the class it was asked as; its excess (a
+      // borrowed run) stays in some thread's large_excess, so the pages it leaves here are its
+      // class's.
+      const std::size_t pages = recorded >> page_shift;
+      const bool bin_run = large_bins_on && (recorded & (page_size - 1)) == 0 &&
+                           pages <= large_runs::max_pages &&
+                           large_run_bin[pages] != large_runs::bins;
+      large_bytes.fetch_sub(bin_run ? freed_class_pages(bytes, pages) << page_shift : recorded,
+                            std::memory_order_relaxed);
       return;
     }
   }
@@ -186,63 +312,6 @@ void slab_state::deallocate_large(void* p, std::size_t bytes, std::size_t alignm
   // A pointer without a record is not this resource's: the upstream decides (checked mode
   // stopped it before).
   up_deallocate(p, bytes, alignment);
-}
-
-std::size_t slab_state::flush_large(thread_cache& tc) {
-  large_cache* lc = tc.large_runs();
-  if (!lc) return 0;
-  std::size_t bytes = 0;
-  for (std::size_t b = 0; b < large_cache::bins; ++b) {
-    while (lc->count[b] != 0) {
-      const page_resource::parked_run r = take_newest(*lc, b);
-      upstream_pages->free_parked(r);
-      bytes += r.pages << page_shift;
-    }
-  }
-  return bytes;
-}
-
-void slab_state::fold_large(thread_cache& tc) {
-  if (large_cache* lc = tc.large_runs()) {
-    large_objects.fetch_add(lc->objects_delta.exchange(0, std::memory_order_relaxed),
-                            std::memory_order_relaxed);
-    large_bytes.fetch_add(lc->bytes_delta.exchange(0, std::memory_order_relaxed),
-                          std::memory_order_relaxed);
-  }
-}
-
-void slab_state::forget_large(thread_cache& tc) {
-  flush_large(tc);
-  if (large_cache* lc = tc.large_runs()) {
-    lc->objects_delta.store(0, std::memory_order_relaxed);
-    lc->bytes_delta.store(0, std::memory_order_relaxed);
-  }
-}
-
-void slab_state::recount_large_after_fork() noexcept {
-  // A thread that the fork left behind may have been anywhere in take_newest / take_out /
-  // put_in. What the child can find (large_cache.hpp writes in this order):
-  //   - an entry below count is a parked run of the bin (put_in stores it before the count);
-  //   - take_out's shift may have left one run in two adjacent entries: kept once here;
-  //   - the run being taken out or put in may be in no entry: parked, and never freed in the
-  //     child (a leak of at most one run per such thread, not a double free);
-  //   - the totals may be off: recounted from the entries.
-  for (thread_cache* tc = caches; tc; tc = tc->next) {
-    large_cache* lc = tc->large_runs();
-    if (!lc) continue;
-    std::size_t runs = 0, pages = 0;
-    for (std::size_t b = 0; b < large_cache::bins; ++b) {
-      auto& bin = lc->runs[b];
-      std::size_t kept = 0;
-      for (std::size_t i = 0; i < lc->count[b]; ++i)
-        if (kept == 0 || bin[kept - 1].start != bin[i].start) bin[kept++] = bin[i];
-      lc->count[b] = static_cast<std::uint8_t>(kept);
-      runs += kept;
-      pages += kept * large_cache::bin_pages(b);
-    }
-    lc->pages.store(pages, std::memory_order_relaxed);
-    lc->parked_runs.store(runs, std::memory_order_relaxed);
-  }
 }
 
 void slab_state::free_large() {
@@ -267,23 +336,3 @@ void slab_state::free_large() {
 }
 
 }  // namespace bsalloc::detail
-
-namespace bsalloc {
-
-void* slab_resource::allocate_large_front(std::size_t bytes, std::size_t alignment) {
-  // Alignment <= 16 here (the inline path's test); 0 and the others that are not a power of
-  // two are the slow path's to refuse.
-  const detail::tls_slot& s = detail::t_slots[slot_];
-  if (s.id == id_ && detail::power_of_two(alignment)) [[likely]]
-    if (void* p = state_->allocate_large_cached(*s.cache, bytes, alignment)) return p;
-  return allocate_slow(bytes, alignment);
-}
-
-void slab_resource::deallocate_large_front(void* p, std::size_t bytes, std::size_t alignment) {
-  const detail::tls_slot& s = detail::t_slots[slot_];
-  if (s.id == id_ && detail::power_of_two(alignment)) [[likely]]
-    if (state_->deallocate_large_cached(*s.cache, p)) return;
-  deallocate_slow(p, bytes, alignment);
-}
-
-}  // namespace bsalloc

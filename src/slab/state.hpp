@@ -41,7 +41,7 @@
 #include <unordered_set>
 
 #include "hardened_types.hpp"
-#include "large_cache.hpp"
+#include "large_bins.hpp"
 #include "large_table.hpp"
 #include "remote.hpp"
 #include "size_classes.hpp"
@@ -207,10 +207,17 @@ struct slab_state {
   // With a page_resource upstream, unchecked: this resource's owner tag on its large runs
   // (page_resource::allocate_tagged), so that they need no table record; 0 until the first one.
   std::atomic<std::uint32_t> large_tag{0};
-  // The per-thread cache of large runs (large_cache.hpp) is on: a page_resource upstream,
-  // checked mode off, thread caches on, knobs.large_cache_bytes of two pages or more, and not
-  // under memcheck (which must see a freed run as freed).
-  bool large_cache_on = false;
+  // The thread caches have large bins (large_bins.hpp): a page_resource upstream, checked mode
+  // off, thread caches on, knobs.large_cache_bytes enough for one run in each bin in use, and the
+  // inline path on without the careful path (not hardened, not under memcheck, which must see a
+  // freed run as freed).
+  bool large_bins_on = false;
+  std::uint16_t large_start = 0;        // the limit a large bin in use starts at
+  std::size_t large_ceiling_bytes = 0;  // what a thread's large bins may hold all full (L2)
+  std::array<bool, large_runs::bins> large_bin_used{};  // the wide row maps some size to it
+  // The inline path's row for alignments that are powers of two (make_wide_row), unless the
+  // resource has the default shape (wide_row_default*).
+  wide_row wide{};
 
   // -- upstream and slabs (slabs.cpp) ---------------------------------------------------------
   void* up_allocate(std::size_t bytes, std::size_t alignment);
@@ -274,32 +281,27 @@ struct slab_state {
   void deallocate_large(void* p, std::size_t bytes, std::size_t alignment);
   void free_large();
   std::uint32_t owner_tag();  // large_tag, drawn on first use
-  // The thread cache's large runs (large_cache.hpp): a hit, or null for the upstream path.
-  // Inline in large.cpp (the large front and the slow path), as are unpark_to_user and
-  // deallocate_large_cached.
-  inline void* allocate_large_cached(thread_cache& tc, std::size_t bytes, std::size_t alignment);
-  // A run taken out of lc to its new user, who asked for `bytes`.
-  inline void* unpark_to_user(large_cache& lc, const page_resource::parked_run& r,
-                              std::size_t bytes);
-  // Its miss in bin b, or an alignment above page_size: the newest run aligned enough of bin b
-  // or of the next bins up that may serve b's class (large_cache.hpp), else null.
-  [[gnu::noinline]] void* allocate_large_near(large_cache& lc, std::size_t b, std::size_t bytes,
-                                              std::size_t alignment);
-  // True: p was parked in tc (or given back to the page layer past the cache's bounds).
-  inline bool deallocate_large_cached(thread_cache& tc, void* p);
-  // Its case of a run past the budget (large_budget()): r goes back to the page layer, and the
-  // cache's oldest runs too until it holds at most `budget` bytes.
-  [[gnu::noinline]] void over_budget(large_cache& lc, const page_resource::parked_run& r,
-                                     std::size_t budget);
-  // Every run of tc's large cache goes back to the page layer; returns their bytes.
+  // The large bins' slow paths (large_bins.hpp). A miss in bin b (or an alignment above the
+  // inline path's): a run of b's class from the bin, or borrowed from a bin up, else null.
+  void* allocate_from_bins(thread_cache& tc, std::size_t b, std::size_t alignment);
+  // A run of ours (p, validated: a live run tagged by this resource, of `pages` pages, freed as
+  // `bytes`) pushed into the bin of its pages; into a full bin that may not grow, back to the
+  // page layer instead.
+  void push_to_bins(thread_cache& tc, void* p, std::size_t pages, std::size_t bytes);
+  // A run of tc's (validated, or taken out of a bin) back to the page layer, tc's counts with it.
+  void give_back(thread_cache& tc, void* run);
+  // Bin b keeps its newest `keep` runs; the rest go back to the page layer.
+  void trim_large_bin(thread_cache& tc, std::size_t b, std::uint32_t keep);
+  // Every run of tc's large bins goes back to the page layer; returns their bytes.
   std::size_t flush_large(thread_cache& tc);
-  // tc's counts of large blocks move into large_objects / large_bytes (registry_mutex held).
+  // A scavenge: each large bin that saw no slow-path visit since the last one halves.
+  void scavenge_large(thread_cache& tc);
+  // tc's counts of live large runs move into large_objects / large_bytes (registry_mutex held,
+  // tc leaving stats()' sight); what its bins hold stays counted in tc until flushed.
   void fold_large(thread_cache& tc);
-  // release() and destruction: tc's runs go back (flush_large) and its counts are dropped, as
-  // free_large() frees every block they count (registry_mutex held).
+  // release() and destruction: tc's bins are emptied without giving their runs back (they are
+  // tagged and live: free_large() frees them) and its counts dropped (registry_mutex held).
   void forget_large(thread_cache& tc);
-  // Fork child, alone: every large cache's totals recounted from its bins.
-  void recount_large_after_fork() noexcept;
 
   // -- free-list links and the careful path (hardened.cpp) -----------------------------------
   /// The link stored in free object `at` of class c. Hardened: decoded and validated (null, or

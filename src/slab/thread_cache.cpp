@@ -103,24 +103,18 @@ thread_cache* make_thread_cache(const slab_state& st) noexcept {
   // thread, one resource per subsystem) do not fall into the same few cache sets whatever
   // the system allocator's placement — as slab colour does for slabs' first objects.
   constexpr std::size_t line = cache_block_align, colours = 32;
-  static_assert(alignof(thread_cache) <= line && alignof(large_cache) <= line);
+  static_assert(alignof(thread_cache) <= line);
   const std::size_t colour = (st.slot * 7 % colours) * line;
   constexpr std::size_t tc_bytes = (sizeof(thread_cache) + line - 1) / line * line;
-  // Its large runs' cache too, now: a thread cache is made by a thread's first call (a lazy
-  // one would be a system malloc in the middle of a thread's large-block churn).
-  const std::size_t bytes = colour + tc_bytes + (st.large_cache_on ? sizeof(large_cache) : 0);
+  const std::size_t bytes = colour + tc_bytes;
   void* block = ::operator new (bytes, std::align_val_t{line}, std::nothrow);
   if (!block) return nullptr;
   auto* tc = new (static_cast<char*>(block) + colour) thread_cache{};
   tc->block = block;
-  if (st.large_cache_on)
-    tc->large.store(new (static_cast<char*>(block) + colour + tc_bytes) large_cache{},
-                    std::memory_order_release);
   return tc;
 }
 
 void free_thread_cache(thread_cache* tc) noexcept {
-  if (large_cache* lc = tc->large_runs()) lc->~large_cache();
   void* block = tc->block;
   tc->~thread_cache();
   ::operator delete (block, std::align_val_t{cache_block_align});
@@ -140,6 +134,11 @@ thread_cache* cache_for(slab_state& st) {
   for (int c = 0; c < st.classes; ++c)
     tc->bins[static_cast<std::size_t>(c)].limit =
         static_cast<std::uint16_t>(st.geom[static_cast<std::size_t>(c)].cache_limit);
+  for (std::size_t b = 0; b < large_runs::bins; ++b)
+    if (st.large_bin_used[b]) {
+      tc->bins[static_cast<std::size_t>(large_base) + b].limit = st.large_start;
+      tc->large_limit_bytes += st.large_start * large_runs::bin_pages(b) * page_size;
+    }
   {
     std::lock_guard lock(registry_mutex());
     tc->prev = nullptr;
@@ -184,11 +183,7 @@ void slab_state::trim_bin(thread_cache& tc, int c, std::uint32_t keep) {
 // (down to the initial one) and give back what is over it: a class that went quiet does not keep
 // its burst's objects, and the slabs they pin, for ever.
 void slab_state::scavenge(thread_cache& tc) {
-  // Large runs: kept while the thread allocates large blocks, given back once it stopped.
-  if (large_cache* lc = tc.large_runs()) {
-    if (!lc->active) flush_large(tc);
-    lc->active = false;
-  }
+  scavenge_large(tc);
   for (int c = 0; c < classes; ++c) {
     bin& b = tc.bins[static_cast<std::size_t>(c)];
     if (b.flags & bin_active) {
@@ -213,8 +208,7 @@ void drop_caches(slab_state& st, bool destroying) {
     std::lock_guard lock(registry_mutex());
     for (thread_cache* tc = st.caches; tc;) {
       thread_cache* next = tc->next;
-      // Parked large runs go back to the page layer now (an upstream call under
-      // registry_mutex: the page layer takes no lock of ours).
+      // Large bins emptied: their runs are live and tagged, free_large() frees them.
       st.forget_large(*tc);
       if (destroying) {
         free_thread_cache(tc);
@@ -259,7 +253,10 @@ exit_hook::~exit_hook() {
         else
           st.caches = tc->next;
         if (tc->next) tc->next->prev = tc->prev;
-        st.fold_large(*tc);  // stats() no longer sees tc: its counts move to st now
+        // stats() no longer sees tc: its large runs go back (an upstream call under
+        // registry_mutex: the page layer takes no lock of ours) and its counts move to st.
+        st.flush_large(*tc);
+        st.fold_large(*tc);
         st.pins.fetch_add(1, std::memory_order_relaxed);
       }
       s = tls_slot{0, nullptr};
@@ -316,10 +313,7 @@ void fork_parent() noexcept {
 void fork_child() noexcept {
   fork_release(true);
   // Still the only thread, and the page layer's child handler has run (registered first).
-  for (slab_state* st = live_head; st; st = st->live_next) {
-    st->recount_after_fork();
-    st->recount_large_after_fork();
-  }
+  for (slab_state* st = live_head; st; st = st->live_next) st->recount_after_fork();
 }
 
 }  // namespace

@@ -2,7 +2,8 @@
 #pragma once
 // The thread cache's types (thread_cache.cpp has its policy: bin pop / push / refill / flush /
 // grow / scavenge, the TLS slot table, the registry, thread exit and fork): a thread cache's
-// bins, its large runs (large_cache.hpp), and the slot table that the inline path indexes.
+// bins (the slab classes', then the large bins': large_bins.hpp), and the slot table that the
+// inline path indexes.
 #include <bsalloc/detail/config.hpp>
 
 #include <array>
@@ -13,7 +14,7 @@
 #include <type_traits>
 
 #include "hardened_types.hpp"
-#include "large_cache.hpp"
+#include "large_bins.hpp"
 #include "size_classes.hpp"
 
 namespace bsalloc::detail {
@@ -38,20 +39,27 @@ constexpr std::size_t steal_probes = 8;
 constexpr std::uint32_t scavenge_period = 256;
 
 struct thread_cache {
-  std::array<bin, class_count + 1> bins;  // owner thread; bins[bad_class] always empty; first:
-                                          // cache_of(bin, class) finds the cache (hardened)
-  slab_state* res;                        // registry_mutex
-  thread_cache* prev;                     // registry_mutex: res->caches list
-  thread_cache* next;                     // registry_mutex
+  // Owner thread. The slab classes', bad_class's (always empty), then the large bins
+  // (large_base + b). First: cache_of(bin, class) finds the cache (hardened).
+  std::array<bin, bin_total> bins;
+  slab_state* res;     // registry_mutex
+  thread_cache* prev;  // registry_mutex: res->caches list
+  thread_cache* next;  // registry_mutex
   // Owner thread (atomic only for stats()): bytes the bins' limits grew above their initial
   // limits, at most knobs.thread_cache_bytes.
   std::atomic<std::size_t> grown_bytes{0};
   std::uint32_t slow_calls = 0;  // owner thread
   known_slabs known;             // owner thread; hardened mode only
-  // Made with the thread cache if large_cache_on; read by stats() (hence atomic). L2
-  std::atomic<large_cache*> large{nullptr};
-  void* block = nullptr;  // the allocation that holds it and its large cache (make_thread_cache)
-  large_cache* large_runs() const noexcept { return large.load(std::memory_order_acquire); }
+  // Owner thread (atomic only for stats()), modulo 2^64 (a thread may give back runs that
+  // another took): the large runs this thread took from the page layer for its large bins'
+  // classes minus those its bins gave back, their pages, and the excess pages its borrows and
+  // give-backs moved (large_bins.hpp, "Accounting"). Over all threads, live runs are the sum of
+  // large_taken minus the runs in the bins, and live bytes the pages taken minus the bins'
+  // class pages minus the excess.
+  std::atomic<std::size_t> large_taken{0}, large_taken_pages{0}, large_excess{0};
+  // Owner thread: the sum over the large bins of limit x run bytes, within the ceiling (L2).
+  std::size_t large_limit_bytes = 0;
+  void* block = nullptr;  // the allocation that holds it (make_thread_cache)
 };
 
 static_assert(std::is_standard_layout_v<thread_cache> && offsetof(thread_cache, bins) == 0);

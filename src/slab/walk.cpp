@@ -22,10 +22,14 @@ std::vector<heap_block> slab_resource::live_blocks() const {
   // The calling thread's own cache: free objects, read safely (this thread is its only user).
   std::unordered_set<const void*> mine;
   if (!checked)
-    if (const detail::thread_cache* tc = detail::find_cache(st))
+    if (const detail::thread_cache* tc = detail::find_cache(st)) {
       for (int c = 0; c < st.classes; ++c)
         for (void* p = tc->bins[static_cast<std::size_t>(c)].head; p; p = st.next_of(p, c))
           mine.insert(p);
+      // Its large bins' runs, live to the page layer but free here (large_bins.hpp).
+      for (std::size_t c = detail::large_base; c < detail::bin_total; ++c)
+        for (void* p = tc->bins[c].head; p; p = detail::link_get(p, 0)) mine.insert(p);
+    }
   std::vector<heap_block> out;
   std::vector<bool> is_free;
   for (std::size_t ci = 0; ci < st.ncores; ++ci) {
@@ -88,7 +92,8 @@ std::vector<heap_block> slab_resource::live_blocks() const {
     std::array<page_resource::tagged_run, 64> batch;
     std::uint64_t cursor = 0;
     while (const std::size_t n = st.upstream_pages->tagged_runs(tag, batch, cursor))
-      for (std::size_t i = 0; i < n; ++i) out.push_back({batch[i].start, batch[i].bytes, true});
+      for (std::size_t i = 0; i < n; ++i)
+        if (!mine.contains(batch[i].start)) out.push_back({batch[i].start, batch[i].bytes, true});
   }
   std::sort(out.begin(), out.end(),
             [](const heap_block& a, const heap_block& b) { return std::less<>{}(a.ptr, b.ptr); });
