@@ -206,6 +206,17 @@ std::size_t slab_resource::class_size(int cls) noexcept {
   return cls >= 0 && cls < class_count ? detail::class_size_of(cls) : 0;
 }
 
+bool slab_resource::large_bins() const noexcept {
+  return state_->large_bins_on;
+}
+
+std::size_t slab_resource::large_run_size(std::size_t bytes) noexcept {
+  using detail::large_runs;
+  const std::size_t pages = page_resource::pages_for(bytes);
+  if (bytes > large_runs::max_bytes || pages < 2) return 0;  // no bin of one page
+  return large_runs::class_pages(pages) * page_size;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The fast path: thread cache hit. Everything else is in allocate_slow / deallocate_slow
 // (src/slab/slow_path.cpp).
@@ -371,7 +382,9 @@ slab_resource_stats slab_resource::stats() const {
   }
   s.bytes_reserved = st.slab_bytes_reserved.load(std::memory_order_relaxed);
   s.large_objects += st.large_objects.load(std::memory_order_relaxed);
-  s.large_bytes += st.large_bytes.load(std::memory_order_relaxed);
+  const std::size_t exited_excess = st.large_excess.load(std::memory_order_relaxed);
+  s.large_bytes += st.large_bytes.load(std::memory_order_relaxed) - exited_excess;
+  large_excess += exited_excess;
   s.bytes_in_use += s.large_bytes;
   s.bytes_reserved += s.large_bytes + s.large_cached_bytes + large_excess;
   return s;

@@ -114,10 +114,6 @@ inline bool pin_to_cpu(int cpu) {
   return ::sched_setaffinity(0, sizeof one, &one) == 0 && ::sched_getcpu() == cpu;
 }
 
-/// The seed of a randomised test: BSALLOC_SEED when set (decimal or 0x hex), else a fresh one per
-/// process. Printed at every call with `what` (the test), so that a failure can be replayed:
-///   BSALLOC_SEED=<n> ./tests/test_x --test-case='<name>'
-/// Derive per-thread or per-round streams from it (seed + t), never from constants.
 /// The bytes of the run that serves a large request of `bytes` (<= 256 KiB) from a
 /// slab_resource's large bins (src/slab/large_bins.hpp): exact pages up to 8, then four run
 /// classes per doubling. What stats() and the heap walk count for such a block.
@@ -132,6 +128,10 @@ inline std::size_t large_run_bytes(std::size_t bytes) {
   return pages * bsalloc::page_size;
 }
 
+/// The seed of a randomised test: BSALLOC_SEED when set (decimal or 0x hex), else a fresh one per
+/// process. Printed at every call with `what` (the test), so that a failure can be replayed:
+///   BSALLOC_SEED=<n> ./tests/test_x --test-case='<name>'
+/// Derive per-thread or per-round streams from it (seed + t), never from constants.
 inline std::uint64_t test_seed(const char* what) {
   static const std::uint64_t seed = [] {
     const char* env = std::getenv("BSALLOC_SEED");

@@ -280,6 +280,60 @@ TEST_CASE("large bins: a miss takes a run of the next two bins up, at most half 
   pages.check_invariants();
 }
 
+TEST_CASE("large bins: a borrowed run's excess pages are counted wherever the run ends up") {
+  // A 12-page run borrowed by a 10-page request carries 2 pages past its class: reserved, not
+  // in use, whichever thread frees it, caches it, gives it back or exits meanwhile.
+  page_resource pages;
+  slab_resource r({}, unchecked(), &pages);
+  void* warm = r.allocate(64);  // this thread has a cache (its large frees go inline), and a
+                                // slab that trim() keeps
+  const std::size_t reserved = r.stats().bytes_reserved;
+  constexpr std::size_t asked = 40 << 10, run = 48 << 10;
+  auto borrow = [&r] {
+    void* a = r.allocate(run);
+    r.deallocate(a, run);
+    void* b = r.allocate(asked);  // the 10-page bin is empty: the 12-page run, one bin up
+    CHECK(b == a);
+    return b;
+  };
+  auto check = [&](std::size_t live, std::size_t cached, std::size_t held) {
+    const auto s = r.stats();
+    CHECK(s.large_objects == (live ? 1u : 0u));
+    CHECK(s.large_bytes == live);
+    CHECK(s.large_cached_bytes == cached);
+    CHECK(s.bytes_reserved - reserved == held);
+  };
+  void* p = nullptr;
+  SUBCASE("the borrower exits; this thread frees it inline, then gives it back") {
+    std::thread([&] { p = borrow(); }).join();
+    check(asked, 0, run);
+    r.deallocate(p, asked);  // into this thread's 10-page bin, 12 pages and all
+    check(0, asked, run);
+    r.trim();
+    check(0, 0, 0);
+  }
+  SUBCASE("a thread without a cache frees it while the borrower lives") {
+    p = borrow();
+    std::thread([&] { r.deallocate(p, asked); }).join();  // its first call: no cache
+    check(0, 0, 0);
+  }
+  SUBCASE("a thread without a cache frees it after the borrower exited") {
+    std::thread([&] { p = borrow(); }).join();
+    std::thread([&] { r.deallocate(p, asked); }).join();
+    check(0, 0, 0);
+  }
+  SUBCASE("the borrower frees it on a slow path: back to the bin of its own pages") {
+    p = borrow();
+    r.deallocate(p, asked, page_size);
+    check(0, run, run);
+    r.trim();
+    check(0, 0, 0);
+  }
+  r.check_invariants();
+  pages.check_invariants();
+  r.deallocate(warm, 64);
+}
+
 TEST_CASE("large bins: trim, release, destruction and thread exit give every cached run back") {
   page_resource pages;
   const std::size_t base = pages.stats().allocated_bytes;

@@ -37,7 +37,7 @@ std::vector<page_resource::tagged_run> all_tagged(const page_resource& res, std:
 
 // Unchecked (debug builds default to checked mode, which keeps the table).
 // Without large bins (large_cache_bytes 0): every large block on the tagged path, as a thread
-// without a cache has it (the bins are tests/test_large_cache.cpp's).
+// without a cache has it (the bins are tests/test_large_bins.cpp's).
 slab_resource unchecked_on(page_resource& pages) {
   bsalloc::slab_resource_options o;
   o.checked = false;

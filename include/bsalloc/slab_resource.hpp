@@ -231,6 +231,13 @@ class slab_resource : public std::pmr::memory_resource {
   /// is not a power of two). Never overflows.
   static int size_class(std::size_t bytes, std::size_t alignment) noexcept;
   static std::size_t class_size(int cls) noexcept;
+  /// True if large blocks above the slab classes, up to 256 KiB, come from the thread caches'
+  /// large bins (see slab_resource_options::large_cache_bytes): stats() and the heap walk then
+  /// count such a block at its run's bytes, large_run_size().
+  bool large_bins() const noexcept;
+  /// The bytes of the run a large bin serves a request of `bytes` with (whole pages: exact up
+  /// to 8, then four run classes per doubling), or 0 for one page or less and above 256 KiB.
+  static std::size_t large_run_size(std::size_t bytes) noexcept;
 
   /// Heap walk (src/slab/walk.cpp; bsalloc/heap_walk.hpp has for_each_allocation): every
   /// object out of a slab and every large block, sorted by address. Safe while other threads

@@ -126,7 +126,7 @@ void slab_state::push_to_bins(thread_cache& tc, void* p, std::size_t pages, std:
 }
 
 void slab_state::give_back(thread_cache& tc, void* run) {
-  std::size_t recorded;
+  std::size_t recorded = 0;
   const std::uint32_t tag = large_tag.load(std::memory_order_relaxed);
   if (!upstream_pages->deallocate_tagged(run, tag, recorded)) [[unlikely]]
     upstream_pages->deallocate_run(run);  // not a run of ours: a bad free; this names it
@@ -195,13 +195,26 @@ void slab_state::scavenge_large(thread_cache& tc) {
 }
 
 void slab_state::fold_large(thread_cache& tc) {
-  // The bins are empty (flushed first): what tc took and did not give back is live, at its
-  // requests' classes.
-  large_objects.fetch_add(tc.large_taken.exchange(0, std::memory_order_relaxed),
+  // What tc's bins hold goes back to the page layer right after (flush_cache, with no lock
+  // held): the rest of what tc took is live, at its requests' classes, its excess with it.
+  std::size_t runs = 0, pages = 0, excess = 0;
+  if (large_bins_on) {
+    const std::uint32_t tag = large_tag.load(std::memory_order_relaxed);
+    for (std::size_t b = 0; b < large_runs::bins; ++b)
+      for (void* p = large_bin(tc, b).head; p; p = link_get(p, 0)) {
+        const std::size_t n = page_parking::bin_run_pages(*upstream_pages, p, tag);
+        ++runs;
+        pages += n;
+        excess += n - large_runs::bin_pages(b);
+      }
+  }
+  large_objects.fetch_add(tc.large_taken.load(std::memory_order_relaxed) - runs,
                           std::memory_order_relaxed);
-  const std::size_t pages = tc.large_taken_pages.exchange(0, std::memory_order_relaxed) -
-                            tc.large_excess.exchange(0, std::memory_order_relaxed);
-  large_bytes.fetch_add(pages << page_shift, std::memory_order_relaxed);
+  large_bytes.fetch_add((tc.large_taken_pages.load(std::memory_order_relaxed) - pages)
+                            << page_shift,
+                        std::memory_order_relaxed);
+  large_excess.fetch_add((tc.large_excess.load(std::memory_order_relaxed) - excess) << page_shift,
+                         std::memory_order_relaxed);
 }
 
 void slab_state::forget_large(thread_cache& tc) {
@@ -214,7 +227,9 @@ void slab_state::forget_large(thread_cache& tc) {
       void* run = mine.head;
       for (std::uint32_t i = 0; run && i <= mine.count.load(std::memory_order_relaxed); ++i) {
         void* next = link_get(run, 0);
-        BSALLOC_UNPOISON(run, large_runs::max_bytes);
+        const std::size_t pages = page_parking::bin_run_pages(
+            *upstream_pages, run, large_tag.load(std::memory_order_relaxed));
+        BSALLOC_UNPOISON(run, (pages ? pages : 1) << page_shift);
         run = next;
       }
 #endif
@@ -287,15 +302,15 @@ void slab_state::deallocate_large(void* p, std::size_t bytes, std::size_t alignm
     std::size_t recorded;
     if (upstream_pages->deallocate_tagged(p, large_tag.load(std::memory_order_relaxed), recorded)) {
       large_objects.fetch_sub(1, std::memory_order_relaxed);
-      // A run of a large bin's class counted at the class it was asked as; its excess (a
-      // borrowed run) stays in some thread's large_excess, so the pages it leaves here are its
-      // class's.
+      large_bytes.fetch_sub(recorded, std::memory_order_relaxed);
+      // A run of a large bin's class may have been borrowed by a smaller class: its excess over
+      // the class it was asked as (counted in some thread's large_excess, or here once that
+      // thread exited) leaves with it.
       const std::size_t pages = recorded >> page_shift;
-      const bool bin_run = large_bins_on && (recorded & (page_size - 1)) == 0 &&
-                           pages <= large_runs::max_pages &&
-                           large_run_bin[pages] != large_runs::bins;
-      large_bytes.fetch_sub(bin_run ? freed_class_pages(bytes, pages) << page_shift : recorded,
-                            std::memory_order_relaxed);
+      if (large_bins_on && (recorded & (page_size - 1)) == 0 && pages <= large_runs::max_pages &&
+          large_run_bin[pages] != large_runs::bins)
+        large_excess.fetch_sub((pages - freed_class_pages(bytes, pages)) << page_shift,
+                               std::memory_order_relaxed);
       return;
     }
   }
@@ -328,11 +343,12 @@ void slab_state::free_large() {
     std::array<page_resource::tagged_run, 64> batch;
     std::uint64_t cursor = 0;
     while (const std::size_t n = upstream_pages->take_tagged_runs(tag, batch, cursor))
-      for (std::size_t i = 0; i < n; ++i)  // whatever its page count (a large-cache class)
+      for (std::size_t i = 0; i < n; ++i)  // whatever its page count (a large bin's class)
         upstream_pages->deallocate_run(batch[i].start);
   }
   large_objects.store(0, std::memory_order_relaxed);
   large_bytes.store(0, std::memory_order_relaxed);
+  large_excess.store(0, std::memory_order_relaxed);
 }
 
 }  // namespace bsalloc::detail

@@ -11,8 +11,8 @@
 // A run in a bin stays allocated and tagged in the page layer (I12): to the page layer it is
 // still its user's. The bins' slow paths (large.cpp) are the only places that talk to it: a miss
 // takes a run of the bin's class from the page layer (allocate_tagged, asking the run's whole
-// bytes), or the newest run of one of the next bins up (borrowing, below); a push past the limit
-// gives the older half of the bin back (deallocate_tagged, which validates each run). A free on
+// bytes), or the newest run of one of the next bins up (borrowing, below); a push into a full
+// bin that may not grow sends the run back (deallocate_tagged, which validates it). A free on
 // the inline path is not validated — as for the slab classes, unchecked mode promises nothing
 // for a bad pointer; checked and hardened resources have no large bins, and every large free of
 // theirs is validated by the page layer.

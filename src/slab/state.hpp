@@ -204,6 +204,9 @@ struct slab_state {
   large_table large;      // large_lock
   // Large blocks live: the table's and the tagged runs' (large.cpp), updated atomically.
   std::atomic<std::size_t> large_objects{0}, large_bytes{0};
+  // Excess pages (large_bins.hpp, "Accounting"), in bytes, of runs whose thread exited: counted
+  // in large_bytes, not in use (modulo 2^64, as the threads' large_excess).
+  std::atomic<std::size_t> large_excess{0};
   // With a page_resource upstream, unchecked: this resource's owner tag on its large runs
   // (page_resource::allocate_tagged), so that they need no table record; 0 until the first one.
   std::atomic<std::uint32_t> large_tag{0};
@@ -296,8 +299,9 @@ struct slab_state {
   std::size_t flush_large(thread_cache& tc);
   // A scavenge: each large bin that saw no slow-path visit since the last one halves.
   void scavenge_large(thread_cache& tc);
-  // tc's counts of live large runs move into large_objects / large_bytes (registry_mutex held,
-  // tc leaving stats()' sight); what its bins hold stays counted in tc until flushed.
+  // Thread exit (registry_mutex held, tc leaving stats()' sight, its owner the caller): tc's
+  // counts of live large runs and their excess move into large_objects / large_bytes /
+  // large_excess; what its bins hold is left to the flush that follows, outside the lock.
   void fold_large(thread_cache& tc);
   // release() and destruction: tc's bins are emptied without giving their runs back (they are
   // tagged and live: free_large() frees them) and its counts dropped (registry_mutex held).

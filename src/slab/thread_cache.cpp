@@ -253,10 +253,7 @@ exit_hook::~exit_hook() {
         else
           st.caches = tc->next;
         if (tc->next) tc->next->prev = tc->prev;
-        // stats() no longer sees tc: its large runs go back (an upstream call under
-        // registry_mutex: the page layer takes no lock of ours) and its counts move to st.
-        st.flush_large(*tc);
-        st.fold_large(*tc);
+        st.fold_large(*tc);  // stats() no longer sees tc: its counts move to st now
         st.pins.fetch_add(1, std::memory_order_relaxed);
       }
       s = tls_slot{0, nullptr};

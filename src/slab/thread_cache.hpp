@@ -88,7 +88,7 @@ extern thread_local constinit tls_slot* t_slots __attribute__((tls_model(BSALLOC
 std::mutex& registry_mutex();
 /// A fresh slot for a new resource (registry_mutex not held); no_slot when none is left.
 std::uint32_t acquire_slot(std::uint64_t id);
-/// A thread cache for st (and its large cache, if st keeps them) in one block, or nullptr;
+/// A thread cache for st (its large bins too) in one block, or nullptr;
 /// free_thread_cache gives it back.
 thread_cache* make_thread_cache(const slab_state& st) noexcept;
 void free_thread_cache(thread_cache* tc) noexcept;

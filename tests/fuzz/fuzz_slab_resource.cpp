@@ -12,9 +12,9 @@
 // count, check_invariants() every 16 operations, and that nothing is left upstream at the end.
 // One setting (a page_resource of its own, caches == 3) hands that page_resource to the slab
 // resource directly, without the checking upstream: the path where large blocks are tagged in
-// the page runs and parked in the thread's large cache (with a 96 KiB budget when no empty slab
-// is kept, so that bins and budget overflow); the page_resource's own counts stand in for the
-// checking upstream's there.
+// the page runs and cached in the thread's large bins (with a 2 MiB bound when no empty slab is
+// kept: one run a bin to start, so that bins overflow and grow into little room); the
+// page_resource's own counts stand in for the checking upstream's there.
 #include <bsalloc/slab_resource.hpp>
 
 #include <algorithm>
@@ -75,7 +75,10 @@ struct harness {
       const int c = static_cast<int>(static_cast<std::ptrdiff_t>(lb.tag));
       if (c < 0) {
         ++large;
-        large_bytes += lb.size;
+        // A large bin's block counts its run's whole pages.
+        const bool binned = res.large_bins() && lb.align <= 4096 &&
+                            bsalloc::slab_resource::large_run_size(lb.size) != 0;
+        large_bytes += binned ? bsalloc::slab_resource::large_run_size(lb.size) : lb.size;
       } else {
         ++small;
         small_bytes += bsalloc::slab_resource::class_size(c);
@@ -405,7 +408,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   {
     const bool direct = kind == 1 && knobs.caches == 3;
     if (direct && knobs.max_empty_slabs_per_class == 0)
-      knobs.large_cache_bytes = std::size_t{96} << 10;
+      knobs.large_cache_bytes = std::size_t{2} << 20;
     checking_upstream up(under);
     up.fail_mask = fs.mask;
     up.fail_from = fs.from;
