@@ -58,6 +58,7 @@ std::size_t class_pages(std::size_t bytes) {
 TEST_CASE("large bins: a freed large block is the same thread's next one of its run class") {
   page_resource pages;
   slab_resource r({}, unchecked(), &pages);
+  REQUIRE(r.large_bins());
   const std::size_t run = class_pages(100 << 10) * page_size;  // 28 pages
   void* a = r.allocate(100 << 10);
   std::memset(a, 0x5a, 64);
@@ -652,7 +653,7 @@ TEST_CASE("large bins: model check, several threads, frees on other threads than
       ++left_objects;
       // At its run class when a large bin's (unchecked, up to 256 KiB, aligned to a page at
       // most), else as asked.
-      left_bytes += b.size <= (std::size_t{256} << 10) && b.align <= page_size
+      left_bytes += r.large_bins() && b.size <= (std::size_t{256} << 10) && b.align <= page_size
                         ? bsalloc_test::large_run_bytes(b.size)
                         : b.size;
     }

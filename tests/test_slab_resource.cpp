@@ -329,10 +329,12 @@ void model_run(bool checked, std::uint64_t seed) {
     // of each large one up to 256 KiB (the large bins'); the request of every other.
     const std::size_t largest = res.options().largest_required_pool_block;
     CHECK(largest == std::size_t{32} << 10);  // the default
-    auto charged = [largest, checked](std::size_t bytes, std::size_t align) {
+    // (No large bins in checked mode, nor under memcheck: res.large_bins() says which.)
+    if (checked) CHECK_FALSE(res.large_bins());
+    auto charged = [largest, &res](std::size_t bytes, std::size_t align) {
       const int c = slab_resource::size_class(bytes, align);
       if (c >= 0 && slab_resource::class_size(c) <= largest) return slab_resource::class_size(c);
-      if (!checked && bytes <= (std::size_t{256} << 10) && align <= bsalloc::page_size)
+      if (res.large_bins() && bytes <= (std::size_t{256} << 10) && align <= bsalloc::page_size)
         return bsalloc_test::large_run_bytes(bytes);
       return bytes;
     };
