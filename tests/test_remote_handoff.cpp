@@ -241,6 +241,96 @@ TEST_CASE("slab_resource: drained chains wait in the core's stash for the next r
   r.check_invariants();
 }
 
+// A flush walks its chain once, cut into runs of one slab: a local run goes back into its slab
+// whole, a remote one joins its owner's post. One thread on CPU 1 frees, in runs of random length
+// and in random order, objects that CPU 0 allocated and objects of its own, while it keeps some
+// of its own live: the model checks that every freed object reaches its slab or its owner, the
+// live ones keep their contents and are exactly what the heap walk sees, and nothing is left.
+TEST_CASE("slab_resource: a flush of local and remote runs mixed in one chain") {
+  stash_setup t;
+  slab_resource& r = *t.r;
+  std::mt19937_64 rng(bsalloc_test::test_seed("mixed flush"));
+  constexpr std::size_t n = 4000;
+  std::vector<block> theirs, kept;
+  for (std::size_t i = 0; i < n; ++i) {  // this thread, on CPU 0: core 0's slabs
+    const std::size_t size = t.sizes[rng() % t.sizes.size()];
+    auto* p = static_cast<unsigned char*>(r.allocate(size));
+    const auto fill = static_cast<std::uint8_t>(rng());
+    std::memset(p, fill, size);
+    theirs.push_back({p, size, fill});
+  }
+  std::size_t bad = 0;
+  bool pinned = false;
+  std::thread mixer([&] {
+    if (!(pinned = bsalloc_test::pin_to_cpu(t.cpu[1]))) return;
+    std::vector<block> mine;
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::size_t size = t.sizes[rng() % t.sizes.size()];
+      auto* p = static_cast<unsigned char*>(r.allocate(size));
+      const auto fill = static_cast<std::uint8_t>(rng());
+      std::memset(p, fill, size);
+      mine.push_back({p, size, fill});
+    }
+    auto check_free = [&](const block& b) {
+      for (std::size_t k = 0; k < b.size; ++k)
+        if (b.p[k] != b.fill) {
+          ++bad;
+          break;
+        }
+      r.deallocate(b.p, b.size);
+    };
+    // Runs of 1..40 from either side, each in allocation order or reversed; a tenth of this
+    // thread's own objects stay live.
+    std::size_t a = 0, b = 0;
+    while (a < theirs.size() || b < mine.size()) {
+      const bool from_theirs = b == mine.size() || (a < theirs.size() && rng() % 2 == 0);
+      auto& v = from_theirs ? theirs : mine;
+      std::size_t& at = from_theirs ? a : b;
+      const std::size_t len = std::min<std::size_t>(1 + rng() % 40, v.size() - at);
+      std::vector<block> run(v.begin() + static_cast<std::ptrdiff_t>(at),
+                             v.begin() + static_cast<std::ptrdiff_t>(at + len));
+      at += len;
+      if (rng() % 2) std::reverse(run.begin(), run.end());
+      for (const auto& x : run) {
+        if (!from_theirs && rng() % 10 == 0)
+          kept.push_back(x);
+        else
+          check_free(x);
+      }
+    }
+  });  // its exit flushes what its cache still holds
+  mixer.join();
+  REQUIRE(pinned);
+  CHECK(bad == 0);
+  r.trim();  // drains every inbox
+  CHECK(r.stats().objects_in_use == kept.size());
+  // All of CPU 0's objects went back as remote frees, and those of the mixer's own that its
+  // refills found in core 0's slabs (a refill looks at other cores before a new slab); every one
+  // reached core 0.
+  const std::size_t sent = t.counter(&bsalloc::slab_core_stats::remote_frees_sent);
+  CHECK(sent >= n);
+  CHECK(t.counter(&bsalloc::slab_core_stats::remote_frees_received) == sent);
+  std::set<const void*> walked, model;
+  for (const auto& x : r.live_blocks()) walked.insert(x.ptr);
+  for (const auto& x : kept) model.insert(x.p);
+  CHECK(walked == model);
+  r.check_invariants();
+  for (const auto& x : kept) {
+    for (std::size_t k = 0; k < x.size; ++k)
+      if (x.p[k] != x.fill) {
+        ++bad;
+        break;
+      }
+    r.deallocate(x.p, x.size);
+  }
+  CHECK(bad == 0);
+  r.trim();
+  const auto s = r.stats();
+  CHECK(s.objects_in_use == 0);
+  CHECK(s.bytes_reserved == 0);
+  r.check_invariants();
+}
+
 TEST_CASE("slab_resource: release(), destruction and fork with a full stash") {
   SUBCASE("release") {
     stash_setup t;

@@ -3,11 +3,13 @@
 // back, the empty-slab policy, the checked bitmap, and an invariant walk that catches each kind
 // of broken slab it claims to.
 #include <bsalloc/detail/slab_core.hpp>
+#include <bsalloc/detail/slab_walk.hpp>
 
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -42,6 +44,7 @@ struct fixture {
   slab_lists<owner> lists;
   std::size_t max_empty = 1;
   bool checked = true;
+  std::uint16_t colour = 0;  // the first object a new slab hands out
   std::size_t capacity = slab_capacity(slab_bytes, size, align, true);
   std::size_t first = slab_first_object(capacity, align, true);
   std::vector<void*> memory;
@@ -53,7 +56,8 @@ struct fixture {
     void* mem = std::aligned_alloc(slab_bytes, slab_bytes);
     REQUIRE(mem != nullptr);
     memory.push_back(mem);
-    slab* s = slab_carve(mem, magic, 0, 0, static_cast<std::uint32_t>(capacity), first, &res);
+    slab* s = slab_carve(mem, magic, 0, 0, static_cast<std::uint32_t>(capacity), first, &res,
+                         colour, size);
     slab_bitmap_init(s, (capacity + 63) / 64);
     slab_adopt(lists, s);
     return s;
@@ -214,4 +218,119 @@ TEST_CASE("slab core: the walk catches too many empty slabs and a stray empty on
   f.max_empty = 2;
   f.carve();  // a new slab is partial with nothing used until it hands out an object
   CHECK(walk_error(f).find("S2: empty list iff nothing used") != std::string::npos);
+}
+
+// A refill through fresh runs (slab_take_fresh) and a flush of whole runs (slab_put_chain), as
+// slab_state::take and flush use them, against a model of the live objects: S1 and S2 walked after
+// every step, every object handed out once, a fresh run in address order up to the slab's end.
+TEST_CASE("slab core: fresh runs and whole-run put backs, coloured or not") {
+  const std::size_t capacity = fixture{}.capacity;
+  for (const std::size_t colour : {std::size_t{0}, std::size_t{1}, std::size_t{7}, capacity - 1}) {
+    CAPTURE(colour);
+    fixture f;
+    f.checked = false;
+    f.colour = static_cast<std::uint16_t>(colour);
+    auto object = [&](const slab* s, std::size_t i) {
+      return reinterpret_cast<char*>(const_cast<slab*>(s)) + f.first + i * size;
+    };
+
+    // One slab on its own: to the end from the colour, then the objects before it.
+    {
+      slab* s = f.carve();
+      void* chain = nullptr;
+      const std::uint32_t a = slab_take_fresh(s, size, 1000, chain, set_link);
+      CHECK(a == capacity - colour);
+      void* p = chain;
+      for (std::size_t i = colour; i < capacity; ++i, p = link_of(p)) CHECK(p == object(s, i));
+      CHECK(p == nullptr);
+      void* rest = chain;
+      chain = nullptr;
+      const std::uint32_t b = slab_take_fresh(s, size, 1000, chain, set_link);
+      CHECK(b == colour);
+      CHECK(slab_exhausted(s));
+      CHECK(slab_take_fresh(s, size, 1000, chain, set_link) == 0);
+      slab_move(f.lists, s, list_full);
+      // Everything back in two runs, the second emptying the slab.
+      std::uint32_t n = 0;
+      void* tail = rest;
+      for (; link_of(tail); tail = link_of(tail)) ++n;
+      slab_put_chain(s, rest, tail, n + 1, set_link);
+      CHECK(slab_settle(f.lists, s, f.max_empty) == nullptr);
+      CHECK(f.check() == b);
+      if (b != 0) {
+        tail = chain;
+        while (link_of(tail)) tail = link_of(tail);
+        slab_put_chain(s, chain, tail, b, set_link);
+        CHECK(slab_settle(f.lists, s, f.max_empty) == nullptr);  // kept empty
+      }
+      CHECK(f.check() == 0);
+      CHECK(s->used == 0);
+    }
+
+    std::mt19937_64 rng(bsalloc_test::test_seed("slab core fresh runs"));
+    std::vector<void*> live;
+    std::set<void*> out;
+    for (int step = 0; step < 3000; ++step) {
+      if (live.empty() || rng() % 100 < 52) {
+        // A refill of up to k: fresh runs while a slab's free list is empty.
+        const std::uint32_t k = 1 + static_cast<std::uint32_t>(rng() % 40);
+        void* chain = nullptr;
+        std::uint32_t got = 0;
+        while (got < k) {
+          slab* s = slab_to_take(f.lists);
+          if (!s) s = f.carve();
+          while (got < k && !slab_exhausted(s)) {
+            if (!s->free) {
+              void* before = chain;
+              const std::uint32_t m = slab_take_fresh(s, size, k - got, chain, set_link);
+              REQUIRE(m >= 1);
+              char* p = static_cast<char*>(chain);
+              for (std::uint32_t i = 1; i < m; ++i, p += size) CHECK(link_of(p) == p + size);
+              CHECK(link_of(p) == before);
+              got += m;
+            } else {
+              void* p = slab_take(
+                  s, size, [](void* q) { return link_of(q); }, [](void*) {});
+              set_link(p, chain);
+              chain = p;
+              ++got;
+            }
+          }
+          if (slab_exhausted(s)) slab_move(f.lists, s, list_full);
+        }
+        for (void* p = chain; p; p = link_of(p)) {
+          CHECK(out.insert(p).second);
+          live.push_back(p);
+        }
+        CHECK(out.size() == live.size());
+      } else {
+        // A flush of one run: up to r live objects of one slab, chained, back whole.
+        const std::size_t pick = rng() % live.size();
+        slab* s = slab_at<slab>(live[pick], slab_bytes);
+        const std::size_t r = 1 + rng() % 16;
+        void* head = nullptr;
+        void* tail = nullptr;
+        std::uint32_t count = 0;
+        for (std::size_t i = 0; i < live.size() && count < r;) {
+          if (slab_at<slab>(live[i], slab_bytes) != s || (i != pick && rng() % 3 == 0)) {
+            ++i;
+            continue;
+          }
+          void* p = live[i];
+          set_link(p, head);
+          head = p;
+          if (!tail) tail = p;
+          ++count;
+          out.erase(p);
+          live[i] = live.back();
+          live.pop_back();
+          if (i == live.size()) break;
+        }
+        REQUIRE(count >= 1);
+        slab_put_chain(s, head, tail, count, set_link);
+        if (slab* gone = slab_settle(f.lists, s, f.max_empty)) CHECK(gone->used == 0);
+      }
+      REQUIRE(f.check() == live.size());
+    }
+  }
 }

@@ -59,6 +59,11 @@ std::uint32_t slab_state::take(core_cache& core, int c, std::uint32_t n, void*& 
     if (hardened) [[unlikely]]
       check_slab(s, c, "take");
     while (got < n && !slab_exhausted(s)) {
+      if (!careful && !s->free) [[likely]] {  // a fresh run, linked in address order
+        got += slab_take_fresh(s, size, n - got, chain,
+                               [this](void* at, void* link) { set_next(at, link); });
+        continue;
+      }
       void* p = slab_take(
           s, size, [&](void* at) { return next_of(at, c, s); },
           [&](void* fresh) {
@@ -154,7 +159,11 @@ std::uint32_t slab_state::refill(int c, std::uint32_t n, void*& chain, std::uint
 }
 
 // Gives a chain of n objects of class c back: local ones into this core's slabs under its
-// lock, remote ones posted to their owners' inboxes.
+// lock, remote ones posted to their owners' inboxes. One walk: the chain is cut into runs of
+// objects of one slab (a bin frees in runs: objects freed together were mostly allocated
+// together), each read once; a run goes back whole — its links already chain it, only its last
+// one is rewritten — and its slab's header is read once for it. The core's lock is taken at the
+// first local run only: a chain of remote objects never takes it.
 std::size_t slab_state::flush(int c, void* chain, std::uint32_t n) {
   if (n == 0) return 0;
   const header_window headers(*this);
@@ -177,18 +186,27 @@ std::size_t slab_state::flush(int c, void* chain, std::uint32_t n) {
   };
   std::array<group, 8> groups;
   std::size_t ngroups = 0;
-  // Sorted by owner with no lock held (a slab's owner never changes): remote objects are posted
-  // to their owners at once, and this core's lock is taken only if some object is its own.
-  void* mine = nullptr;
+  std::unique_lock lock(cc.lock, std::defer_lock);
+  slab_list returns;
   std::uint32_t local = 0;
-  for (void* p = chain; n--;) {
-    void* next = next_of(p, c);
-    const std::size_t owner = slab_of(p, c)->owner;
-    if (owner == ci) {
-      set_next(p, mine);
-      mine = p;
-      ++local;
-    } else {
+  auto& l = cc.cls[static_cast<std::size_t>(c)];
+  void* p = chain;
+  slab* s = slab_of(p, c);
+  for (;;) {
+    // The run: head .. p, count objects of slab s, chained in order by their own links.
+    void* const head = p;
+    std::uint32_t count = 1;
+    void* next = nullptr;
+    slab* next_slab = nullptr;
+    while (--n) {
+      next = next_of(p, c);
+      next_slab = slab_of(next, c);
+      if (next_slab != s) break;
+      p = next;
+      ++count;
+    }
+    const std::size_t owner = s->owner;  // never changes while s is live
+    if (owner != ci) {
       std::size_t g = 0;
       while (g < ngroups && groups[g].owner != owner) ++g;
       if (g == groups.size()) {  // more owners than groups: post the first one now
@@ -198,27 +216,43 @@ std::size_t slab_state::flush(int c, void* chain, std::uint32_t n) {
       }
       if (g == ngroups) groups[ngroups++] = {owner, nullptr, p, 0};
       set_next(p, groups[g].head);
-      groups[g].head = p;
-      ++groups[g].count;
+      groups[g].head = head;
+      groups[g].count += count;
+    } else {
+      if (!lock.owns_lock()) {
+        lock.lock();
+        handoff none{-1, 0, 0, nullptr, 0};  // no refill: what is drained may be stashed
+        drain(cc, returns, careful || knobs.checked ? nullptr : &none);
+      }
+      local += count;
+      if (careful) [[unlikely]] {  // each link checked and rewritten
+        for (void* q = head; count--;) {
+          void* after = count ? next_of(q, c, s) : nullptr;
+          put_back(cc, q, c, returns);
+          q = after;
+        }
+      } else {
+        BSALLOC_ASSERT(s->magic == slab_magic && s->cls == c && s->res == this, "S2 (slab of p)");
+        BSALLOC_ASSERT(s->used >= count, "S1 (put back to its owner)");
+        slab_put_chain(s, head, p, count, [this](void* at, void* link) { set_next(at, link); });
+        if (slab* gone = slab_settle(l, s, knobs.max_empty_slabs_per_class)) {
+          ++cc.counters.slab_returns;
+          returns.push(gone);
+        }
+      }
     }
+    if (n == 0) break;
     p = next;
+    s = next_slab;
+  }
+  if (lock.owns_lock()) {
+    cc.out[static_cast<std::size_t>(c)] -= local;
+    cc.counters.deallocations += local;
+    lock.unlock();
   }
   for (std::size_t g = 0; g < ngroups; ++g)
     post(cc, groups[g].owner, c, groups[g].head, groups[g].tail, groups[g].count);
   if (local == 0) return 0;
-  slab_list returns;
-  {
-    std::lock_guard lock(cc.lock);
-    handoff none{-1, 0, 0, nullptr, 0};  // no refill: what is drained may be stashed
-    drain(cc, returns, careful || knobs.checked ? nullptr : &none);
-    for (void* p = mine; p;) {
-      void* next = next_of(p, c);
-      put_back(cc, p, c, returns);
-      p = next;
-    }
-    cc.out[static_cast<std::size_t>(c)] -= local;
-    cc.counters.deallocations += local;
-  }
   return return_slabs(returns);  // no lock held
 }
 

@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 // slab_resource::check_invariants(): S1-S4 (slab_resource.hpp; S1, S2, S4 and checked mode's
-// S5 by the slab core's walk, detail/slab_core.hpp; S3 per core, with its stash of drained
+// S5 by the slab core's walk, detail/slab_walk.hpp; S3 per core, with its stash of drained
 // remote chains), T1, the large records' L1 and the thread caches' large runs (L2).
 #include <bit>
 #include <stdexcept>
 #include <unordered_set>
 
 #include <fmt/format.h>
+
+#include <bsalloc/detail/slab_walk.hpp>
 
 #include "../page/parking.hpp"
 #include "header_window.hpp"

@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include <bsalloc/detail/pool_thread_cache.hpp>
+#include <bsalloc/detail/slab_walk.hpp>
 
 namespace bsalloc::detail {
 

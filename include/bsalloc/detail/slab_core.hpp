@@ -25,8 +25,9 @@
 //              full (none free), empty (none out; at most max_empty are kept, the rest go back
 //              upstream once no lock is held). Doubly linked through the headers.
 //
-// Invariants (slab_check_lists() verifies them; the lock of the lists guards every field but
-// magic, cls, owner, capacity and res, which never change while the slab is live)
+// Invariants (slab_check_lists() in detail/slab_walk.hpp verifies them; the lock of the lists
+// guards every field but magic, cls, owner, capacity and res, which never change while the slab is
+// live)
 //   S1 used + |free| + untouched == capacity; the free list holds distinct objects already handed
 //      out (slab_handed_out); start < capacity, and tail is object (start + capacity - untouched)
 //      wrapped to [0, capacity) (the end of the slab, not object 0, when start is 0).
@@ -39,6 +40,7 @@
 //      set bits == used where no thread cache holds objects, <= used otherwise.
 #include <bsalloc/detail/config.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -263,6 +265,32 @@ template <class Owner, class NextOf, class Fresh>
   ++s->used;
   return p;
 }
+/// Up to k objects from s's untouched tail, in address order and at most to the slab's end, with
+/// one store of the tail: linked first to last, the last to `chain`, and `chain` becomes the
+/// first. Returns how many (0 when s has none untouched). A refill's path through a fresh slab
+/// (no careful path: it is not told of the fresh objects one by one).
+template <class Owner, class SetNext>
+[[gnu::always_inline]] inline std::uint32_t slab_take_fresh(slab_header<Owner>* s, std::size_t size,
+                                                            std::uint32_t k, void*& chain,
+                                                            SetNext&& set_next) {
+  const std::uint32_t untouched = s->untouched;
+  const std::uint32_t to_end =
+      s->start != 0 && untouched > s->start ? untouched - s->start : untouched;
+  const std::uint32_t m = std::min(k, to_end);
+  if (m == 0) return 0;
+  char* const first = s->tail;
+  char* const last = first + std::size_t{m - 1} * size;
+  for (char* p = first; p != last; p += size) set_next(p, p + size);
+  set_next(last, chain);
+  chain = first;
+  char* next = last + size;
+  if (untouched - m == s->start && s->start != 0)
+    next -= std::size_t{s->capacity} * size;  // past the last object: on from the first
+  s->untouched = untouched - m;
+  s->used += m;
+  std::atomic_ref<char*>(s->tail).store(next, std::memory_order_relaxed);
+  return m;
+}
 /// s has nothing left to hand out: it goes to the full list (S2).
 template <class Owner>
 [[gnu::always_inline]] inline bool slab_exhausted(const slab_header<Owner>* s) noexcept {
@@ -275,6 +303,15 @@ template <class Owner, class SetNext>
   set_next(p, s->free);
   s->free = p;
   --s->used;
+}
+/// Puts back a run of count objects of s, head .. tail, already chained by their own links:
+/// only the tail's link is written.
+template <class Owner, class SetNext>
+[[gnu::always_inline]] inline void slab_put_chain(slab_header<Owner>* s, void* head, void* tail,
+                                                  std::uint32_t count, SetNext&& set_next) {
+  set_next(tail, s->free);
+  s->free = head;
+  s->used -= count;
 }
 /// After slab_put: a full slab becomes partial; an emptied one is kept on the empty list while
 /// fewer than max_empty are (S4), else it leaves the lists and is returned: the caller gives it
@@ -315,80 +352,6 @@ inline bool slab_bit_set(const void* s, std::size_t i) noexcept {
 }
 inline void slab_bit_clear(const void* s, std::size_t i) noexcept {
   slab_bitmap(s)[i / 64].fetch_and(~(std::uint64_t{1} << (i % 64)), std::memory_order_relaxed);
-}
-
-// -- the invariant walk ---------------------------------------------------------------------------
-
-struct slab_walk_geom {
-  std::size_t size = 0;
-  std::size_t first_object = 0;
-  std::size_t slab_bytes = 0;
-  std::uint32_t capacity = 0;
-  std::size_t max_empty = 0;
-  bool checked = false;     // S5 applies
-  bool exact_bits = false;  // S5: no thread cache, set bits == used
-};
-
-/// Verifies S1, S2, S4 and S5 for every slab of l (lock held, or no concurrent use).
-/// header_ok(s): the front's check of the header; next_of(p, s): a free object's link;
-/// fail(what, s) throws (or aborts). Returns the sum of used (for S3).
-template <class Owner, class HeaderOk, class NextOf, class Fail>
-std::size_t slab_check_lists(const slab_lists<Owner>& l, const slab_walk_geom& g,
-                             HeaderOk&& header_ok, NextOf&& next_of, Fail&& fail) {
-  using slab = slab_header<Owner>;
-  std::size_t used = 0;
-  std::uint32_t count = 0, empties = 0;
-  std::vector<bool> is_free(g.capacity);
-  for (std::uint8_t which : {list_partial, list_full, list_empty}) {
-    const slab* prev = nullptr;
-    for (slab* s = l.head(which); s; prev = s, s = s->next) {
-      ++count;
-      const auto a = reinterpret_cast<std::uintptr_t>(s);
-      if ((a & (g.slab_bytes - 1)) != 0) fail("S2: slab not aligned to its size", s);
-      if (!header_ok(s)) fail("S2: foreign slab on a list (bad header)", s);
-      if (s->prev != prev) fail("S2: list back link broken", s);
-      if (s->list != which) fail("S2: slab tagged with another list", s);
-      if (s->capacity != g.capacity || s->untouched > g.capacity ||
-          (s->start != 0 && s->start >= g.capacity))
-        fail("S1: capacity, untouched or colour wrong", s);
-      std::size_t at = std::size_t{s->start} + (g.capacity - s->untouched);
-      if (s->start != 0 && at >= g.capacity) at -= g.capacity;
-      if (s->tail != reinterpret_cast<char*>(s) + g.first_object + at * g.size)
-        fail("S1: untouched tail wrong", s);
-      std::uint32_t free_len = 0;
-      for (void* p = s->free; p; p = next_of(p, s)) {
-        const std::size_t i = slab_handed_index(s, p, g.first_object, g.size);
-        if (i >= g.capacity)
-          fail("S1: free list holds something not a touched object of the slab", s);
-        if (is_free[i]) fail("S1: an object twice on the free list", s);
-        is_free[i] = true;
-        ++free_len;
-      }
-      if (s->used + free_len + s->untouched != s->capacity)
-        fail("S1: used + free + untouched != capacity", s);
-      if (g.checked) {
-        std::size_t bits = 0;
-        for (std::size_t i = 0; i < g.capacity; ++i) {
-          if (!slab_bit(s, i)) continue;
-          ++bits;
-          if (is_free[i] || !slab_handed_out(s, i))
-            fail("S5: an object free or untouched is marked allocated", s);
-        }
-        if (g.exact_bits ? bits != s->used : bits > s->used)
-          fail("S5: allocation bits do not match used", s);
-      }
-      for (void* p = s->free; p; p = next_of(p, s))
-        is_free[slab_index(s, p, g.first_object, g.size)] = false;
-      if ((which == list_full) != slab_exhausted(s)) fail("S2: full list iff no free object", s);
-      if ((which == list_empty) != (s->used == 0)) fail("S2: empty list iff nothing used", s);
-      used += s->used;
-      if (which == list_empty) ++empties;
-    }
-  }
-  if (count != l.slabs) fail("S2: slab count wrong", nullptr);
-  if (empties != l.empty_count) fail("S2: empty count wrong", nullptr);
-  if (empties > g.max_empty) fail("S4: too many empty slabs", nullptr);
-  return used;
 }
 
 }  // namespace bsalloc::detail
