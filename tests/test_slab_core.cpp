@@ -161,6 +161,35 @@ TEST_CASE("slab core: partly used slabs fill before the kept empty one") {
   f.check();
 }
 
+// The empty-slab policy keeps the newest: when the empty list is full, the slab that has been
+// empty longest goes (its pages are the coldest), the one just emptied stays.
+TEST_CASE("slab core: a full empty list gives back the slab empty longest") {
+  for (const std::size_t max_empty : {std::size_t{0}, std::size_t{1}, std::size_t{2}}) {
+    CAPTURE(max_empty);
+    fixture f;
+    f.max_empty = max_empty;
+    std::vector<std::vector<void*>> by_slab(4);
+    for (auto& v : by_slab)
+      for (std::size_t i = 0; i < f.capacity; ++i) v.push_back(f.take());
+    std::vector<slab*> order;  // the slabs in the order they empty
+    std::vector<slab*> gone;
+    for (auto& v : by_slab) {
+      order.push_back(slab_at<slab>(v.front(), slab_bytes));
+      for (void* p : v)
+        if (slab* g = f.put(p)) gone.push_back(g);
+      CHECK(f.lists.empty_count == std::min(order.size(), max_empty));
+      f.check();
+    }
+    // Given back: the first 4 - max_empty to empty, in the order they emptied.
+    REQUIRE(gone.size() == 4 - max_empty);
+    for (std::size_t i = 0; i < gone.size(); ++i) CHECK(gone[i] == order[i]);
+    // Kept: the last max_empty to empty, the newest at the head.
+    slab* e = f.lists.empty;
+    for (std::size_t i = 0; i < max_empty; ++i, e = e->next) CHECK(e == order[3 - i]);
+    CHECK(e == nullptr);
+  }
+}
+
 TEST_CASE("slab core: the walk catches what it claims to") {
   fixture f;
   std::vector<void*> live;

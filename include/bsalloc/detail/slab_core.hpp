@@ -313,9 +313,22 @@ template <class Owner, class SetNext>
   s->free = head;
   s->used -= count;
 }
-/// After slab_put: a full slab becomes partial; an emptied one is kept on the empty list while
-/// fewer than max_empty are (S4), else it leaves the lists and is returned: the caller gives it
-/// back upstream once no lock is held.
+/// slab_settle's slow case: s, just emptied, takes the place of the slab at the empty list's
+/// tail (linked at the head, the list's tail has been empty longest), which is returned.
+template <class Owner>
+[[gnu::noinline]] slab_header<Owner>* slab_keep_newest_empty(slab_lists<Owner>& l,
+                                                             slab_header<Owner>* s) noexcept {
+  slab_header<Owner>* oldest = l.empty;
+  while (oldest->next) oldest = oldest->next;
+  slab_forget(l, oldest);
+  slab_move(l, s, list_empty);
+  return oldest;
+}
+/// After slab_put: a full slab becomes partial; an emptied one is kept on the empty list (S4:
+/// at most max_empty are). When the list is full, the slab that has been empty longest leaves
+/// the lists and is returned — the one just emptied, whose lines are in cache and whose pages
+/// are resident, is the one worth keeping — and the caller gives it back upstream once no lock
+/// is held. max_empty 0: s itself is returned.
 template <class Owner>
 [[gnu::always_inline]] inline slab_header<Owner>* slab_settle(slab_lists<Owner>& l,
                                                               slab_header<Owner>* s,
@@ -328,8 +341,11 @@ template <class Owner>
     slab_move(l, s, list_empty);
     return nullptr;
   }
-  slab_forget(l, s);
-  return s;
+  if (max_empty == 0) {
+    slab_forget(l, s);
+    return s;
+  }
+  return slab_keep_newest_empty(l, s);
 }
 
 // -- checked mode: the allocation bitmap ---------------------------------------------------------
