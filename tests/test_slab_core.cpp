@@ -311,7 +311,12 @@ TEST_CASE("slab core: fresh runs and whole-run put backs, coloured or not") {
           while (got < k && !slab_exhausted(s)) {
             if (!s->free) {
               void* before = chain;
+              // To the slab's end from the tail object, or (past the wrap) up to the colour.
+              const std::size_t i =
+                  static_cast<std::size_t>(s->tail - (reinterpret_cast<char*>(s) + f.first)) / size;
+              const std::size_t to_end = i >= colour ? capacity - i : s->untouched;
               const std::uint32_t m = slab_take_fresh(s, size, k - got, chain, set_link);
+              CHECK(m == std::min<std::size_t>(k - got, to_end));
               REQUIRE(m >= 1);
               char* p = static_cast<char*>(chain);
               for (std::uint32_t i = 1; i < m; ++i, p += size) CHECK(link_of(p) == p + size);

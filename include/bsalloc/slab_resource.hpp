@@ -73,7 +73,8 @@ namespace bsalloc {
 
 /// bsalloc's own knobs; the defaults need no tuning.
 struct slab_resource_options {
-  /// Empty slabs each core cache keeps per class; further empty slabs go back upstream.
+  /// Empty slabs each core cache keeps per class (the most recently emptied); when one more
+  /// empties, the one empty longest goes back upstream.
   std::size_t max_empty_slabs_per_class = 1;
   /// Messages each core's remote-free queue holds (1 … 65534); a full queue spills to a
   /// lock-free overflow stack, so nothing is dropped.

@@ -30,7 +30,8 @@ std::size_t slab_state::current_core() const {
 }
 
 // Lock held. An object comes back into its slab (owned by `core`): the slab core's put back
-// and empty-slab policy (S4: an emptied slab beyond max_empty_slabs_per_class goes upstream).
+// and empty-slab policy (S4: at most max_empty_slabs_per_class empty slabs are kept, the newest;
+// the one empty longest goes upstream).
 void slab_state::put_back(core_cache& core, void* p, int c, slab_list& returns) {
   slab* s = slab_of(p, c);
   BSALLOC_ASSERT(s->magic == slab_magic && s->cls == c && s->res == this, "S2 (slab of p)");
@@ -161,9 +162,10 @@ std::uint32_t slab_state::refill(int c, std::uint32_t n, void*& chain, std::uint
 // Gives a chain of n objects of class c back: local ones into this core's slabs under its
 // lock, remote ones posted to their owners' inboxes. One walk: the chain is cut into runs of
 // objects of one slab (a bin frees in runs: objects freed together were mostly allocated
-// together), each read once; a run goes back whole — its links already chain it, only its last
-// one is rewritten — and its slab's header is read once for it. The core's lock is taken at the
-// first local run only: a chain of remote objects never takes it.
+// together); a run goes back whole — its links already chain it, only its last one is
+// rewritten — and its slab's header is read once for it (careful resources put each object
+// back, every link checked). The core's lock is taken at the first local run and held to the
+// end of the walk: a chain of remote objects never takes it.
 std::size_t slab_state::flush(int c, void* chain, std::uint32_t n) {
   if (n == 0) return 0;
   const header_window headers(*this);

@@ -2,8 +2,8 @@
 #pragma once
 // Remote frees: objects freed on a CPU other than their slab's owner core travel back to it as
 // chains, linked through the objects themselves (link_set / link_get, state.hpp), never taking
-// the owner's lock on the way (core_cache.cpp: flush sorts a chain by owner, post sends each
-// part, drain applies what arrived under the owner's lock).
+// the owner's lock on the way (core_cache.cpp: flush groups a chain's runs by owner, post sends
+// each part, drain applies what arrived under the owner's lock).
 //
 //   post   a chain of one class goes into the owner's inbox (a fixed-capacity lock-free queue of
 //          remote_batch messages); when that is full, onto the owner's overflow stack of that

@@ -14,9 +14,9 @@
 //   hardened_hit.cpp  hardened mode's thread-cache hit path and its far cases (known slabs)
 //   slow_path.cpp     allocate_slow / deallocate_slow: classify once, dispatch to the above
 // The facade (src/slab_resource.cpp) holds the inline fast path. The slab header,
-// geometry, lists, take / put back of one object, the empty-slab policy, the checked bitmap and
-// the invariant walk are the slab core's (include/bsalloc/detail/slab_core.hpp), which
-// object_pool uses too.
+// geometry, lists, take / put back, the empty-slab policy and the checked bitmap are the slab
+// core's (include/bsalloc/detail/slab_core.hpp), its invariant walk in detail/slab_walk.hpp;
+// object_pool uses both too.
 //
 // Lock order (a lock is only taken after those before it; none is held across an upstream call
 // but upstream_lock, which is held exactly across one):
