@@ -312,9 +312,9 @@ TEST_CASE("slab core: fresh runs and whole-run put backs, coloured or not") {
             if (!s->free) {
               void* before = chain;
               // To the slab's end from the tail object, or (past the wrap) up to the colour.
-              const std::size_t i =
+              const std::size_t at =
                   static_cast<std::size_t>(s->tail - (reinterpret_cast<char*>(s) + f.first)) / size;
-              const std::size_t to_end = i >= colour ? capacity - i : s->untouched;
+              const std::size_t to_end = at >= colour ? capacity - at : s->untouched;
               const std::uint32_t m = slab_take_fresh(s, size, k - got, chain, set_link);
               CHECK(m == std::min<std::size_t>(k - got, to_end));
               REQUIRE(m >= 1);
