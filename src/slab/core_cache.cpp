@@ -166,7 +166,8 @@ std::uint32_t slab_state::refill(int c, std::uint32_t n, void*& chain, std::uint
 // rewritten — and its slab's header is read once for it (careful resources put each object
 // back, every link checked). The core's lock is taken at the first local run and held to the
 // end of the walk: a chain of remote objects never takes it.
-std::size_t slab_state::flush(int c, void* chain, std::uint32_t n) {
+template <bool Careful>
+std::size_t slab_state::flush_walk(int c, void* chain, std::uint32_t n) {
   if (n == 0) return 0;
   const header_window headers(*this);
   std::size_t ci = current_core();
@@ -192,8 +193,24 @@ std::size_t slab_state::flush(int c, void* chain, std::uint32_t n) {
   slab_list returns;
   std::uint32_t local = 0;
   auto& l = cc.cls[static_cast<std::size_t>(c)];
+  // Loop invariants in locals: the walk writes through pointers the compiler cannot tell apart
+  // from this resource's fields.
+  const std::size_t slab_bytes = geom[static_cast<std::size_t>(c)].slab_bytes;
+  const std::size_t max_empty = knobs.max_empty_slabs_per_class;
+  const auto link_of = [&](const void* at) {
+    if constexpr (Careful)
+      return next_of(at, c);
+    else
+      return link_get(at, 0);
+  };
+  const auto link_to = [&](void* at, const void* link) {
+    if constexpr (Careful)
+      set_next(at, link);
+    else
+      link_set(at, link, 0);
+  };
   void* p = chain;
-  slab* s = slab_of(p, c);
+  slab* s = slab_at<slab>(p, slab_bytes);
   for (;;) {
     // The run: head .. p, count objects of slab s, chained in order by their own links.
     void* const head = p;
@@ -201,8 +218,8 @@ std::size_t slab_state::flush(int c, void* chain, std::uint32_t n) {
     void* next = nullptr;
     slab* next_slab = nullptr;
     while (--n) {
-      next = next_of(p, c);
-      next_slab = slab_of(next, c);
+      next = link_of(p);
+      next_slab = slab_at<slab>(next, slab_bytes);
       if (next_slab != s) break;
       p = next;
       ++count;
@@ -217,17 +234,17 @@ std::size_t slab_state::flush(int c, void* chain, std::uint32_t n) {
         g = ngroups;
       }
       if (g == ngroups) groups[ngroups++] = {owner, nullptr, p, 0};
-      set_next(p, groups[g].head);
+      link_to(p, groups[g].head);
       groups[g].head = head;
       groups[g].count += count;
     } else {
       if (!lock.owns_lock()) {
         lock.lock();
         handoff none{-1, 0, 0, nullptr, 0};  // no refill: what is drained may be stashed
-        drain(cc, returns, careful || knobs.checked ? nullptr : &none);
+        drain(cc, returns, Careful || knobs.checked ? nullptr : &none);
       }
       local += count;
-      if (careful) [[unlikely]] {  // each link checked and rewritten
+      if constexpr (Careful) {  // each link checked and rewritten
         for (void* q = head; count--;) {
           void* after = count ? next_of(q, c, s) : nullptr;
           put_back(cc, q, c, returns);
@@ -236,8 +253,8 @@ std::size_t slab_state::flush(int c, void* chain, std::uint32_t n) {
       } else {
         BSALLOC_ASSERT(s->magic == slab_magic && s->cls == c && s->res == this, "S2 (slab of p)");
         BSALLOC_ASSERT(s->used >= count, "S1 (put back to its owner)");
-        slab_put_chain(s, head, p, count, [this](void* at, void* link) { set_next(at, link); });
-        if (slab* gone = slab_settle(l, s, knobs.max_empty_slabs_per_class)) {
+        slab_put_chain(s, head, p, count, link_to);
+        if (slab* gone = slab_settle(l, s, max_empty)) {
           ++cc.counters.slab_returns;
           returns.push(gone);
         }
@@ -257,6 +274,9 @@ std::size_t slab_state::flush(int c, void* chain, std::uint32_t n) {
   if (local == 0) return 0;
   return return_slabs(returns);  // no lock held
 }
+
+template std::size_t slab_state::flush_walk<false>(int, void*, std::uint32_t);
+template std::size_t slab_state::flush_walk<true>(int, void*, std::uint32_t);
 
 std::size_t slab_state::drain_and_return_empty() {
   const header_window headers(*this);

@@ -254,7 +254,12 @@ struct slab_state {
   /// remote frees come as whole chains.
   std::uint32_t refill(int c, std::uint32_t n, void*& chain, std::uint32_t most);
   /// Gives a chain of n objects back; returns the bytes of slabs that went back upstream.
-  std::size_t flush(int c, void* chain, std::uint32_t n);
+  std::size_t flush(int c, void* chain, std::uint32_t n) {
+    return careful ? flush_walk<true>(c, chain, n) : flush_walk<false>(c, chain, n);
+  }
+  // flush's walk, with the careful test taken once for it rather than at every link.
+  template <bool Careful>
+  std::size_t flush_walk(int c, void* chain, std::uint32_t n);
   void post(core_cache& from, std::size_t owner, int c, void* head, void* tail,
             std::uint32_t count);
   /// Drains every core and gives its empty slabs back; returns their bytes.
