@@ -12,6 +12,19 @@
 
 namespace bsalloc::detail {
 
+namespace {
+// Lock held. After objects went back into s: s settles in its class's lists (the slab core's
+// empty-slab policy, S4); a slab that leaves them is counted and queued for return_slabs, which
+// gives it upstream once no lock is held.
+void settle(core_cache& core, core_cache::lists& l, slab* s, std::size_t max_empty,
+            slab_list& returns) {
+  if (slab* gone = slab_settle(l, s, max_empty)) {
+    ++core.counters.slab_returns;
+    returns.push(gone);
+  }
+}
+}  // namespace
+
 core_cache& slab_state::core(std::size_t ci) {
   if (core_cache* c = core_if(ci)) [[likely]]
     return *c;
@@ -40,11 +53,7 @@ void slab_state::put_back(core_cache& core, void* p, int c, slab_list& returns) 
     check_slab(s, c, "put back");
   slab_put(s, p, [this](void* at, void* next) { set_next(at, next); });
   BSALLOC_POISON_FREE(p, geom[static_cast<std::size_t>(c)].size);
-  auto& l = core.cls[static_cast<std::size_t>(c)];
-  if (slab* gone = slab_settle(l, s, knobs.max_empty_slabs_per_class)) {
-    ++core.counters.slab_returns;
-    returns.push(gone);
-  }
+  settle(core, core.cls[static_cast<std::size_t>(c)], s, knobs.max_empty_slabs_per_class, returns);
   BSALLOC_ASSERT(s->list != list_full, "S2 (a slab with a free object is not full)");
 }
 
@@ -254,10 +263,7 @@ std::size_t slab_state::flush_walk(int c, void* chain, std::uint32_t n) {
         BSALLOC_ASSERT(s->magic == slab_magic && s->cls == c && s->res == this, "S2 (slab of p)");
         BSALLOC_ASSERT(s->used >= count, "S1 (put back to its owner)");
         slab_put_chain(s, head, p, count, link_to);
-        if (slab* gone = slab_settle(l, s, max_empty)) {
-          ++cc.counters.slab_returns;
-          returns.push(gone);
-        }
+        settle(cc, l, s, max_empty, returns);
       }
     }
     if (n == 0) break;
