@@ -90,8 +90,10 @@ struct slab_resource_options {
   /// Per-thread front cache. Off: every call goes to the core cache under its lock.
   bool thread_cache = true;
   /// How far one thread's cache (per resource) may grow its bins above their initial limits,
-  /// in bytes across all classes. Bins that grew and went quiet shrink back.
-  std::size_t thread_cache_bytes = std::size_t{2} << 20;
+  /// in bytes across all classes (tcmalloc bounds a thread's cache at 4 MiB too). Bins grow
+  /// only where their thread both allocates and frees their class, and bins that grew and went
+  /// quiet shrink back.
+  std::size_t thread_cache_bytes = std::size_t{4} << 20;
   /// The large bins: what one thread's bins of large runs may hold at most, in bytes per thread
   /// and resource (too little for one run of each large bin: none). With a page_resource
   /// upstream, the inline path on and checked and hardened modes off, the run classes above the
