@@ -12,37 +12,15 @@
 //       so an over-aligned request may take it; runs resized in place that start lower are
 //       not cached (deallocate_pages checks).
 // Lock order: mutex_ before any core lock; the cache paths take only a core lock.
-#include <sched.h>
-#if __has_include(<sys/rseq.h>)
-#include <sys/rseq.h>
-#endif
-
 #include <bsalloc/locks.hpp>
 
 #include <atomic>
 
+#include "../cpu.hpp"
 #include "internal.hpp"
 
 namespace bsalloc {
 using namespace detail;
-
-namespace {
-// The CPU this thread runs on: the kernel keeps it in the thread's rseq area (glibc 2.35
-// registers one), a load; sched_getcpu() where rseq is not registered.
-inline std::size_t current_cpu() noexcept {
-#if defined(__x86_64__) && defined(RSEQ_SIG)
-  if (__rseq_size != 0) {
-    const char* tp;
-    __asm__("mov %%fs:0, %0" : "=r"(tp));
-    const auto* rs = reinterpret_cast<const volatile struct rseq*>(tp + __rseq_offset);
-    const auto c = static_cast<int>(rs->cpu_id);
-    if (c >= 0) return static_cast<std::size_t>(c);
-  }
-#endif
-  const int c = ::sched_getcpu();
-  return c < 0 ? 0 : static_cast<std::size_t>(c);
-}
-}  // namespace
 
 namespace {
 // One more under the core lock (its only writer): a plain load and store.

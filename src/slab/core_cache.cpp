@@ -2,11 +2,10 @@
 // Core caches: per CPU, per class the partial/full/empty slab lists under the core's lock; take,
 // refill, flush and the whole-resource walks over them. Remote frees (post, drain, the stash)
 // are in remote.cpp. See state.hpp.
-#include <sched.h>
-
 #include <algorithm>
 #include <bit>
 
+#include "../cpu.hpp"
 #include "header_window.hpp"
 #include "state.hpp"
 
@@ -38,8 +37,10 @@ core_cache& slab_state::core(std::size_t ci) {
 }
 
 std::size_t slab_state::current_core() const {
-  const int cpu = ::sched_getcpu();
-  return cpu < 0 ? 0 : static_cast<std::size_t>(cpu) % ncores;
+  // CPUs at or above ncores (fewer caches asked for, or brought online later) wrap; no division
+  // otherwise.
+  const std::size_t cpu = current_cpu();
+  return cpu < ncores ? cpu : cpu % ncores;
 }
 
 // Lock held. An object comes back into its slab (owned by `core`): the slab core's put back
@@ -106,10 +107,10 @@ std::uint32_t slab_state::take_from(std::size_t ci, int c, std::uint32_t n, void
     std::lock_guard lock(cc.lock);
     handoff h{c, n, most, chain, 0};
     if (careful || knobs.checked) {
-      drain(cc, returns);
+      drain_posted(cc, returns);
     } else {
       take_stashed(*this, cc, h);
-      drain(cc, returns, &h);
+      drain_posted(cc, returns, &h);
     }
     cc.counters.allocations += h.got;
     chain = h.chain;
@@ -139,7 +140,7 @@ std::uint32_t slab_state::take_elsewhere(std::size_t ci, int c, std::uint32_t n,
     std::unique_lock lock(cc->lock, std::try_to_lock);
     if (!lock) continue;
     slab_list returns;
-    drain(*cc, returns);
+    drain_posted(*cc, returns);
     const std::uint32_t got = take(*cc, c, n, chain);
     lock.unlock();
     return_slabs(returns);
@@ -250,7 +251,7 @@ std::size_t slab_state::flush_walk(int c, void* chain, std::uint32_t n) {
       if (!lock.owns_lock()) {
         lock.lock();
         handoff none{-1, 0, 0, nullptr, 0};  // no refill: what is drained may be stashed
-        drain(cc, returns, Careful || knobs.checked ? nullptr : &none);
+        drain_posted(cc, returns, Careful || knobs.checked ? nullptr : &none);
       }
       local += count;
       if constexpr (Careful) {  // each link checked and rewritten

@@ -84,6 +84,8 @@ void unstash_all(slab_state& st, core_cache& core, slab_list& returns) {
 // go to the core's stash, whole, for the next refills of their class (remote.hpp). Not for the
 // careful path or checked mode, which account for every object on its way through the slabs.
 void slab_state::drain(core_cache& core, slab_list& returns, handoff* to) {
+  // Read before the pops: every chain counted in it was pushed before, and is popped below.
+  core.posts_drained = core.posted.load(std::memory_order_acquire);
   remote_batch m;
   while (core.inbox.pop(m)) {
     core.counters.remote_frees_received += m.count;
@@ -127,7 +129,10 @@ void slab_state::post(core_cache& from, std::size_t owner, int c, void* head, vo
                       std::uint32_t count) {
   core_cache& to = *core_if(owner);
   from.remote_sent[static_cast<std::size_t>(c)].fetch_add(count, std::memory_order_relaxed);
-  if (to.inbox.bounded_push(remote_batch{head, tail, count, static_cast<std::uint32_t>(c)})) return;
+  if (to.inbox.bounded_push(remote_batch{head, tail, count, static_cast<std::uint32_t>(c)})) {
+    to.posted.fetch_add(1, std::memory_order_release);
+    return;
+  }
   to.overflows.fetch_add(1, std::memory_order_relaxed);
   auto& stack = to.overflow[static_cast<std::size_t>(c)];
   void* old = stack.load(std::memory_order_relaxed);
@@ -137,6 +142,7 @@ void slab_state::post(core_cache& from, std::size_t owner, int c, void* head, vo
                                         std::memory_order_relaxed));
   to.overflow_mask[static_cast<std::size_t>(c) / 64].fetch_or(
       std::uint64_t{1} << (static_cast<std::size_t>(c) % 64), std::memory_order_release);
+  to.posted.fetch_add(1, std::memory_order_release);
 }
 
 // No concurrent use. A post is counted sent by its sender before it is pushed, received by the

@@ -10,7 +10,8 @@
 //          class (a Treiber stack of objects) and its bit in overflow_mask.
 //   drain  the owner, holding its lock, empties both: a chain goes whole to the thread refilling
 //          its class (handoff), or into the core's stash for the next refills of its class, or
-//          each object goes back into its slab.
+//          each object goes back into its slab. The refill and flush paths drain only when the
+//          core's `posted` count moved since its last drain (drain_posted).
 //
 // core_remote's fields are atomics, written by any thread; the owner reads them under its lock.
 // The stash is the owner's, under its lock.
@@ -51,6 +52,10 @@ struct core_remote {
   std::array<std::atomic<void*>, class_count> overflow{};  // Treiber stacks of objects
   std::array<std::atomic<std::uint64_t>, 2> overflow_mask{};
   std::atomic<std::size_t> overflows{0};
+  // Chains posted, counted after each one is pushed (release). A drain reads it before it pops
+  // (drain_posted skips the pops when it has not moved since the last drain: the refill and
+  // flush paths of a core nobody posts to). Pushed but not yet counted is as not yet pushed.
+  std::atomic<std::uint64_t> posted{0};
   // Per class, objects this core's threads posted elsewhere (only they write it). With the
   // owners' remote_in (under their locks): sent - received, summed over cores, is what is in
   // flight (stats()).

@@ -144,7 +144,8 @@ struct alignas(64) core_cache : core_remote {
   // at once since construction or release(), and remote frees drained from the inbox.
   std::array<std::int64_t, class_count> out{}, peak{};
   std::array<std::size_t, class_count> remote_in{};
-  remote_stash stash;  // lock (remote.hpp)
+  remote_stash stash;               // lock (remote.hpp)
+  std::uint64_t posts_drained = 0;  // lock: `posted` as the last drain read it
 };
 
 struct slab_list {  // slabs to give back upstream once no lock is held
@@ -245,6 +246,12 @@ struct slab_state {
   /// Lock held. Applies the remote frees posted to core. With `to` (a refill, or a flush: class
   /// -1), chains are handed on or stashed; without, every object goes back into its slab.
   void drain(core_cache& core, slab_list& returns, handoff* to = nullptr);
+  /// Lock held. drain(), unless nothing was posted to core since its last drain (no pop of an
+  /// empty queue on the refill and flush paths). The whole-resource paths (trim, the heap walk,
+  /// the invariants, the fork child) call drain() itself.
+  void drain_posted(core_cache& core, slab_list& returns, handoff* to = nullptr) {
+    if (core.posted.load(std::memory_order_acquire) != core.posts_drained) drain(core, returns, to);
+  }
   std::uint32_t take(core_cache& core, int c, std::uint32_t n, void*& chain);
   std::uint32_t take_from(std::size_t ci, int c, std::uint32_t n, void*& chain, slab* fresh,
                           std::uint32_t most);
