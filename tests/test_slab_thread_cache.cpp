@@ -47,3 +47,29 @@ TEST_CASE("a bin that grew shrinks back once its class goes quiet") {
   CHECK(quiet.thread_cache_grown_bytes < grown.thread_cache_grown_bytes);
   r.check_invariants();
 }
+
+// A thread that churns a working set of big objects keeps it in its cache once the bin has grown:
+// a bin may grow to 256 KiB of objects (8 of 32 KiB). Before, the 32 KiB class stopped at 4, and
+// every round of 8 went to the core cache for half of its objects.
+TEST_CASE("a bin of 32 KiB objects grows to hold a working set of 8") {
+  slab_resource_options o;
+  o.caches = 1;  // one core cache: its counters see every refill
+  slab_resource r(std::pmr::pool_options{}, o, std::pmr::new_delete_resource());
+  REQUIRE(slab_resource::class_size(slab_resource::size_class(32 << 10, 8)) == (32 << 10));
+  const auto core_allocations = [&r] {
+    std::size_t n = 0;
+    for (const auto& c : r.stats().cores) n += c.allocations;
+    return n;
+  };
+  for (int i = 0; i < 16; ++i) burst(r, 32 << 10, 8);  // overflows and refills: the bin grows
+  const std::size_t warm = core_allocations();
+  for (int i = 0; i < 100; ++i) burst(r, 32 << 10, 8);
+  CHECK(core_allocations() == warm);  // every round served by the thread cache
+  CHECK(r.stats().cached_objects == 8);
+  // A ninth object does not fit: the bin is at its most (256 KiB), so the rounds of 9 go on
+  // taking objects from the core cache.
+  for (int i = 0; i < 10; ++i) burst(r, 32 << 10, 9);
+  CHECK(core_allocations() > warm);
+  CHECK(r.stats().cached_objects <= 8);
+  r.check_invariants();
+}
