@@ -138,8 +138,9 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
     g.cache_limit = static_cast<std::uint32_t>(
         std::clamp<std::size_t>((std::size_t{32} << 10) / g.size, 2, 256));
     // A bin grows up to 256 KiB of objects (at most 2048; eight of a 32 KiB class), so that a
-    // thread churning 16-64 KiB objects takes a core cache's lock every few objects rather than
-    // every second one. Growth across the classes stays within knobs.thread_cache_bytes.
+    // thread churning 16-32 KiB objects (up to 64 KiB with a larger largest_required_pool_block)
+    // takes a core cache's lock every few objects rather than every second one. Growth across
+    // the classes stays within knobs.thread_cache_bytes.
     g.cache_max = std::max<std::uint32_t>(
         g.cache_limit,
         static_cast<std::uint32_t>(std::min<std::size_t>(2048, (std::size_t{256} << 10) / g.size)));

@@ -26,8 +26,9 @@
 //   remote free    a flush of objects whose slab belongs to another core: chained through the
 //                  objects themselves, one message per (owner, class) posted to the owner's
 //                  fixed-capacity Boost.Lockfree queue — or, when that is full, pushed onto the
-//                  owner's per-class lock-free overflow stack. The owner drains both whenever its
-//                  lock is taken. The owner's lock is never taken for a remote free.
+//                  owner's per-class lock-free overflow stack. The owner drains both when its
+//                  lock is taken and its count of posts moved since its last drain. The owner's
+//                  lock is never taken for a remote free.
 //
 // Invariants (check_invariants() verifies them; it needs no concurrent use)
 //   S1  for every slab: used + |free list| + unused tail == capacity.
@@ -90,7 +91,8 @@ struct slab_resource_options {
   /// Per-thread front cache. Off: every call goes to the core cache under its lock.
   bool thread_cache = true;
   /// How far one thread's cache (per resource) may grow its bins above their initial limits,
-  /// in bytes across all classes (tcmalloc bounds a thread's cache at 4 MiB too). Bins grow
+  /// in bytes across all classes (on top of their initial limits, about 1 MiB of objects when
+  /// every default class is in use; tcmalloc bounds a whole thread cache at 4 MiB). Bins grow
   /// only where their thread both allocates and frees their class, and bins that grew and went
   /// quiet shrink back.
   std::size_t thread_cache_bytes = std::size_t{4} << 20;

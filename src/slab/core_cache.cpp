@@ -97,7 +97,8 @@ std::uint32_t slab_state::take(core_cache& core, int c, std::uint32_t n, void*& 
   return got;
 }
 
-// Takes up to n objects of class c from one core's slabs (after draining its inbox).
+// Takes up to n objects of class c from one core's slabs (after draining its inbox if
+// anything was posted to it since its last drain).
 std::uint32_t slab_state::take_from(std::size_t ci, int c, std::uint32_t n, void*& chain,
                                     slab* fresh, std::uint32_t most) {
   core_cache& cc = core(ci);
