@@ -170,6 +170,67 @@ std::uint32_t slab_state::refill(int c, std::uint32_t n, void*& chain, std::uint
   return take_from(ci, c, n, chain, fresh, most);
 }
 
+namespace {
+// A flush walk's position: p the first object of the next run, s its slab, n the objects left
+// (p's included); local counts the objects put back into this core's slabs so far.
+struct run_walk {
+  void* p;
+  slab* s;
+  std::uint32_t n;
+  std::uint32_t local;
+};
+
+// Lock of core `ci` held; unhardened, unchecked links. Puts back the runs from w.p on while their
+// slab is owned by ci (l: its class's lists there; a full slab becomes partial). Returns the
+// slab of the last run put back if it is empty now (the caller settles it, S4), else null: the
+// chain ended (w.n == 0) or its next run, which w then starts at, is another core's. Out of line
+// and call-free, so that the walk's values stay in registers (in flush_walk, the calls on its
+// rare paths spilled them at every run).
+[[gnu::noinline]] slab* put_owned_runs(run_walk& w, core_cache::lists& l, std::size_t slab_bytes,
+                                       std::size_t ci) noexcept {
+  void* p = w.p;
+  slab* s = w.s;
+  std::uint32_t n = w.n;
+  std::uint32_t local = w.local;
+  slab* unsettled = nullptr;
+  for (;;) {
+    void* const head = p;
+    std::uint32_t count = 1;
+    void* next = nullptr;
+    slab* next_slab = nullptr;
+    while (--n) {
+      next = link_get(p, 0);
+      next_slab = slab_at<slab>(next, slab_bytes);
+      if (next_slab != s) break;
+      p = next;
+      ++count;
+    }
+    if (s->owner != ci) [[unlikely]] {  // n + count objects left, from head on
+      n += count;
+      p = head;
+      break;
+    }
+    BSALLOC_ASSERT(s->magic == slab_magic && s->res != nullptr, "S2 (slab of p)");
+    BSALLOC_ASSERT(s->used >= count, "S1 (put back to its owner)");
+    slab_put_chain(s, head, p, count, [](void* at, const void* link) { link_set(at, link, 0); });
+    local += count;
+    if (s->list == list_full) [[unlikely]]
+      slab_move(l, s, list_partial);
+    if (s->used == 0) [[unlikely]] {
+      unsettled = s;
+      p = next;
+      s = next_slab;
+      break;
+    }
+    if (n == 0) break;
+    p = next;
+    s = next_slab;
+  }
+  w = {p, s, n, local};
+  return unsettled;
+}
+}  // namespace
+
 // Gives a chain of n objects of class c back: local ones into this core's slabs under its
 // lock, remote ones posted to their owners' inboxes. One walk: the chain is cut into runs of
 // objects of one slab (a bin frees in runs: objects freed together were mostly allocated
@@ -222,7 +283,21 @@ std::size_t slab_state::flush_walk(int c, void* chain, std::uint32_t n) {
   };
   void* p = chain;
   slab* s = slab_at<slab>(p, slab_bytes);
+  bool owned = false;  // the last run went back to this core: put_owned_runs goes on from it
   for (;;) {
+    if constexpr (!Careful) {
+      while (owned) {
+        run_walk w{p, s, n, local};
+        slab* const unsettled = put_owned_runs(w, l, slab_bytes, ci);
+        p = w.p;
+        s = w.s;
+        n = w.n;
+        local = w.local;
+        if (unsettled) settle(cc, l, unsettled, max_empty, returns);
+        owned = unsettled && n != 0;
+      }
+      if (n == 0) break;
+    }
     // The run: head .. p, count objects of slab s, chained in order by their own links.
     void* const head = p;
     std::uint32_t count = 1;
@@ -236,6 +311,7 @@ std::size_t slab_state::flush_walk(int c, void* chain, std::uint32_t n) {
       ++count;
     }
     const std::size_t owner = s->owner;  // never changes while s is live
+    owned = owner == ci;
     if (owner != ci) {
       std::size_t g = 0;
       while (g < ngroups && groups[g].owner != owner) ++g;
