@@ -3,6 +3,7 @@
 // bins whose class went quiet shrink back, giving their objects (and the slabs they pin) back.
 #include <bsalloc/slab_resource.hpp>
 
+#include <cstdint>
 #include <memory_resource>
 #include <vector>
 
@@ -71,5 +72,39 @@ TEST_CASE("a bin of 32 KiB objects grows to hold a working set of 8") {
   for (int i = 0; i < 10; ++i) burst(r, 32 << 10, 9);
   CHECK(core_allocations() > warm);
   CHECK(r.stats().cached_objects <= 8);
+  r.check_invariants();
+}
+
+// The inline path finds a request's bin by a table: up to 8 KiB by size / 8, above by size / 128
+// (the wide row). Whatever the path, an object must come from the class that size_class()
+// names: every size to 8 KiB and past it, every inline alignment, the second time from the
+// bin (the inline hit), its class's count in use is the one that moves.
+TEST_CASE("the inline path serves every size from the class size_class() names") {
+  slab_resource r(std::pmr::pool_options{}, slab_resource_options{},
+                  std::pmr::new_delete_resource());
+  std::size_t wrong = 0;
+  for (const std::size_t align : {1, 2, 4, 8, 16}) {
+    for (std::size_t bytes = 1; bytes <= 8192 + 1024; ++bytes) {
+      const int c = slab_resource::size_class(bytes, align);
+      REQUIRE(c >= 0);
+      const std::size_t size = slab_resource::class_size(c);
+      void* p = r.allocate(bytes, align);
+      r.deallocate(p, bytes, align);
+      void* q = r.allocate(bytes, align);  // the bin's newest: the inline path's hit
+      const auto s = r.stats();
+      std::size_t mine = 0;
+      for (const auto& k : s.classes)
+        if (k.object_size == size) mine = k.objects_in_use;
+      if (q != p || mine != 1 || s.objects_in_use != 1 ||
+          reinterpret_cast<std::uintptr_t>(q) % align != 0) {
+        ++wrong;
+        INFO("bytes " << bytes << ", alignment " << align << ", class size " << size);
+        CHECK(q == p);
+        CHECK(mine == 1);
+      }
+      r.deallocate(q, bytes, align);
+    }
+  }
+  CHECK(wrong == 0);
   r.check_invariants();
 }
