@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory_resource>
+#include <stdexcept>
 #include <vector>
 
 #include <doctest/doctest.h>
@@ -103,6 +104,43 @@ TEST_CASE("the inline path serves every size from the class size_class() names")
         CHECK(mine == 1);
       }
       r.deallocate(q, bytes, align);
+    }
+  }
+  CHECK(wrong == 0);
+  r.check_invariants();
+}
+
+// The same for a resource whose largest class (2 KiB) is below the small table's end: sizes above
+// it go upstream, whatever the path; and an alignment that is not a power of two is refused at
+// every size, warm cache or cold.
+TEST_CASE("the inline path: a smaller largest class, and bad alignments at every size") {
+  slab_resource r(std::pmr::pool_options{0, 2048}, slab_resource_options{},
+                  std::pmr::new_delete_resource());
+  const std::size_t largest = r.options().largest_required_pool_block;
+  REQUIRE(largest == 2048);
+  std::size_t wrong = 0;
+  for (const std::size_t align : {8, 16}) {
+    for (std::size_t bytes = 1; bytes <= 8192 + 1024; ++bytes) {
+      const int c = slab_resource::size_class(bytes, align);
+      const bool slab = c >= 0 && slab_resource::class_size(c) <= largest;
+      void* p = r.allocate(bytes, align);
+      r.deallocate(p, bytes, align);
+      void* q = r.allocate(bytes, align);
+      const auto s = r.stats();
+      std::size_t in_use = 0;
+      for (const auto& k : s.classes) {
+        in_use += k.objects_in_use;
+        if (slab && k.object_size == slab_resource::class_size(c) && k.objects_in_use != 1) ++wrong;
+      }
+      if (in_use != (slab ? 1u : 0u) || s.large_objects != (slab ? 0u : 1u)) {
+        ++wrong;
+        INFO("bytes " << bytes << ", alignment " << align);
+        CHECK(in_use == (slab ? 1u : 0u));
+      }
+      r.deallocate(q, bytes, align);
+      // warm: the bins of the classes just used hold objects now
+      for (const std::size_t bad : {0, 3, 12})
+        CHECK_THROWS_AS((void)r.allocate(bytes, bad), std::invalid_argument);
     }
   }
   CHECK(wrong == 0);

@@ -277,9 +277,10 @@ class slab_resource : public std::pmr::memory_resource {
   std::uint64_t id_;    // never reused: names this resource in thread caches
   std::uint32_t slot_;  // its slot in every thread's cache table (dense, reused after destruction)
   std::uint64_t hardened_id_;  // id_ | detail::hardened_id_bit: a hardened resource's cache id
-  // Requests with alignment <= 16 below small_bound_ (8 KiB) take the inline path through the
-  // small table, the rest below wide_bound_ through the wide row of their alignment (wide_rows_:
-  // every slab class, then the large bins up to 256 KiB when the resource has them). Both bounds
+  // Requests with alignment <= 16 below small_bound_ (the smaller of 8 KiB and the largest class,
+  // + 1) take the inline path through the small table, the rest below wide_bound_ through the
+  // wide row of their alignment (wide_rows_: every slab class, then the large bins up to 256 KiB
+  // when the resource has them). Both bounds
   // are 0 in checked mode, under memcheck and in hardened mode with zero-on-free, so that every
   // call takes the slow path. A hardened resource's thread caches are registered under
   // id_ | hardened_id_bit: the inline path finds the bin, its id test fails, and a second test

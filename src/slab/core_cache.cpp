@@ -180,14 +180,17 @@ struct run_walk {
   std::uint32_t local;
 };
 
-// Lock of core `ci` held; unhardened, unchecked links. Puts back the runs from w.p on while their
+// Lock of core `ci` held; a resource that is not careful (neither hardened nor under memcheck:
+// links unchecked; checked mode comes here). Puts back the runs from w.p on while their
 // slab is owned by ci (l: its class's lists there; a full slab becomes partial). Returns the
 // slab of the last run put back if it is empty now (the caller settles it, S4), else null: the
 // chain ended (w.n == 0) or its next run, which w then starts at, is another core's. Out of line
 // and call-free, so that the walk's values stay in registers (in flush_walk, the calls on its
 // rare paths spilled them at every run).
+// res and c are for the debug builds' checks.
 [[gnu::noinline]] slab* put_owned_runs(run_walk& w, core_cache::lists& l, std::size_t slab_bytes,
-                                       std::size_t ci) noexcept {
+                                       std::size_t ci, [[maybe_unused]] const slab_state* res,
+                                       [[maybe_unused]] int c) noexcept {
   void* p = w.p;
   slab* s = w.s;
   std::uint32_t n = w.n;
@@ -210,7 +213,7 @@ struct run_walk {
       p = head;
       break;
     }
-    BSALLOC_ASSERT(s->magic == slab_magic && s->res != nullptr, "S2 (slab of p)");
+    BSALLOC_ASSERT(s->magic == slab_magic && s->cls == c && s->res == res, "S2 (slab of p)");
     BSALLOC_ASSERT(s->used >= count, "S1 (put back to its owner)");
     slab_put_chain(s, head, p, count, [](void* at, const void* link) { link_set(at, link, 0); });
     local += count;
@@ -288,7 +291,7 @@ std::size_t slab_state::flush_walk(int c, void* chain, std::uint32_t n) {
     if constexpr (!Careful) {
       while (owned) {
         run_walk w{p, s, n, local};
-        slab* const unsettled = put_owned_runs(w, l, slab_bytes, ci);
+        slab* const unsettled = put_owned_runs(w, l, slab_bytes, ci, this, c);
         p = w.p;
         s = w.s;
         n = w.n;

@@ -147,10 +147,10 @@ constexpr std::uint16_t large_start_limit(std::size_t ceiling,
       std::min<std::size_t>(large_initial_limit, ceiling / bin_bytes_in_use));
 }
 
-/// The wide row: the inline path's class for every size above small_max up to 256 KiB, in steps
-/// of 128 bytes (column (bytes + 127) / 128): a slab class up to `largest`, then (with large
-/// bins) the large bin of the size's run class, bad_class for anything the inline path does
-/// not serve (the slow path decides).
+/// The wide row: the inline path's class for every size above the small table (small_max, or
+/// the largest class if smaller) up to 256 KiB, in steps of 128 bytes (column (bytes + 127) /
+/// 128): a slab class up to `largest`, then (with large bins) the large bin of the size's run
+/// class, bad_class for anything the inline path does not serve (the slow path decides).
 constexpr std::size_t wide_cols = large_runs::max_bytes / 128 + 1;
 using wide_row = std::array<std::uint8_t, wide_cols>;
 constexpr wide_row make_wide_row(std::size_t largest, bool large_bins) {

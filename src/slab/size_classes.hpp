@@ -2,10 +2,12 @@
 #pragma once
 // Size classes: 8..64 B in steps of 8, then 8 classes per doubling up to 64 KiB (88 classes).
 // One lookup, overflow-safe, for the inline and the slow paths:
-//   inline  small_class_table / medium_class_table, indexed by (alignment, size) — a row per
-//           alignment 0..16, so that a request with an alignment that is not a power of two
-//           finds `bad_class`, whose thread-cache bin is always empty and has limit 0: such a
-//           request leaves the inline path without an instruction spent on checking it.
+//   inline  the small table (sizes up to 8 KiB, here) and the resource's wide row above it
+//           (large_bins.hpp), indexed by (alignment, size) — a row per alignment 0..16, so that
+//           a request with an alignment that is not a power of two finds `bad_class`, whose
+//           thread-cache bin is always empty and has limit 0: such a request leaves the inline
+//           path without an instruction spent on checking it. (The medium rows are the wide
+//           row's shape without large bins, kept for the checks below.)
 //   slow    size_class(), which checks everything (and never rounds before bounding).
 #include <bsalloc/detail/config.hpp>
 #include <bsalloc/slab_resource.hpp>
@@ -126,6 +128,37 @@ constexpr int size_class(std::size_t bytes, std::size_t alignment) noexcept {
   while (c < class_count && lowest_bit(class_size_of(c)) < alignment) ++c;
   return c < class_count ? c : -1;
 }
+// The small table, whole: for every size to 8 KiB, the smallest class that holds the size and
+// whose size is a multiple of the alignment (0 bytes: 16, which serves every alignment). Every
+// class size is a multiple of 8, so alignments 1, 2, 4 and 8 share the row of 8; 16 has its own;
+// the other alignments a row of bad_class. (Checked row by row, not per alignment: clang bounds
+// the steps of a constant expression.)
+constexpr bool small_row_exact(const std::uint8_t* row, std::size_t a) {
+  int want = 0;
+  for (std::size_t bytes = 0; bytes <= small_max; ++bytes) {
+    const int got = row[(bytes + 7) >> 3];
+    if (bytes == 0) {
+      if (got != class_of(16)) return false;
+      continue;
+    }
+    while (class_size_of(want) < bytes || class_size_of(want) % a != 0) ++want;
+    if (got != want) return false;
+  }
+  return true;
+}
+constexpr bool small_table_exact() {
+  for (int c = 0; c < class_count; ++c)
+    if (class_size_of(c) % 8 != 0) return false;
+  for (std::size_t a = 0; a <= inline_max_align; ++a)
+    if (rows.small[a] != (!power_of_two(a) ? small_row_bad.data()
+                          : a == 16        ? small_row_16.data()
+                                           : small_row_8.data()))
+      return false;
+  for (const std::uint8_t c : small_row_bad)
+    if (c != bad_class) return false;
+  return small_row_exact(small_row_8.data(), 8) && small_row_exact(small_row_16.data(), 16);
+}
+static_assert(small_table_exact());
 static_assert(size_class(SIZE_MAX, 16) == -1 && size_class(SIZE_MAX - 15, 4096) == -1);
 static_assert(size_class(SIZE_MAX, 1) == -1 && size_class(SIZE_MAX - 1, 8192) == -1);
 static_assert(size_class(24, 3) == -1 && size_class(100, 64) == class_of(128));
