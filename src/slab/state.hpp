@@ -3,8 +3,9 @@
 // The slab layer's shared state: slab headers, geometry, core caches, thread caches, the large
 // records, checked mode — declared here, defined one concern per file under src/slab/:
 //   slabs.cpp         slab headers, geometry, new/return slabs, the upstream (serialised)
-//   core_cache.cpp    take, put_back, drain, post, refill, flush (under a core's lock); the
-//                     remote-free types are in remote.hpp
+//   core_cache.cpp    take, put_back, refill and the whole-resource walks (under a core's lock)
+//   flush.cpp         flush: a chain back to its slabs and its owners (runs of one slab)
+//   remote.cpp        post, drain, the stash (the remote-free types: remote.hpp)
 //   thread_cache.cpp  the TLS slot table, the registry of thread caches, thread exit, fork
 //                     (the types: thread_cache.hpp)
 //   large.cpp         the large path (records out of band: large_table.hpp)
@@ -156,6 +157,17 @@ struct slab_list {  // slabs to give back upstream once no lock is held
   }
 };
 
+// Lock held. After objects went back into s: s settles in its class's lists (the slab core's
+// empty-slab policy, S4); a slab that leaves them is counted and queued for return_slabs, which
+// gives it upstream once no lock is held.
+inline void settle(core_cache& core, core_cache::lists& l, slab* s, std::size_t max_empty,
+                   slab_list& returns) {
+  if (slab* gone = slab_settle(l, s, max_empty)) {
+    ++core.counters.slab_returns;
+    returns.push(gone);
+  }
+}
+
 // -- the state of one slab_resource --------------------------------------------------------------
 struct slab_state {
   // Immutable after construction.
@@ -264,7 +276,7 @@ struct slab_state {
   std::size_t flush(int c, void* chain, std::uint32_t n) {
     return careful ? flush_walk<true>(c, chain, n) : flush_walk<false>(c, chain, n);
   }
-  // flush's walk, with the careful test taken once for it rather than at every link.
+  // flush's walk (flush.cpp), with the careful test taken once for it rather than at every link.
   template <bool Careful>
   std::size_t flush_walk(int c, void* chain, std::uint32_t n);
   void post(core_cache& from, std::size_t owner, int c, void* head, void* tail,
