@@ -58,8 +58,9 @@ TEST_CASE("page_resource: a container mix's rounds reuse the pages of the first 
   // is an hour), so that the count does not depend on timing. Before the placement rules the
   // resident pages grew by 3-9 MiB a round, to 2.0-2.4x the first round's after eight; with
   // them 1.08-1.62x over 60 seeds (it depends on the string sizes drawn), pinned to one CPU: a
-  // thread that migrates takes slabs from two core caches (1.65x seen unpinned). The bound sits
-  // between the two.
+  // thread that migrates takes slabs from two core caches (1.65x seen unpinned). Since big runs
+  // go where they cover the most resident pages (take_span_locked), 1.02-1.19x over seeds 1-30
+  // (1.11-1.65x before, 9 of the 30 above 1.3x). The bound sits between the two.
   const std::uint64_t seed = bsalloc_test::test_seed("container mix rounds");
   bsalloc_test::pin_to_this_cpu pin;  // one core cache: slabs from one CPU, as in one round
   page_resource_options o;
@@ -88,7 +89,7 @@ TEST_CASE("page_resource: a container mix's rounds reuse the pages of the first 
     worst = std::max(worst, now);
   }
   pages.check_invariants();
-  CHECK(worst <= first + first * 3 / 4);
+  CHECK(worst <= first + first * 3 / 10);
 }
 
 TEST_CASE("page_resource: a small run takes a small clean block, not a big resident one") {
@@ -155,4 +156,33 @@ TEST_CASE("page_resource: a big run with an alignment is still carved from its b
   r.deallocate_pages(c, 1280);
   r.deallocate_pages(pin, 16);
   r.check_invariants();
+}
+
+TEST_CASE("page_resource: a big run goes where it covers the most resident pages") {
+  // A free block of the run's buddy order holds resident pages in its upper half only: the run
+  // is placed over them, not at the block's start over pages it would fault in.
+  page_resource r(no_purge(16 * mib));
+  void* x = r.allocate_pages(512);  // [0, 512) of the region
+  void* a = r.allocate_pages(512);  // [512, 1024)
+  REQUIRE(addr(a) == addr(x) + 512 * page_size);
+  void* pin = r.allocate_pages(1024);  // [1024, 2048): the block [0, 1024) merges no further
+  REQUIRE(addr(pin) == addr(a) + 512 * page_size);
+  r.deallocate_pages(x, 512);
+  r.trim();                    // x's pages purged: clean
+  r.deallocate_pages(a, 512);  // [0, 1024) is one free block, resident in its upper half
+  REQUIRE(r.stats().dirty_free_bytes == 512 * page_size);
+  const std::size_t before = touched(r);
+  void* c = r.allocate_pages(768);                // 3 MiB: its buddy order is [0, 1024)'s
+  CHECK(addr(c) == addr(x) + 256 * page_size);    // [256, 1024): all of a's pages
+  CHECK(touched(r) == before + 256 * page_size);  // only 256 pages faulted in, not 512
+  CHECK(r.stats().dirty_free_bytes == 0);
+  r.check_invariants();
+  const auto run = r.find_run(static_cast<char*>(c) + 767 * page_size);
+  REQUIRE(run.has_value());
+  CHECK(run->start == c);
+  CHECK(run->pages == 768);
+  r.deallocate_pages(c, 768);
+  r.deallocate_pages(pin, 1024);
+  r.check_invariants();
+  CHECK(r.stats().allocated_bytes == 0);
 }

@@ -321,6 +321,8 @@ class page_resource : public std::pmr::memory_resource {
   void free_range(region& r, std::uint32_t from, std::uint32_t to);
   void carve_run(region& r, std::uint32_t head, std::uint32_t count, unsigned order, bool dirty);
   void free_block(region& r, std::uint32_t index, unsigned order, bool dirty);
+  // Whether any of pages [index, index + count) is free and resident.
+  static bool any_resident(const region& r, std::uint32_t index, std::uint32_t count);
   void push_free(region& r, std::uint32_t index, unsigned order, bool dirty);
   void remove_free(region& r, std::uint32_t index, unsigned order);
   void* grow(std::size_t count, unsigned order);  // a new OS region and the run from it

@@ -20,6 +20,12 @@ void page_resource::init_region(region& r) {
   }
 }
 
+bool page_resource::any_resident(const region& r, std::uint32_t index, std::uint32_t count) {
+  for (const page_meta *m = r.meta + index, *end = m + count; m != end; ++m)
+    if (m->flags & flag_resident) return true;
+  return false;
+}
+
 void page_resource::push_free(region& r, std::uint32_t index, unsigned order, bool dirty) {
   assert(((pfn(r.base) + index) & ((std::uint64_t{1} << order) - 1)) == 0);  // I2
   assert(index + (std::uint64_t{1} << order) <= r.pages);
@@ -317,12 +323,15 @@ using namespace detail;
 
 bool page_resource::take_span_locked(std::size_t count, void*& out) {
   // A big run needs a free block of its buddy order, 2^run_order(count) pages, aligned to its
-  // size: a 5 MiB buffer an 8 MiB block. When no such block holds resident pages, it faults
-  // fresh pages while free resident memory sits next to itself in smaller blocks, split apart
-  // by the alignment alone. Here the run is carved at any page from adjacent free blocks that
-  // hold resident pages instead (the run's blocks are its greedy decomposition, I2 and I8, as
-  // for a run resized in place); the smallest such span of free blocks that fits (best fit).
-  // Bounded: at most span_scan_steps block visits.
+  // size: a 5 MiB buffer an 8 MiB block. The first such block with a resident page may hold few
+  // (I7 says only "some"), and resident memory may sit in smaller blocks split apart by the
+  // alignment alone: either way the run faults fresh pages while free resident ones stay unused,
+  // and a program that rebuilds its big buffers creeps up in RSS round after round. Here the run
+  // is placed where it covers the most resident pages: in the span of adjacent free blocks
+  // around each resident block (the blocks of its order included), at the window of n pages
+  // holding most resident pages; ties to the smallest span (best fit). The run's blocks are its
+  // greedy decomposition (I2, I8), as for a run resized in place. Bounded: span_scan_steps block
+  // visits and span_scan_pages page looks. No resident page anywhere: the buddy path decides.
   out = nullptr;
   if (count <= span_min_run_pages) return false;
   // Head index of the block holding page j: the first aligned-down candidate with a head state
@@ -336,20 +345,36 @@ bool page_resource::take_span_locked(std::size_t count, void*& out) {
     return j;  // not reached (I1)
   };
   const auto n = static_cast<std::uint32_t>(count);
-  const unsigned order = run_order(count);
   struct {
     std::size_t ri;
-    std::uint32_t start, len;
-  } best{max_regions, 0, no_page};
-  std::size_t steps = span_scan_steps;
-  for (std::size_t ri = 0; ri < max_regions; ++ri) {
+    std::uint32_t start, len, resident;
+  } best{max_regions, 0, no_page, 0};
+  std::size_t steps = span_scan_steps, looks = span_scan_pages;
+  // The window of n pages in free span [s, e) with the most resident pages.
+  const auto consider = [&](const region& r, std::size_t ri, std::uint32_t s, std::uint32_t e) {
+    if (looks < e - s) return;
+    looks -= e - s;
+    const auto res = [&r](std::uint32_t q) { return (r.meta[q].flags & flag_resident) ? 1u : 0u; };
+    std::uint32_t cur = 0;
+    for (std::uint32_t q = s; q < s + n; ++q) cur += res(q);
+    std::uint32_t at = s, most = cur;
+    for (std::uint32_t q = s + 1; q + n <= e && most < n; ++q) {
+      cur = cur + res(q + n - 1) - res(q - 1);
+      if (cur > most) {
+        most = cur;
+        at = q;
+      }
+    }
+    if (most > best.resident || (most == best.resident && most != 0 && e - s < best.len))
+      best = {ri, at, e - s, most};
+  };
+  for (std::size_t ri = 0; ri < max_regions && steps != 0; ++ri) {
     const region& r = regions_[ri];
     if (!r.in_use || !r.os_backed) continue;
-    const std::uint32_t mask = r.nonempty & ~((1u << order) - 1);
-    for (std::uint32_t m = mask; m != 0; m &= m - 1)  // a resident block of the order: take it
-      if (r.meta[r.free_head[std::countr_zero(m)]].flags & flag_dirty) return false;
     const std::uint64_t base_pfn = pfn(r.base);
-    for (unsigned o = span_min_order; o < order && steps != 0; ++o) {
+    std::array<std::uint32_t, 16> seen{};  // span starts scored (one span, many resident blocks)
+    std::size_t nseen = 0;
+    for (unsigned o = span_min_order; o <= max_order && steps != 0; ++o) {
       for (std::uint32_t i = r.free_head[o]; i != no_page && steps != 0; i = r.meta[i].next) {
         if (!(r.meta[i].flags & flag_dirty)) break;  // dirty blocks are in front (I3)
         --steps;
@@ -365,25 +390,32 @@ bool page_resource::take_span_locked(std::size_t count, void*& out) {
           e += std::uint32_t{1} << r.meta[e].order;
           --steps;
         }
-        if (e - s >= n && e - s < best.len) best = {ri, s, e - s};
+        if (e - s < n || std::find(seen.begin(), seen.begin() + nseen, s) != seen.begin() + nseen)
+          continue;
+        if (nseen < seen.size()) seen[nseen++] = s;
+        consider(r, ri, s, e);
       }
     }
   }
-  if (best.ri == max_regions) return false;
+  if (best.resident == 0) return false;
   region& r = regions_[best.ri];
+  const std::uint64_t base_pfn = pfn(r.base);
   const std::uint32_t end = best.start + n;
-  for (std::uint32_t q = best.start; q < end;) {
-    const page_meta& m = r.meta[q];
-    const unsigned k = m.order;
-    const std::uint32_t block_end = q + (std::uint32_t{1} << k);
-    const bool dirty = m.flags & flag_dirty;
-    remove_free(r, q, k);
-    // The tail of the last block: back in aligned pieces (their buddies lie inside the block).
-    for (std::uint32_t p = std::max(end, q); p < block_end;) {
-      const unsigned kk = greedy_order(pfn(r.base) + p, block_end - p);
-      push_free(r, p, kk, dirty);
+  // The blocks the run covers leave the lists; their parts outside it go back in aligned pieces,
+  // each with its exact dirty hint (I7).
+  const auto put_back = [&](std::uint32_t from, std::uint32_t to) {
+    for (std::uint32_t p = from; p < to;) {
+      const unsigned kk = greedy_order(base_pfn + p, to - p);
+      push_free(r, p, kk, any_resident(r, p, std::uint32_t{1} << kk));
       p += std::uint32_t{1} << kk;
     }
+  };
+  for (std::uint32_t q = block_head_of(r, base_pfn, best.start); q < end;) {
+    const unsigned k = r.meta[q].order;
+    const std::uint32_t block_end = q + (std::uint32_t{1} << k);
+    remove_free(r, q, k);
+    put_back(q, std::max(q, best.start));
+    put_back(std::max(end, q), block_end);
     q = block_end;
   }
   mark_run(r, best.start, n);
