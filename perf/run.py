@@ -93,6 +93,9 @@ def main():
                     "(default: memory_resource's default, 16)")
     ap.add_argument("--no-charts", action="store_true")
     ap.add_argument("--seed", type=int, default=1, help="seed of the run order")
+    ap.add_argument("--data-seeds", action="store_true",
+                    help="repetition r draws the workloads' data with seed r (every peer the "
+                         "same), so that medians span several draws rather than one")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: summarize the latest.csv already in --out again")
     args = ap.parse_args()
@@ -168,6 +171,8 @@ def run_all(args, matrix, out, reps):
                         cmd.append("--quick")
                     if args.align:
                         cmd += ["--align", str(args.align)]
+                    if args.data_seeds:
+                        cmd += ["--seed", str(rep)]
                     try:
                         p = subprocess.run(cmd, env=run_env(peer), capture_output=True, text=True,
                                            timeout=60 if args.quick else 600)
