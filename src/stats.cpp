@@ -36,9 +36,11 @@ std::string to_string(const page_resource_stats& s) {
   fmt::format_to(it, "page_resource: {} managed, {} allocated (peak {}), {} free\n",
                  human_bytes(s.managed_bytes), human_bytes(s.allocated_bytes),
                  human_bytes(s.peak_allocated_bytes), human_bytes(s.free_bytes));
-  fmt::format_to(it, "  os: {} mapped, {} maps, {} unmaps; {} purged in all\n",
-                 human_bytes(s.os_mapped_bytes), s.os_maps, s.os_unmaps,
-                 human_bytes(s.purged_bytes));
+  fmt::format_to(
+      it,
+      "  os: {} mapped, {} maps, {} unmaps; {} purged in all; {} big runs over resident pages\n",
+      human_bytes(s.os_mapped_bytes), s.os_maps, s.os_unmaps, human_bytes(s.purged_bytes),
+      s.span_runs);
   fmt::format_to(it, "  free: {} resident, {} purged; run cache: {} resident",
                  human_bytes(s.dirty_free_bytes), human_bytes(s.free_purged_bytes),
                  human_bytes(s.cached_bytes));
@@ -72,11 +74,11 @@ std::string to_json(const page_resource_stats& s) {
                  "\"peak_allocated_bytes\":{},\"free_bytes\":{},\"dirty_free_bytes\":{},"
                  "\"free_purged_bytes\":{},\"cached_bytes\":{},\"core_cached_bytes\":[{}],"
                  "\"purged_bytes\":{},\"os_mapped_bytes\":{},\"os_maps\":{},\"os_unmaps\":{},"
-                 "\"free_blocks\":[{}],\"regions\":[",
+                 "\"span_runs\":{},\"free_blocks\":[{}],\"regions\":[",
                  s.page_size, s.managed_bytes, s.allocated_bytes, s.peak_allocated_bytes,
                  s.free_bytes, s.dirty_free_bytes, s.free_purged_bytes, s.cached_bytes,
                  fmt::join(s.core_cached_bytes, ","), s.purged_bytes, s.os_mapped_bytes, s.os_maps,
-                 s.os_unmaps, fmt::join(s.free_blocks, ","));
+                 s.os_unmaps, s.span_runs, fmt::join(s.free_blocks, ","));
   for (std::size_t i = 0; i < s.regions.size(); ++i) {
     const auto& r = s.regions[i];
     fmt::format_to(it,

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Where page_resource places runs, so that freed memory is reused instead of new pages faulted
 // in beside it (docs/perf.md, "Placement"): small runs (slabs) take small free blocks first and
-// pack at the low end; a big run with no resident block of its buddy order is carved from
-// adjacent resident free blocks. Measured with the resource's own residency accounting
+// pack at the low end; a big run (above 1 MiB) is carved at any page of a span of free blocks,
+// where it covers the most resident pages. Measured with the resource's own residency accounting
 // (allocated + free resident + cached pages: every page handed out and not purged since), with
 // purging turned off or made independent of timing.
 #include <bsalloc/page_resource.hpp>
@@ -126,6 +126,7 @@ TEST_CASE("page_resource: a big run is carved from adjacent resident blocks, at 
   // 5 MiB: its buddy block would be a fresh 8 MiB one; the 5 MiB just freed fit it exactly.
   void* c = r.allocate_pages(1280);
   CHECK(c == a);
+  CHECK(r.stats().span_runs == 1);
   CHECK(touched(r) == before);  // no page faulted in fresh
   CHECK(r.stats().dirty_free_bytes == 0);
   r.check_invariants();
@@ -173,8 +174,9 @@ TEST_CASE("page_resource: a big run goes where it covers the most resident pages
   r.deallocate_pages(a, 512);  // [0, 1024) is one free block, resident in its upper half
   REQUIRE(r.stats().dirty_free_bytes == 512 * page_size);
   const std::size_t before = touched(r);
-  void* c = r.allocate_pages(768);                // 3 MiB: its buddy order is [0, 1024)'s
-  CHECK(addr(c) == addr(x) + 256 * page_size);    // [256, 1024): all of a's pages
+  void* c = r.allocate_pages(768);              // 3 MiB: its buddy order is [0, 1024)'s
+  CHECK(addr(c) == addr(x) + 256 * page_size);  // [256, 1024): all of a's pages
+  CHECK(r.stats().span_runs == 1);
   CHECK(touched(r) == before + 256 * page_size);  // only 256 pages faulted in, not 512
   CHECK(r.stats().dirty_free_bytes == 0);
   r.check_invariants();
@@ -248,6 +250,7 @@ TEST_CASE("page_resource: big runs placed over resident pages, randomised agains
       REQUIRE(r.stats().allocated_bytes == live_pages * page_size);
     }
   }
+  CHECK(r.stats().span_runs > 0);  // the span path placed runs (hundreds in a run)
   for (const live& l : v) {
     check_fill(l);
     r.deallocate_pages(l.p, l.n);

@@ -311,8 +311,8 @@ class page_resource : public std::pmr::memory_resource {
   void purger_loop();
   std::optional<block_info> find_block_locked(const void* p) const;
   void* try_allocate_locked(std::size_t count, unsigned order, page_constraint where);
-  // A run of `count` pages at any page, from adjacent free blocks that hold resident pages,
-  // when no dirty block of its order is free (buddy.cpp); false: take a block as usual.
+  // A big run of `count` pages at any page of a span of free blocks, where it covers the most
+  // resident pages (buddy.cpp); false: take a block as usual.
   bool take_span_locked(std::size_t count, void*& out);
   bool take_from_region(std::size_t ri, unsigned order, std::uintptr_t below, std::uint32_t& index,
                         bool& dirty);
@@ -321,7 +321,7 @@ class page_resource : public std::pmr::memory_resource {
   void free_range(region& r, std::uint32_t from, std::uint32_t to);
   void carve_run(region& r, std::uint32_t head, std::uint32_t count, unsigned order, bool dirty);
   void free_block(region& r, std::uint32_t index, unsigned order, bool dirty);
-  // Whether any of pages [index, index + count) is free and resident.
+  // Whether any of pages [index, index + count) has the resident bit (free pages only have it).
   static bool any_resident(const region& r, std::uint32_t index, std::uint32_t count);
   void push_free(region& r, std::uint32_t index, unsigned order, bool dirty);
   void remove_free(region& r, std::uint32_t index, unsigned order);
@@ -353,6 +353,7 @@ class page_resource : public std::pmr::memory_resource {
   std::size_t os_mapped_bytes_ = 0;
   std::size_t os_maps_ = 0;
   std::size_t os_unmaps_ = 0;
+  std::size_t span_runs_ = 0;  // big runs carved over resident pages (take_span_locked)
   bool purge_running_ = false;
   std::condition_variable purge_done_;  // signalled when purge_running_ goes false
   // The purge in flight (its blocks are meta_purging, out of the lists): kept here, not on the

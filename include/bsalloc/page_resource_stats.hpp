@@ -86,6 +86,9 @@ struct page_resource_stats {
   std::size_t os_mapped_bytes = 0;             ///< reserved from the OS now, metadata included
   std::size_t os_maps = 0;                     ///< regions ever reserved from the OS
   std::size_t os_unmaps = 0;                   ///< regions ever returned to the OS
+  /// Runs above 1 MiB placed at any page, over the resident pages of free blocks, rather than at
+  /// the start of a block of their buddy order (since construction).
+  std::size_t span_runs = 0;
   std::array<std::size_t, max_order + 1> free_blocks{};  ///< free blocks per order
   std::vector<page_region_stats> regions;
 };

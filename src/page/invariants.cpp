@@ -20,6 +20,7 @@ page_resource_stats page_resource::stats() const {
   s.os_mapped_bytes = os_mapped_bytes_;
   s.os_maps = os_maps_;
   s.os_unmaps = os_unmaps_;
+  s.span_runs = span_runs_;
   s.regions.reserve(region_count_);
   for (std::size_t ri = 0; ri < max_regions; ++ri) {
     const region& r = regions_[ri];
