@@ -312,7 +312,7 @@ class page_resource : public std::pmr::memory_resource {
   std::optional<block_info> find_block_locked(const void* p) const;
   void* try_allocate_locked(std::size_t count, unsigned order, page_constraint where);
   // A big run of `count` pages at any page of a span of free blocks, where it covers the most
-  // resident pages (buddy.cpp); false: take a block as usual.
+  // resident pages (span.cpp); false: take a block as usual.
   bool take_span_locked(std::size_t count, void*& out);
   bool take_from_region(std::size_t ri, unsigned order, std::uintptr_t below, std::uint32_t& index,
                         bool& dirty);

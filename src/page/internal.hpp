@@ -6,6 +6,7 @@
 //   os.cpp         mmap / madvise / munmap behind four functions, with the fault-injection hook
 //   page_map.cpp   process-wide address -> (page_resource, region), two-level radix
 //   buddy.cpp      free lists, split, merge, runs (lock held)
+//   span.cpp       big runs placed over resident pages (lock held)
 //   run_cache.cpp  per-core cache of freed runs in front of the buddy lock
 //   regions.cpp    add_region, OS regions (grow), region insertion and removal
 //   purge.cpp      purge policy, trim, release, background purger
@@ -155,7 +156,7 @@ inline void set_meta(Meta& m, std::uint8_t state, unsigned order, unsigned flags
   m.next = next;
 }
 
-// ---- placement (buddy.cpp) ------------------------------------------------------------------
+// ---- placement (buddy.cpp, span.cpp) --------------------------------------------------------
 // Runs of up to 2^small_run_order pages (slabs) take blocks below small_area_order first, else
 // the lowest-addressed free block among the first small_run_scan of the bigger lists.
 constexpr unsigned small_run_order = 4;
