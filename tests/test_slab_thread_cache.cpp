@@ -4,8 +4,10 @@
 #include <bsalloc/slab_resource.hpp>
 
 #include <cstdint>
+#include <memory>
 #include <memory_resource>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include <doctest/doctest.h>
@@ -145,4 +147,60 @@ TEST_CASE("the inline path: a smaller largest class, and bad alignments at every
   }
   CHECK(wrong == 0);
   r.check_invariants();
+}
+
+// Slow start: a bin's first refill takes 8 objects, each next refill of the emptied bin twice as
+// many, up to half its limit (128 for 64 bytes); a bin whose class went quiet starts small again.
+// Before, every refill took half the limit: a thread using a few objects of a class in each of
+// many resources pinned (and touched) half a bin of them in every one.
+TEST_CASE("a bin's refills start at 8 objects and double up to half its limit") {
+  slab_resource_options o;
+  o.caches = 1;  // one core cache: its counters see every refill
+  slab_resource r(std::pmr::pool_options{}, o, std::pmr::new_delete_resource());
+  const auto taken = [&r] {
+    std::size_t n = 0;
+    for (const auto& c : r.stats().cores) n += c.allocations;
+    return n;
+  };
+  std::vector<void*> held;
+  const auto drain_and_refill = [&](std::size_t expect) {
+    const std::size_t cached = r.stats().cached_objects;
+    for (std::size_t i = 0; i < cached; ++i) held.push_back(r.allocate(64));
+    CHECK(r.stats().cached_objects == 0);
+    const std::size_t before = taken();
+    held.push_back(r.allocate(64));  // an empty bin: one refill
+    CHECK(taken() - before == expect);
+    CHECK(r.stats().cached_objects == expect - 1);
+  };
+  drain_and_refill(8);
+  for (std::size_t want : {16, 32, 64, 128, 128, 128}) drain_and_refill(want);
+  r.check_invariants();
+
+  // Quiet: slow-path visits for other classes only, then the 64-byte bin starts at 8 again.
+  for (int i = 0; i < 300; ++i) burst(r, 8 + (i % 4) * 8, 3000);
+  r.trim();  // empties the thread cache (its bins keep their refill steps)
+  drain_and_refill(8);
+  drain_and_refill(16);
+  for (void* p : held) r.deallocate(p, 64);
+  r.check_invariants();
+}
+
+// What slow start is for: one thread, one resource per subsystem, a few objects of each class in
+// each. Each resource's thread cache holds 7 of every class it used, not 127.
+TEST_CASE("a thread using a few objects in each of 32 resources caches a few in each") {
+  std::vector<std::unique_ptr<slab_resource>> rs;
+  std::vector<std::pair<slab_resource*, void*>> held;
+  for (int k = 0; k < 32; ++k) {
+    rs.push_back(std::make_unique<slab_resource>(std::pmr::new_delete_resource()));
+    for (std::size_t bytes = 16; bytes <= 256; bytes += 16)
+      held.emplace_back(rs.back().get(), rs.back()->allocate(bytes));
+  }
+  for (auto& r : rs) {
+    const auto s = r->stats();
+    CHECK(s.objects_in_use == 16);
+    CHECK(s.cached_objects == 16 * 7);
+  }
+  for (std::size_t i = 0; i < held.size(); ++i)
+    held[i].first->deallocate(held[i].second, 16 + 16 * (i % 16));
+  for (auto& r : rs) r->check_invariants();
 }

@@ -66,8 +66,8 @@ void* slab_resource::allocate_attempt(std::size_t bytes, std::size_t alignment) 
       b.count.store(b.count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
     } else {
       void* chain = nullptr;
-      const std::uint32_t got = st.refill(c, std::max<std::uint32_t>(1, b.limit / 2u), chain,
-                                          std::max<std::uint32_t>(1, b.limit));
+      const std::uint32_t got =
+          st.refill(c, detail::refill_want(b), chain, std::max<std::uint32_t>(1, b.limit));
       b.flags |= detail::bin_refilled;
       p = chain;
       b.head = st.next_of(chain, c);

@@ -183,9 +183,9 @@ void slab_state::trim_bin(thread_cache& tc, int c, std::uint32_t keep) {
   flush(c, rest, n - keep);
 }
 
-// Bins whose limit grew and that saw no slow-path visit since the last look halve their limit
-// (down to the initial one) and give back what is over it: a class that went quiet does not keep
-// its burst's objects, and the slabs they pin, for ever.
+// A bin that saw no slow-path visit since the last look starts its refills small again; if its
+// limit grew, it halves its limit (down to the initial one) and gives back what is over it: a
+// class that went quiet does not keep its burst's objects, and the slabs they pin, for ever.
 void slab_state::scavenge(thread_cache& tc) {
   scavenge_large(tc);
   for (int c = 0; c < classes; ++c) {
@@ -194,6 +194,7 @@ void slab_state::scavenge(thread_cache& tc) {
       b.flags = static_cast<std::uint16_t>(b.flags & ~bin_active);
       continue;
     }
+    b.flags = static_cast<std::uint16_t>(b.flags & ~bin_step_mask);  // quiet: slow start again
     const auto& g = geom[static_cast<std::size_t>(c)];
     if (b.limit <= g.cache_limit) continue;
     const std::uint32_t lower = std::max<std::uint32_t>(g.cache_limit, b.limit / 2u);

@@ -27,12 +27,28 @@ struct bin {
   void* head = nullptr;
   std::atomic<std::uint32_t> count{0};
   std::uint16_t limit = 0;  // <= cache_max <= 2048; 0 for classes not in use and bad_class
-  std::uint16_t flags = 0;  // bin_refilled | bin_active
+  std::uint16_t flags = 0;  // bin_refilled | bin_active | the refill step << bin_step_shift
 };
 enum : std::uint16_t {
   bin_refilled = 1,  // refilled since the limit last grew
   bin_active = 2,    // refilled or overflowed since the last scavenge
+  // Slab classes: refills so far (at most bin_step_max), reset when a scavenge finds the bin
+  // quiet. A refill of an empty bin takes bin_first_refill << step objects, at most half the
+  // limit (slow start, as tcmalloc's): a thread that allocates a few objects of a class in each
+  // of many resources (one resource per subsystem) takes a few, not half a bin, from each.
+  bin_step_shift = 2,
+  bin_step_mask = 7 << bin_step_shift,
 };
+constexpr std::uint32_t bin_first_refill = 8;
+constexpr std::uint32_t bin_step_max = 7;
+/// How many objects a refill of b takes (slow start), and b's next step.
+inline std::uint32_t refill_want(bin& b) noexcept {
+  const std::uint32_t step = (b.flags & bin_step_mask) >> bin_step_shift;
+  if (step < bin_step_max) b.flags = static_cast<std::uint16_t>(b.flags + (1u << bin_step_shift));
+  const std::uint32_t half = b.limit / 2u;
+  const std::uint32_t want = bin_first_refill << step;
+  return want < half ? want : half > 0 ? half : 1;
+}
 /// Other cores a refill asks for slabs (lock free only) before it takes a new slab.
 constexpr std::size_t steal_probes = 8;
 /// Slow-path visits of a thread cache between two looks for bins that went quiet.
