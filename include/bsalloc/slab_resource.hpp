@@ -77,9 +77,10 @@ struct slab_resource_options {
   /// Empty slabs each core cache keeps per class (the most recently emptied); when one more
   /// empties, the one empty longest goes back upstream.
   std::size_t max_empty_slabs_per_class = 1;
-  /// Messages each core's remote-free queue holds (1 … 65534); a full queue spills to a
-  /// lock-free overflow stack, so nothing is dropped.
-  std::size_t remote_queue_capacity = 1024;
+  /// Messages each core's remote-free queue holds (1 … 65534), a chain of objects each; its
+  /// nodes (64 bytes a message) are allocated with the core cache, on the first use of its CPU.
+  /// A full queue spills to a lock-free overflow stack, so nothing is dropped.
+  std::size_t remote_queue_capacity = 128;
   /// Core caches; 0 = one per configured CPU. sched_getcpu() is taken modulo this number.
   std::size_t caches = 0;
   /// Smallest slab (a power of two, 4 KiB … 1 MiB). A class's slab holds at least 16 objects
