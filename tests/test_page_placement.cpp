@@ -50,6 +50,14 @@ std::uintptr_t addr(const void* p) {
   return reinterpret_cast<std::uintptr_t>(p);
 }
 
+// The run at c is one run of `pages`: find_run from its last page gives its start and length.
+void check_whole_run(const page_resource& r, void* c, std::size_t pages) {
+  const auto run = r.find_run(static_cast<char*>(c) + (pages - 1) * page_size);
+  REQUIRE(run.has_value());
+  CHECK(run->start == c);
+  CHECK(run->pages == pages);
+}
+
 }  // namespace
 
 TEST_CASE("page_resource: a container mix's rounds reuse the pages of the first round") {
@@ -130,10 +138,7 @@ TEST_CASE("page_resource: a big run is carved from adjacent resident blocks, at 
   CHECK(touched(r) == before);  // no page faulted in fresh
   CHECK(r.stats().dirty_free_bytes == 0);
   r.check_invariants();
-  const auto run = r.find_run(static_cast<char*>(c) + 1279 * page_size);
-  REQUIRE(run.has_value());
-  CHECK(run->start == c);
-  CHECK(run->pages == 1280);
+  check_whole_run(r, c, 1280);
   CHECK(r.usable_size(c) == 1280 * page_size);
   CHECK_THROWS_AS(r.deallocate_pages(static_cast<char*>(c) + 1024 * page_size, 256),
                   std::invalid_argument);  // a tail pointer is still refused
@@ -180,10 +185,7 @@ TEST_CASE("page_resource: a big run goes where it covers the most resident pages
   CHECK(touched(r) == before + 256 * page_size);  // only 256 pages faulted in, not 512
   CHECK(r.stats().dirty_free_bytes == 0);
   r.check_invariants();
-  const auto run = r.find_run(static_cast<char*>(c) + 767 * page_size);
-  REQUIRE(run.has_value());
-  CHECK(run->start == c);
-  CHECK(run->pages == 768);
+  check_whole_run(r, c, 768);
   r.deallocate_pages(c, 768);
   r.deallocate_pages(pin, 1024);
   r.check_invariants();

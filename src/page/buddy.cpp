@@ -13,11 +13,8 @@ void page_resource::init_region(region& r) {
   r.free_tail.fill(no_page);
   r.nonempty = 0;
   r.free_pages = 0;
-  for (std::uint32_t i = 0; i < r.pages;) {
-    const unsigned k = greedy_order(pfn(r.base) + i, r.pages - i);
-    push_free(r, i, k, false);
-    i += std::uint32_t{1} << k;
-  }
+  for_each_greedy_block(pfn(r.base), 0, r.pages,
+                        [&](std::uint32_t i, unsigned k) { push_free(r, i, k, false); });
 }
 
 void page_resource::push_free(region& r, std::uint32_t index, unsigned order, bool dirty) {
@@ -203,11 +200,8 @@ void page_resource::free_range(region& r, std::uint32_t from, std::uint32_t to) 
     }
     dirty_free_pages_ += to - from;
   }
-  for (std::uint32_t q = from; q < to;) {
-    const unsigned k = greedy_order(pfn(r.base) + q, to - q);
-    free_block(r, q, k, true);
-    q += std::uint32_t{1} << k;
-  }
+  for_each_greedy_block(pfn(r.base), from, to,
+                        [&](std::uint32_t q, unsigned k) { free_block(r, q, k, true); });
 }
 
 void page_resource::carve_run(region& r, std::uint32_t head, std::uint32_t count, unsigned order,
@@ -296,11 +290,8 @@ bool page_resource::resize_pages(void* p, std::size_t old_count, std::size_t new
     const std::uint32_t lo = std::max(bi, head + old_n);
     const std::uint32_t hi = std::min(bi + (std::uint32_t{1} << k), head + new_n);
     for (auto [from, to] : {std::pair{bi, lo}, std::pair{hi, bi + (std::uint32_t{1} << k)}})
-      for (std::uint32_t q = from; q < to;) {
-        const unsigned kk = greedy_order(pfn(r.base) + q, to - q);
-        push_free(r, q, kk, dirty);
-        q += std::uint32_t{1} << kk;
-      }
+      for_each_greedy_block(pfn(r.base), from, to,
+                            [&](std::uint32_t q, unsigned kk) { push_free(r, q, kk, dirty); });
   }
   unmark_run(r, head, old_n);
   mark_run(r, head, new_n);

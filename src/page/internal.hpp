@@ -109,6 +109,19 @@ inline unsigned greedy_order(std::uint64_t abs, std::uint64_t room) {
   return std::min(k, fit);
 }
 
+// Pages [from, to) of a region whose first page has absolute pfn `base_pfn`, tiled by aligned
+// blocks, each the largest that starts there and fits (the greedy decomposition): f(index, order)
+// for each, in address order.
+template <class F>
+inline void for_each_greedy_block(std::uint64_t base_pfn, std::uint32_t from, std::uint32_t to,
+                                  F&& f) {
+  for (std::uint32_t q = from; q < to;) {
+    const unsigned k = greedy_order(base_pfn + q, to - q);
+    f(q, k);
+    q += std::uint32_t{1} << k;
+  }
+}
+
 // Order of the buddy block a run of `count` pages is carved from (its head's alignment, unless
 // the run was resized in place: resize_pages keeps the head; or, above span_min_run_pages,
 // carved from a span of free blocks at any page: take_span_locked).

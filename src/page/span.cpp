@@ -127,11 +127,9 @@ bool page_resource::take_span_locked(std::size_t count, void*& out) {
   // The blocks the run covers leave the lists; their parts outside it go back in aligned pieces,
   // each with its own dirty hint (I7).
   const auto put_back = [&](std::uint32_t from, std::uint32_t to) {
-    for (std::uint32_t p = from; p < to;) {
-      const unsigned kk = greedy_order(base_pfn + p, to - p);
-      push_free(r, p, kk, any_resident(r, p, std::uint32_t{1} << kk));
-      p += std::uint32_t{1} << kk;
-    }
+    for_each_greedy_block(base_pfn, from, to, [&](std::uint32_t p, unsigned k) {
+      push_free(r, p, k, any_resident(r, p, std::uint32_t{1} << k));
+    });
   };
   for (std::uint32_t q = block_head_of(r, base_pfn, best.start); q < end;) {
     const unsigned k = r.meta[q].order;
