@@ -63,8 +63,9 @@ void init_large_bins(slab_state& st, bool inline_path) {
 
 // Objects of `size` that fit in `slab_bytes` after the header (the slab core's geometry, with a
 // 4-byte request record per object in checked mode).
-std::size_t fit(std::size_t slab_bytes, std::size_t size, std::size_t obj_align, bool checked) {
-  return detail::slab_capacity(slab_bytes, size, obj_align, checked, 4);
+std::size_t fit(std::size_t slab_bytes, std::size_t size, std::size_t obj_align, bool checked,
+                std::size_t header_area) {
+  return detail::slab_capacity(slab_bytes, size, obj_align, checked, 4, header_area);
 }
 
 }  // namespace
@@ -120,20 +121,31 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
   // smaller slabs, down to a page.
   const std::size_t most_asked = options.max_blocks_per_chunk;
   std::size_t most_objects = 0;
+  // Header colours (slab_core.hpp) where nothing reads a header at the slab start.
+  const bool colours = !knobs.checked && !knobs.hardened && !detail::running_under_memcheck();
   for (int c = 0; c < st->classes; ++c) {
     auto& g = st->geom[static_cast<std::size_t>(c)];
     g.size = detail::class_size_of(c);
     const std::size_t obj_align = std::min(detail::lowest_bit(g.size), detail::max_slab_align);
     g.slab_bytes = std::max(knobs.min_slab_bytes, std::bit_ceil(g.size * 16));
-    std::size_t n = fit(g.slab_bytes, g.size, obj_align, knobs.checked);
+    g.colour_mask = detail::slab_colour_mask(g.slab_bytes, colours);
+    std::size_t n = fit(g.slab_bytes, g.size, obj_align, knobs.checked,
+                        detail::slab_header_area(g.colour_mask));
     if (most_asked != 0 && n > most_asked) {
       n = most_asked;
-      g.slab_bytes = std::max(
-          page_size,
-          std::bit_ceil(detail::slab_header_bytes(n, obj_align, knobs.checked) + n * g.size));
+      const auto bytes_for = [&](std::uintptr_t mask) {
+        return std::max(page_size,
+                        std::bit_ceil(detail::slab_header_bytes(n, obj_align, knobs.checked,
+                                                                detail::slab_header_area(mask)) +
+                                      n * g.size));
+      };
+      g.slab_bytes = bytes_for(0);
+      g.colour_mask = detail::slab_colour_mask(g.slab_bytes, colours);
+      if (g.colour_mask) g.slab_bytes = bytes_for(g.colour_mask);  // still >= 64 KiB: coloured
     }
     g.capacity = static_cast<std::uint32_t>(n);
-    g.offset = detail::slab_header_bytes(n, obj_align, knobs.checked);
+    g.offset = detail::slab_header_bytes(n, obj_align, knobs.checked,
+                                         detail::slab_header_area(g.colour_mask));
     g.bitmap_words = knobs.checked ? static_cast<std::uint32_t>((n + 63) / 64) : 0;
     g.cache_limit = static_cast<std::uint32_t>(
         std::clamp<std::size_t>((std::size_t{32} << 10) / g.size, 2, 256));
@@ -152,6 +164,7 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
   st->pool.largest_required_pool_block = detail::class_size_of(st->classes - 1);
   st->pool.max_blocks_per_chunk = most_objects;
   st->init_careful();
+  BSALLOC_ASSERT(colours == (!knobs.checked && !st->careful), "header colours iff not careful");
   if (st->lean) st->id = hardened_id_;  // its caches: see small_bound_
   const bool inline_path = !knobs.checked && (!st->careful || st->lean);
   init_large_bins(*st, inline_path);

@@ -36,7 +36,7 @@ std::size_t usable_in(engine& e, const page_resource* owner, void* p, const char
   if (owner == &e.slab_pages) {
     if (e.checked && detail::unsized_checked_request(p, slab_bytes, &e.small).alignment == 0)
       bad_pointer(call, p, "not a live allocation of bsalloc (foreign pointer or double free)");
-    return detail::unsized_class_bytes(p, slab_bytes);
+    return detail::unsized_class_bytes(p, slab_bytes, e.colours);
   }
   busy_scope busy;
   try {
@@ -74,8 +74,8 @@ std::size_t usable_in(engine& e, const page_resource* owner, void* p, const char
       t_busy)
     return release_cold(p);
   t_busy = true;
-  g_engine.load(std::memory_order_relaxed)
-      ->small.give(p, detail::unsized_class_bytes(p, slab_bytes), min_align);
+  engine* const e = g_engine.load(std::memory_order_relaxed);
+  e->small.give(p, detail::unsized_class_bytes(p, slab_bytes, e->colours), min_align);
   t_busy = false;
 }
 

@@ -90,7 +90,7 @@ void resolve_next() noexcept {
 // Returns the slab layer's state (found through a slab header: the engine has one slab size).
 slab_state& precreate_cores(engine& e) {
   void* p = e.small.take(min_align, min_align);
-  slab_state& st = *slab_at(p, slab_bytes)->res;
+  slab_state& st = *slab_at(p, slab_bytes, e.colours)->res;
   for (std::size_t ci = 0; ci < st.ncores; ++ci) st.core(ci);
   e.small.give(p, min_align, min_align);
   return st;
@@ -107,7 +107,9 @@ engine::engine(const page_resource_options& slab_opts, const page_resource_optio
     : slab_pages(slab_opts),
       large_pages(large_opts),
       small(std::pmr::pool_options{0, max_small}, knobs, &slab_pages),
-      checked(knobs.checked) {}
+      checked(knobs.checked),
+      colours(slab_colour_mask(slab_bytes,
+                               !knobs.checked && !knobs.hardened && !running_under_memcheck())) {}
 
 engine* start() noexcept {
   int s = g_state.load(std::memory_order_acquire);
@@ -143,6 +145,8 @@ engine* start() noexcept {
 
 void enable_fast(const slab_state& st, bool checked) noexcept {
   if (checked || st.careful) return;  // F1: every call takes the slow path
+  BSALLOC_ASSERT(st.geom[0].colour_mask == slab_colour_mask(slab_bytes, true),
+                 "F1: fast_free finds headers at their colours");
   g_fast.slot.store(st.slot, std::memory_order_relaxed);
   g_fast.owner.store(g_fast_owner.load(std::memory_order_relaxed), std::memory_order_relaxed);
   g_fast.id.store(st.id, std::memory_order_release);
@@ -206,7 +210,7 @@ void release_cold(void* p) noexcept {
   if (e && owner == &e->slab_pages) {
     busy_scope busy;
     if (!e->checked) {
-      e->small.give(p, unsized_class_bytes(p, slab_bytes), min_align);
+      e->small.give(p, unsized_class_bytes(p, slab_bytes, e->colours), min_align);
       return;
     }
     const unsized_request r = unsized_checked_request(p, slab_bytes, &e->small);

@@ -57,6 +57,7 @@ struct engine {
   page_resource large_pages;
   slabs small;
   bool checked;
+  std::uintptr_t colours;  // small's header colours (slab_core.hpp): one slab size, one mask
   engine(const page_resource_options& slab_opts, const page_resource_options& large_opts,
          const slab_resource_options& knobs);
 };

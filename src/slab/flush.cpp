@@ -26,17 +26,26 @@ struct run_walk {
 template <class LinkOf>
 [[gnu::always_inline]] inline std::uint32_t cut_run(void*& p, const slab* s, std::uint32_t& n,
                                                     void*& next, slab*& next_slab,
-                                                    std::size_t slab_bytes, LinkOf&& link_of) {
+                                                    std::size_t slab_bytes, std::uintptr_t colours,
+                                                    LinkOf&& link_of) {
   std::uint32_t count = 1;
   next = nullptr;
   next_slab = nullptr;
+  // Slabs compared by their starts: the header's colour is worked out once a run, at its end.
+  const std::uintptr_t mask = ~(slab_bytes - 1);
+  const std::uintptr_t base = reinterpret_cast<std::uintptr_t>(p) & mask;
+  (void)s;
   while (--n) {
     next = link_of(p);
-    next_slab = slab_at<slab>(next, slab_bytes);
-    if (next_slab != s) break;
+    const std::uintptr_t next_base = reinterpret_cast<std::uintptr_t>(next) & mask;
+    if (next_base != base) {
+      next_slab = reinterpret_cast<slab*>(next_base + slab_header_offset(next_base, colours));
+      break;
+    }
     p = next;
     ++count;
   }
+  BSALLOC_ASSERT(base == slab_base(s), "the run starts in s");
   return count;
 }
 
@@ -49,7 +58,8 @@ template <class LinkOf>
 // rare paths spilled them at every run).
 // res and c are for the debug builds' checks.
 [[gnu::noinline]] slab* put_owned_runs(run_walk& w, core_cache::lists& l, std::size_t slab_bytes,
-                                       std::size_t ci, [[maybe_unused]] const slab_state* res,
+                                       std::uintptr_t colours, std::size_t ci,
+                                       [[maybe_unused]] const slab_state* res,
                                        [[maybe_unused]] int c) noexcept {
   void* p = w.p;
   slab* s = w.s;
@@ -60,7 +70,7 @@ template <class LinkOf>
     void* const head = p;
     void* next;
     slab* next_slab;
-    const std::uint32_t count = cut_run(p, s, n, next, next_slab, slab_bytes,
+    const std::uint32_t count = cut_run(p, s, n, next, next_slab, slab_bytes, colours,
                                         [](const void* at) { return link_get(at, 0); });
     if (s->owner != ci) [[unlikely]] {  // n + count objects left, from head on
       n += count;
@@ -125,6 +135,7 @@ std::size_t slab_state::flush_walk(int c, void* chain, std::uint32_t n) {
   // Loop invariants in locals: the walk writes through pointers the compiler cannot tell apart
   // from this resource's fields.
   const std::size_t slab_bytes = geom[static_cast<std::size_t>(c)].slab_bytes;
+  const std::uintptr_t colours = geom[static_cast<std::size_t>(c)].colour_mask;
   const std::size_t max_empty = knobs.max_empty_slabs_per_class;
   const auto link_of = [&](const void* at) {
     if constexpr (Careful)
@@ -139,13 +150,13 @@ std::size_t slab_state::flush_walk(int c, void* chain, std::uint32_t n) {
       link_set(at, link, 0);
   };
   void* p = chain;
-  slab* s = slab_at<slab>(p, slab_bytes);
+  slab* s = slab_at<slab>(p, slab_bytes, colours);
   bool owned = false;  // the last run went back to this core: put_owned_runs goes on from it
   for (;;) {
     if constexpr (!Careful) {
       while (owned) {
         run_walk w{p, s, n, local};
-        slab* const unsettled = put_owned_runs(w, l, slab_bytes, ci, this, c);
+        slab* const unsettled = put_owned_runs(w, l, slab_bytes, colours, ci, this, c);
         p = w.p;
         s = w.s;
         n = w.n;
@@ -159,7 +170,7 @@ std::size_t slab_state::flush_walk(int c, void* chain, std::uint32_t n) {
     void* const head = p;
     void* next;
     slab* next_slab;
-    std::uint32_t count = cut_run(p, s, n, next, next_slab, slab_bytes, link_of);
+    std::uint32_t count = cut_run(p, s, n, next, next_slab, slab_bytes, colours, link_of);
     const std::size_t owner = s->owner;  // never changes while s is live
     owned = owner == ci;
     if (owner != ci) {

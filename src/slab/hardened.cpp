@@ -109,10 +109,14 @@ bool under_memcheck() {
 
 }  // namespace
 
+bool running_under_memcheck() {
+  static const bool memcheck = under_memcheck();
+  return memcheck;
+}
+
 void slab_state::init_careful() {
   hardened = knobs.hardened;
-  static const bool memcheck = under_memcheck();
-  valgrind = memcheck;
+  valgrind = running_under_memcheck();
   careful = hardened || valgrind;
   if (hardened) {
     link_key = random_word() | 1;  // never 0: 0 means "plain links"

@@ -143,6 +143,7 @@ void slab_resource::check_invariants() const {
       const detail::slab_walk_geom walk{.size = g.size,
                                         .first_object = g.offset,
                                         .slab_bytes = g.slab_bytes,
+                                        .colour_mask = g.colour_mask,
                                         .capacity = g.capacity,
                                         .max_empty = st.knobs.max_empty_slabs_per_class,
                                         .checked = st.knobs.checked,

@@ -34,7 +34,8 @@ slab* slab_state::new_slab(std::size_t core, int c) {
   // end of what was handed out.
   const std::uint16_t start = careful ? 0 : slab_colour(mem, g.slab_bytes, g.capacity);
   slab* s = slab_carve(mem, slab_magic, static_cast<std::uint16_t>(c),
-                       static_cast<std::uint16_t>(core), g.capacity, g.offset, this, start, g.size);
+                       static_cast<std::uint16_t>(core), g.capacity, g.offset, this, start, g.size,
+                       slab_header_offset(addr, g.colour_mask));
   if (knobs.checked) {
     try {
       init_checked(s);  // registers the slab: may throw std::bad_alloc
@@ -56,10 +57,11 @@ std::size_t slab_state::return_slabs(slab_list& l) {
     const std::size_t bytes = geom[s->cls].slab_bytes;
     if (knobs.checked) forget_checked(s);
     if (careful) slab_dies(s);
-    BSALLOC_UNPOISON(s, bytes);
+    void* const mem = reinterpret_cast<void*>(slab_base(s));
+    BSALLOC_UNPOISON(mem, bytes);
     s->magic = 0;
     slab_bytes_reserved.fetch_sub(bytes, std::memory_order_relaxed);
-    up_deallocate(s, bytes, bytes);
+    up_deallocate(mem, bytes, bytes);
     total += bytes;
   }
   return total;

@@ -121,6 +121,9 @@ struct class_geom {
   std::size_t size = 0;
   std::size_t slab_bytes = 0;
   std::size_t offset = 0;  // first object, from the slab start
+  // The header's colours (slab_core.hpp): 0, header at the slab start, where something reads it
+  // there (checked, hardened, memcheck) or the slab is small.
+  std::uintptr_t colour_mask = 0;
   std::uint32_t capacity = 0;
   std::uint32_t bitmap_words = 0;  // checked mode: one bit per object, after the header
   std::uint32_t cache_limit = 0;   // thread cache: most objects kept at first
@@ -239,7 +242,8 @@ struct slab_state {
   void* up_allocate(std::size_t bytes, std::size_t alignment);
   void up_deallocate(void* p, std::size_t bytes, std::size_t alignment);
   slab* slab_of(const void* p, int c) const {
-    return slab_at<slab>(p, geom[static_cast<std::size_t>(c)].slab_bytes);
+    const auto& g = geom[static_cast<std::size_t>(c)];
+    return slab_at<slab>(p, g.slab_bytes, g.colour_mask);
   }
   // The slab core's list operations (detail/slab_core.hpp), by their names here.
   static void unlink(slab*& head, slab* s) { slab_unlink(head, s); }
@@ -388,8 +392,12 @@ inline thread_cache* find_cache(const slab_state& st) {
 
 /// First object offset for n objects (alignment obj_align) in checked mode or not: the slab
 /// core's, with a 4-byte request record per object in checked mode.
-constexpr std::size_t slab_header_bytes(std::size_t n, std::size_t obj_align, bool checked) {
-  return slab_first_object(n, obj_align, checked, 4);
+constexpr std::size_t slab_header_bytes(std::size_t n, std::size_t obj_align, bool checked,
+                                        std::size_t header_area = slab_header_size) {
+  return slab_first_object(n, obj_align, checked, 4, header_area);
 }
+/// Whether this process runs under memcheck (hardened.cpp): a resource's slabs then keep their
+/// headers at the slab start, as the memcheck windows expect.
+bool running_under_memcheck();
 
 }  // namespace bsalloc::detail

@@ -52,7 +52,7 @@ std::vector<heap_block> slab_resource::live_blocks() const {
         auto& l = core->cls[static_cast<std::size_t>(c)];
         for (std::uint8_t which : {detail::list_partial, detail::list_full}) {
           for (detail::slab* s = detail::slab_state::list_head(l, which); s; s = s->next) {
-            char* const first = reinterpret_cast<char*>(s) + g.offset;
+            char* const first = reinterpret_cast<char*>(slab_base(s)) + g.offset;
             // Objects handed out so far: from the colour `start` on, wrapping (slab_core.hpp).
             const std::uint32_t handed = s->capacity - s->untouched;
             if (checked) {

@@ -21,6 +21,15 @@
 //              front picks a start spread over the slab per slab (slab_colour); 0 = no colour,
 //              then [tail, end) is all that is untouched and `tail` only grows (the hardened
 //              checks rely on that and use no colour).
+//   header colour  the header itself sits at one of slab_header_colours line offsets in the
+//              first slab_colour_area bytes, chosen by the slab's address (slab_header_offset):
+//              headers at the slab start all fall in one set of every cache (64 KiB-aligned
+//              slabs, 1 MiB-aligned ones: one L1 set, two L2 sets), so a walk over many slabs
+//              (a flush of a container's nodes, free() with no size) missed to L3 at every
+//              header. A front colours the headers of slabs of colour_min_slab_bytes and up (the
+//              area is 1.5 % of a 64 KiB slab) where nothing reads a header at the slab start
+//              (slab_resource: not checked, not hardened, not under memcheck); a mask of 0 keeps
+//              the header at the start. The area before and after the header is unused.
 //   lists      per owner (a core cache's class, a pool): partial (some objects free, some out),
 //              full (none free), empty (none out; at most max_empty are kept, the rest go back
 //              upstream once no lock is held). Doubly linked through the headers.
@@ -42,6 +51,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <new>
@@ -65,7 +75,7 @@ struct slab_header {
   std::uint32_t capacity;   // objects the slab holds
   std::uint32_t untouched;  // objects never handed out, from `tail` on
   std::uint8_t list;        // list_partial, list_full or list_empty
-  std::uint8_t spare;
+  std::uint8_t colour;  // the header's offset from the slab start, in lines (slab_header_offset)
   std::uint16_t start;  // colour: the first object handed out; never changes while live
   void* free;           // objects given back, LIFO, linked through their first word
   char* tail;           // the first untouched object
@@ -74,44 +84,76 @@ struct slab_header {
   Owner* res;
 };
 static_assert(sizeof(slab_header<void>) <= slab_header_size, "the header fits its 64 bytes");
+/// The start of the slab whose header is s.
+template <class Owner>
+[[gnu::always_inline]] inline std::uintptr_t slab_base(const slab_header<Owner>* s) noexcept {
+  return reinterpret_cast<std::uintptr_t>(s) - std::uintptr_t{s->colour} * slab_header_size;
+}
 // object_pool reads magic, cls and owner as one 8-byte word (pool_slab_word).
 static_assert(offsetof(slab_header<void>, cls) == 4 && offsetof(slab_header<void>, owner) == 6);
 
 // -- geometry -------------------------------------------------------------------------------------
 
-/// Offset of the first of n objects: the header, then (checked) the bitmap and record_bytes
-/// per object, rounded up to the objects' alignment.
+// Header colours (see the glossary): the header at one of 16 line offsets in the first KiB.
+inline constexpr std::size_t slab_header_colours = 16;
+inline constexpr std::size_t slab_colour_area = slab_header_colours * slab_header_size;
+inline constexpr std::size_t colour_min_slab_bytes = std::size_t{64} << 10;
+/// A front's colour mask for slabs of slab_bytes (slab_header_offset's): 0 when it does not
+/// colour them.
+constexpr std::uintptr_t slab_colour_mask(std::size_t slab_bytes, bool colours) noexcept {
+  return colours && slab_bytes >= colour_min_slab_bytes ? slab_colour_area - slab_header_size : 0;
+}
+/// Bytes before the first object's checked data: the header, or the colour area.
+constexpr std::size_t slab_header_area(std::uintptr_t colour_mask) noexcept {
+  return colour_mask ? slab_colour_area : slab_header_size;
+}
+/// The header's offset in the slab at base: address bits 16..19 and 20..23 folded into a line
+/// of the area, so that neighbouring slabs of 64 KiB, and of 1 MiB, differ; and, unlike the
+/// slab number alone, not in step with bit 16 (a 1 MiB 8-way L2 indexes with it).
+[[gnu::always_inline]] inline std::uintptr_t slab_header_offset(std::uintptr_t base,
+                                                                std::uintptr_t mask) noexcept {
+  static_assert(slab_colour_area == std::size_t{1} << 10 && slab_header_size == 64);
+  return ((base >> 10) ^ (base >> 14)) & mask;
+}
+
+/// Offset of the first of n objects: the header (its area), then (checked) the bitmap and
+/// record_bytes per object, rounded up to the objects' alignment.
 constexpr std::size_t slab_first_object(std::size_t n, std::size_t obj_align, bool checked,
-                                        std::size_t record_bytes = 0) noexcept {
+                                        std::size_t record_bytes = 0,
+                                        std::size_t header_area = slab_header_size) noexcept {
   const std::size_t extra = checked ? (n + 63) / 64 * 8 + n * record_bytes : 0;
-  return round_up(slab_header_size + extra, obj_align);
+  return round_up(header_area + extra, obj_align);
 }
 
 /// The most objects of `size` that fit in slab_bytes after the header (and checked data).
 constexpr std::size_t slab_capacity(std::size_t slab_bytes, std::size_t size, std::size_t obj_align,
-                                    bool checked, std::size_t record_bytes = 0) noexcept {
-  if (slab_bytes <= slab_header_size) return 0;
+                                    bool checked, std::size_t record_bytes = 0,
+                                    std::size_t header_area = slab_header_size) noexcept {
+  if (slab_bytes <= header_area) return 0;
   // An upper bound (each object costs size bytes, plus its bit and record when checked), then
   // down by the rounding of the bitmap to words and of the header to obj_align.
   std::size_t n =
-      (slab_bytes - slab_header_size) * 8 / (size * 8 + (checked ? 1 + 8 * record_bytes : 0));
-  while (n > 0 && slab_first_object(n, obj_align, checked, record_bytes) + n * size > slab_bytes)
+      (slab_bytes - header_area) * 8 / (size * 8 + (checked ? 1 + 8 * record_bytes : 0));
+  while (n > 0 && slab_first_object(n, obj_align, checked, record_bytes, header_area) + n * size >
+                      slab_bytes)
     --n;
   return n;
 }
 
-/// The slab that holds p (slab_bytes a power of two).
+/// The header of the slab that holds p (slab_bytes a power of two; colour_mask the front's for
+/// slabs of that size).
 template <class Slab>
-[[gnu::always_inline]] inline Slab* slab_at(const void* p, std::size_t slab_bytes) noexcept {
-  return reinterpret_cast<Slab*>(reinterpret_cast<std::uintptr_t>(p) & ~(slab_bytes - 1));
+[[gnu::always_inline]] inline Slab* slab_at(const void* p, std::size_t slab_bytes,
+                                            std::uintptr_t colour_mask = 0) noexcept {
+  const std::uintptr_t base = reinterpret_cast<std::uintptr_t>(p) & ~(slab_bytes - 1);
+  return reinterpret_cast<Slab*>(base + slab_header_offset(base, colour_mask));
 }
 
-/// Index of object p in slab s.
-inline std::size_t slab_index(const void* s, const void* p, std::size_t first_object,
+/// Index of object p in the slab whose header is s.
+template <class Owner>
+inline std::size_t slab_index(const slab_header<Owner>* s, const void* p, std::size_t first_object,
                               std::size_t size) noexcept {
-  return (static_cast<std::size_t>(static_cast<const char*>(p) - static_cast<const char*>(s)) -
-          first_object) /
-         size;
+  return (reinterpret_cast<std::uintptr_t>(p) - slab_base(s) - first_object) / size;
 }
 
 /// A colour for a new slab at `mem` of `capacity` objects (see the glossary): spread over the
@@ -125,26 +167,29 @@ inline std::uint16_t slab_colour(const void* mem, std::size_t slab_bytes,
 }
 
 /// A new slab's header in `mem` (not yet on any list): everything untouched, handed out from
-/// object `start` on (size: the objects' size; start 0: no colour).
+/// object `start` on (size: the objects' size; start 0: no colour); the header `at` bytes in
+/// (slab_header_offset; 0: at mem).
 template <class Owner>
 slab_header<Owner>* slab_carve(void* mem, std::uint32_t magic, std::uint16_t cls,
                                std::uint16_t owner, std::uint32_t capacity,
                                std::size_t first_object, Owner* res, std::uint16_t start = 0,
-                               std::size_t size = 0) noexcept {
-  return ::new (mem) slab_header<Owner>{magic,
-                                        cls,
-                                        owner,
-                                        0,
-                                        capacity,
-                                        capacity,
-                                        list_partial,
-                                        0,
-                                        start,
-                                        nullptr,
-                                        static_cast<char*>(mem) + first_object + start * size,
-                                        nullptr,
-                                        nullptr,
-                                        res};
+                               std::size_t size = 0, std::uintptr_t at = 0) noexcept {
+  const auto base = reinterpret_cast<std::uintptr_t>(mem);
+  return ::new (reinterpret_cast<void*>(base + at))
+      slab_header<Owner>{magic,
+                         cls,
+                         owner,
+                         0,
+                         capacity,
+                         capacity,
+                         list_partial,
+                         static_cast<std::uint8_t>(at / slab_header_size),
+                         start,
+                         nullptr,
+                         static_cast<char*>(mem) + first_object + start * size,
+                         nullptr,
+                         nullptr,
+                         res};
 }
 
 /// Whether object i of s has been handed out (it is out, or free), not untouched.
@@ -159,7 +204,7 @@ inline bool slab_handed_out(const slab_header<Owner>* s, std::size_t i) noexcept
 template <class Owner>
 inline std::size_t slab_handed_index(const slab_header<Owner>* s, const void* p,
                                      std::size_t first_object, std::size_t size) noexcept {
-  const auto a = reinterpret_cast<std::uintptr_t>(p), base = reinterpret_cast<std::uintptr_t>(s);
+  const auto a = reinterpret_cast<std::uintptr_t>(p), base = slab_base(s);
   if (a < base + first_object || (a - base - first_object) % size != 0) return s->capacity;
   const std::size_t i = (a - base - first_object) / size;
   return i < s->capacity && slab_handed_out(s, i) ? i : s->capacity;

@@ -16,6 +16,7 @@ struct slab_walk_geom {
   std::size_t size = 0;
   std::size_t first_object = 0;
   std::size_t slab_bytes = 0;
+  std::uintptr_t colour_mask = 0;  // the front's header colours for these slabs (slab_core.hpp)
   std::uint32_t capacity = 0;
   std::size_t max_empty = 0;
   bool checked = false;     // S5 applies
@@ -37,7 +38,9 @@ std::size_t slab_check_lists(const slab_lists<Owner>& l, const slab_walk_geom& g
     for (slab* s = l.head(which); s; prev = s, s = s->next) {
       ++count;
       const auto a = reinterpret_cast<std::uintptr_t>(s);
-      if ((a & (g.slab_bytes - 1)) != 0) fail("S2: slab not aligned to its size", s);
+      const std::uintptr_t base = a & ~(g.slab_bytes - 1);
+      if (a != base + slab_header_offset(base, g.colour_mask) || slab_base(s) != base)
+        fail("S2: header not at its colour in a slab aligned to its size", s);
       if (!header_ok(s)) fail("S2: foreign slab on a list (bad header)", s);
       if (s->prev != prev) fail("S2: list back link broken", s);
       if (s->list != which) fail("S2: slab tagged with another list", s);
@@ -46,7 +49,7 @@ std::size_t slab_check_lists(const slab_lists<Owner>& l, const slab_walk_geom& g
         fail("S1: capacity, untouched or colour wrong", s);
       std::size_t at = std::size_t{s->start} + (g.capacity - s->untouched);
       if (s->start != 0 && at >= g.capacity) at -= g.capacity;
-      if (s->tail != reinterpret_cast<char*>(s) + g.first_object + at * g.size)
+      if (s->tail != reinterpret_cast<char*>(base + g.first_object + at * g.size))
         fail("S1: untouched tail wrong", s);
       std::uint32_t free_len = 0;
       for (void* p = s->free; p; p = next_of(p, s)) {
