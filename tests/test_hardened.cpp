@@ -362,7 +362,7 @@ TEST_CASE("hardened: a pointer into a slab's never-handed-out tail aborts naming
     CAPTURE(path);
     const auto r = run_in_child([path] {
       slab_resource pool({}, hardened(path != 2));
-      // 64 B: 64 KiB slabs of 1023 objects; the first refill takes the first 256 of them.
+      // 64 B: 64 KiB slabs of 1023 objects; the first refill takes the first 8 (slow start).
       auto* p = static_cast<char*>(pool.allocate(64));
       std::vector<void*> drained;
       if (path == 1)  // empty the bin: the free finds no head to compare with

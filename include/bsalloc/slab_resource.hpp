@@ -13,7 +13,9 @@
 //                  record (pointer, bytes, alignment) is kept out of band, nothing is written into
 //                  the block.
 //   slab           slab_bytes(class) from the upstream, aligned to its own size; a 64-byte header
-//                  at its start, then objects. An object's slab is found by masking its address.
+//                  in its first KiB (at a colour chosen by its address from 64 KiB slabs up;
+//                  at its start in checked and hardened mode), then objects. An object's slab
+//                  is found by masking its address, its header by adding the colour.
 //   core cache     per CPU (sched_getcpu() modulo the number of caches), created on the first use
 //                  of that CPU: per class the partial, full and empty slab lists, guarded by the
 //                  core's mutex. Each slab has one owner core; only code holding that core's lock

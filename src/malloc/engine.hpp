@@ -10,7 +10,8 @@
 //
 // free(p) without a size: the page map says in O(1) whose page p is on —
 //   the slab pages   a slab object: every slab is slab_bytes (1 MiB) big and aligned to it, so
-//                    its header is at p & ~(slab_bytes - 1) and names the class;
+//                    its header is at p & ~(slab_bytes - 1) plus its colour (engine::colours,
+//                    slab_core.hpp) and names the class;
 //   the large pages  the start of a run: deallocate_run(p);
 //   nobody           a foreign pointer: handed to the next allocator (dlsym(RTLD_NEXT, ...)).
 //

@@ -6,9 +6,10 @@
 //
 // Glossary (the same words in both fronts)
 //   slab       slab_bytes of memory from the upstream, aligned to its own size: the header
-//              (slab_header_size bytes), then in checked mode the allocation bitmap (one bit per
-//              object) and the front's per-object records, then `capacity` objects from
-//              `first_object` on. The slab of an object is found by masking its address.
+//              (slab_header_size bytes, or its colour area: below), then in checked mode the
+//              allocation bitmap (one bit per object) and the front's per-object records, then
+//              `capacity` objects from `first_object` on. The slab of an object is found by masking
+//              its address.
 //   free       objects given back to the slab, LIFO, linked through their first word (the front
 //              reads and writes the links: plain, hardened or memcheck-aware).
 //   untouched  objects never handed out. They are handed out in address order from object
@@ -61,7 +62,8 @@ namespace bsalloc::detail {
 
 enum : std::uint8_t { list_partial, list_full, list_empty };
 
-/// Bytes of the header at the start of every slab; the checked bitmap follows it.
+/// Bytes of a slab's header (at the slab's start, or at its colour); a checked slab's bitmap
+/// follows it.
 inline constexpr std::size_t slab_header_size = 64;
 
 /// The header of a slab. Owner: the front's state the slab belongs to (slab_state, a pool's
