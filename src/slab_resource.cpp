@@ -121,8 +121,7 @@ slab_resource::slab_resource(const std::pmr::pool_options& options,
   // smaller slabs, down to a page.
   const std::size_t most_asked = options.max_blocks_per_chunk;
   std::size_t most_objects = 0;
-  // Header colours (slab_core.hpp) where nothing reads a header at the slab start.
-  const bool colours = !knobs.checked && !knobs.hardened && !detail::running_under_memcheck();
+  const bool colours = detail::header_colours(knobs.checked, knobs.hardened);
   for (int c = 0; c < st->classes; ++c) {
     auto& g = st->geom[static_cast<std::size_t>(c)];
     g.size = detail::class_size_of(c);

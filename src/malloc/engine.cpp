@@ -108,8 +108,7 @@ engine::engine(const page_resource_options& slab_opts, const page_resource_optio
       large_pages(large_opts),
       small(std::pmr::pool_options{0, max_small}, knobs, &slab_pages),
       checked(knobs.checked),
-      colours(slab_colour_mask(slab_bytes,
-                               !knobs.checked && !knobs.hardened && !running_under_memcheck())) {}
+      colours(slab_colour_mask(slab_bytes, header_colours(knobs.checked, knobs.hardened))) {}
 
 engine* start() noexcept {
   int s = g_state.load(std::memory_order_acquire);

@@ -24,8 +24,8 @@ struct run_walk {
 // included) drops by its count, which is returned; when n is left above 0, next is the object
 // after the run and next_slab its slab. link_of reads a link.
 template <class LinkOf>
-[[gnu::always_inline]] inline std::uint32_t cut_run(void*& p, const slab* s, std::uint32_t& n,
-                                                    void*& next, slab*& next_slab,
+[[gnu::always_inline]] inline std::uint32_t cut_run(void*& p, [[maybe_unused]] const slab* s,
+                                                    std::uint32_t& n, void*& next, slab*& next_slab,
                                                     std::size_t slab_bytes, std::uintptr_t colours,
                                                     LinkOf&& link_of) {
   std::uint32_t count = 1;
@@ -34,12 +34,11 @@ template <class LinkOf>
   // Slabs compared by their starts: the header's colour is worked out once a run, at its end.
   const std::uintptr_t mask = ~(slab_bytes - 1);
   const std::uintptr_t base = reinterpret_cast<std::uintptr_t>(p) & mask;
-  (void)s;
   while (--n) {
     next = link_of(p);
     const std::uintptr_t next_base = reinterpret_cast<std::uintptr_t>(next) & mask;
     if (next_base != base) {
-      next_slab = reinterpret_cast<slab*>(next_base + slab_header_offset(next_base, colours));
+      next_slab = slab_at<slab>(next, slab_bytes, colours);
       break;
     }
     p = next;

@@ -396,8 +396,11 @@ constexpr std::size_t slab_header_bytes(std::size_t n, std::size_t obj_align, bo
                                         std::size_t header_area = slab_header_size) {
   return slab_first_object(n, obj_align, checked, 4, header_area);
 }
-/// Whether this process runs under memcheck (hardened.cpp): a resource's slabs then keep their
-/// headers at the slab start, as the memcheck windows expect.
+/// Under memcheck (hardened.cpp). A resource colours its slab headers (slab_core.hpp) unless a
+/// check reads them at the slab start: checked, hardened, memcheck.
 bool running_under_memcheck();
+inline bool header_colours(bool checked, bool hardened) {
+  return !checked && !hardened && !running_under_memcheck();
+}
 
 }  // namespace bsalloc::detail
