@@ -90,7 +90,7 @@ void resolve_next() noexcept {
 // Returns the slab layer's state (found through a slab header: the engine has one slab size).
 slab_state& precreate_cores(engine& e) {
   void* p = e.small.take(min_align, min_align);
-  slab_state& st = *slab_at(p, slab_bytes, e.colours)->res;
+  slab_state& st = *slab_at<slab>(p, slab_bytes, e.colours)->res;
   for (std::size_t ci = 0; ci < st.ncores; ++ci) st.core(ci);
   e.small.give(p, min_align, min_align);
   return st;

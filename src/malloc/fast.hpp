@@ -109,7 +109,7 @@ inline bool fast_free(void* p) noexcept {
     return false;
   // F1: the fast path runs only for an engine neither checked nor careful, whose slabs colour
   // (enable_fast asserts it): the mask is a constant here.
-  const std::uint16_t cls = slab_at(p, slab_bytes, slab_colour_mask(slab_bytes, true))->cls;
+  const std::uint16_t cls = slab_at<slab>(p, slab_bytes, slab_colour_mask(slab_bytes, true))->cls;
   bin& b = s->cache->bins[cls];
   const std::uint32_t n = b.count.load(std::memory_order_relaxed);
   if (n >= b.limit) [[unlikely]]

@@ -30,16 +30,10 @@ inline constexpr auto class_size_table = [] {
   return t;
 }();
 
-/// The header of the slab that holds p, assuming p is a slab object of a resource with one slab
-/// size (colour_mask: the resource's for it, class_geom::colour_mask).
-inline slab* slab_at(const void* p, std::size_t slab_bytes, std::uintptr_t colour_mask) noexcept {
-  return slab_at<slab>(p, slab_bytes, colour_mask);
-}
-
 /// Class size of the object at p (unchecked resources): one load from the header.
 inline std::size_t unsized_class_bytes(const void* p, std::size_t slab_bytes,
                                        std::uintptr_t colour_mask) noexcept {
-  return class_size_table[slab_at(p, slab_bytes, colour_mask)->cls];
+  return class_size_table[slab_at<slab>(p, slab_bytes, colour_mask)->cls];
 }
 
 /// What the object at p was allocated with, for a deallocate that the checked mode verifies.
@@ -47,7 +41,7 @@ inline std::size_t unsized_class_bytes(const void* p, std::size_t slab_bytes,
 /// or an offset inside the header gives {0, 0}: the caller reports the pointer as foreign.
 inline unsized_request unsized_checked_request(const void* p, std::size_t slab_bytes,
                                                const slab_resource* self) noexcept {
-  const slab* s = slab_at(p, slab_bytes, 0);  // checked: headers at the slab start
+  const slab* s = slab_at<slab>(p, slab_bytes);  // checked: headers at the slab start
   if (s->magic != slab_magic || s->res == nullptr || s->res->self != self ||
       s->cls >= static_cast<std::uint16_t>(s->res->classes))
     return {0, 0};
